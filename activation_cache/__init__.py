@@ -1,0 +1,1 @@
+"""Capture transformer activations at named hook points and store them as resumable shards."""

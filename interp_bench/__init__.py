@@ -1,0 +1,1 @@
+"""Sparse dictionaries (SAEs, transcoders): training, analysis, steering and a CLI."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: the real GPT-2 tokenizer and a tiny random GPT-2-class model, all offline."""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep test artifacts out of the user's cache unless a cache is already set up."""
+    if "INTERP_BENCH_CACHE" not in os.environ:
+        os.environ["INTERP_BENCH_CACHE"] = str(tmp_path_factory.mktemp("ib-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    from activation_cache.tokenizers import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+def make_tiny_model(tokenizer, n_layers: int = 2, d_model: int = 64, seed: int = 0):
+    """A randomly initialised GPT-2-class HookedTransformer (LayerNorm, GELU MLP, learned pos)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=4,
+        d_head=d_model // 4,
+        d_mlp=4 * d_model,
+        n_ctx=256,
+        d_vocab=len(tokenizer),
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        default_prepend_bos=True,
+        model_name="tiny-gpt2",
+        seed=seed,
+        device="cpu",
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(gpt2_tokenizer):
+    return make_tiny_model(gpt2_tokenizer)
