@@ -12,14 +12,6 @@ warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Keep test artifacts out of the user's cache unless a cache is already set up."""
-    if "INTERP_BENCH_CACHE" not in os.environ:
-        os.environ["INTERP_BENCH_CACHE"] = str(tmp_path_factory.mktemp("ib-cache"))
-    yield
-
-
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from activation_cache.tokenizers import gpt2_tokenizer

@@ -1,0 +1,205 @@
+"""Resumable activation caching: token sequences in, safetensors shards + manifest out.
+
+The cache dir is the unit of resumption. Shards cover whole sequences, in order; after each shard
+the manifest is rewritten (temp + rename), so a run killed at any moment, SIGKILL included,
+restarts after the last listed shard: a half-written temp file or a shard renamed just before the
+kill is simply written again. The manifest's `config` records what determines the contents (model,
+hooks, dtype, the exact tokens); a run with a different config refuses to touch the folder.
+Batch size and device only change speed, so they may differ between a run and its resumption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .hooks import capture, resolve_hooks
+from .shards import (
+    MANIFEST,
+    STORAGE_DTYPES,
+    Manifest,
+    ShardError,
+    ShardInfo,
+    read_manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+_OWN_FILE = re.compile(
+    r"^(shard_(\d{5})\.safetensors(\.tmp)?|manifest\.json(\.tmp)?|stats_.*\.json)$"
+)
+
+
+def tokens_fingerprint(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _model_name(model) -> str:
+    from .models import model_id
+
+    return model_id(model)
+
+
+def _model_device(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _check_resumable(out_dir: Path, old: Manifest, config: dict) -> None:
+    if old.config != config:
+        diff = sorted(
+            k for k in set(old.config) | set(config) if old.config.get(k) != config.get(k)
+        )
+        detail = "; ".join(f"{k}: {old.config.get(k)!r} -> {config.get(k)!r}" for k in diff[:4])
+        raise ValueError(
+            f"{out_dir} holds a cache made with different arguments ({detail}); "
+            "rerun with the original arguments to resume, or pick a new --out"
+        )
+    for s in old.shards:
+        path = out_dir / s.file
+        if not path.exists() or path.stat().st_size != s.bytes:
+            raise ShardError(
+                f"{path}: listed in the manifest but missing or the wrong size; "
+                f"run `interp-bench inspect {out_dir}`, then delete the folder and re-cache"
+            )
+
+
+def _discard_strays(out_dir: Path, n_done: int) -> None:
+    """Remove temp files and shards beyond the manifest: leftovers of a killed run."""
+    for path in out_dir.iterdir():
+        m = _OWN_FILE.match(path.name)
+        if m is None or path.name == MANIFEST:
+            continue
+        stray_shard = m.group(2) is not None and int(m.group(2)) >= n_done
+        if path.name.endswith(".tmp") or stray_shard:
+            path.unlink()
+
+
+def cache_activations(
+    model,
+    tokens: torch.Tensor,
+    hooks: list[str] | str,
+    out_dir: str | Path,
+    *,
+    dtype: str = "float16",
+    batch_size: int = 8,
+    shard_tokens: int = 65536,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Cache `hooks` for every position of `tokens` [n_seq, ctx] (BOS first) into `out_dir`.
+
+    `meta` is recorded in the manifest: `model` (default `model_id(model)`), `tokenizer` and
+    `corpus_fingerprint` go to their own fields, anything else (e.g. `split`) into `config`.
+    Everything in `config` (meta, hooks, dtype, the tokens' hash, ...) must match to resume.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(
+            f"dtype {dtype!r} not supported; choose one of {', '.join(STORAGE_DTYPES)}"
+        )
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(
+            f"tokens must be a non-empty [n_seq, context_len] tensor, got {tuple(tokens.shape)}"
+        )
+    if batch_size < 1 or shard_tokens < 1:
+        raise ValueError("batch_size and shard_tokens must be positive")
+    out_dir = Path(out_dir)
+    meta = dict(meta or {})
+    specs = resolve_hooks(model, hooks)
+    n_seq, ctx = tokens.shape
+    seqs_per_shard = max(1, shard_tokens // ctx)
+    d = int(model.cfg.d_model)
+    st_dtype = STORAGE_DTYPES[dtype]
+    model_name = meta.pop("model", None) or _model_name(model)
+    tokenizer = str(meta.pop("tokenizer", ""))
+    fingerprint = str(meta.pop("corpus_fingerprint", ""))
+    config = {
+        "model": model_name,
+        "hooks": [s.short for s in specs],
+        "dtype": dtype,
+        "context_len": ctx,
+        "n_sequences": n_seq,
+        "seqs_per_shard": seqs_per_shard,
+        "tokens_sha256": tokens_fingerprint(tokens),
+        "corpus_fingerprint": fingerprint,
+        **meta,
+    }
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder; pick another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).exists():
+        manifest = read_manifest(out_dir)
+        _check_resumable(out_dir, manifest, config)
+        if manifest.complete:
+            print(
+                f"{out_dir}: cache already complete ({manifest.n_tokens:,} tokens), nothing to do"
+            )
+            return manifest
+    else:
+        foreign = [p.name for p in out_dir.iterdir() if not _OWN_FILE.match(p.name)]
+        if foreign:
+            raise ValueError(
+                f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
+                "pick an empty or new --out"
+            )
+        manifest = Manifest(
+            model=model_name,
+            hooks=[
+                {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
+                for s in specs
+            ],
+            dtype=dtype,
+            context_len=ctx,
+            n_sequences=n_seq,
+            seqs_per_shard=seqs_per_shard,
+            tokenizer=tokenizer,
+            corpus_fingerprint=fingerprint,
+            config=config,
+        )
+    _discard_strays(out_dir, len(manifest.shards))
+    write_manifest(out_dir, manifest)
+
+    device = _model_device(model)
+    n_shards = -(-n_seq // seqs_per_shard)
+    bar = tqdm(
+        total=n_seq * ctx,
+        initial=manifest.n_tokens,
+        unit="tok",
+        unit_scale=True,
+        desc=f"caching {out_dir.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for index in range(len(manifest.shards), n_shards):
+            s0, s1 = index * seqs_per_shard, min((index + 1) * seqs_per_shard, n_seq)
+            n = (s1 - s0) * ctx
+            bufs = {s.short: torch.empty(n, d, dtype=st_dtype) for s in specs}
+            for b0 in range(s0, s1, batch_size):
+                b1 = min(b0 + batch_size, s1)
+                acts = capture(model, tokens[b0:b1].to(device), specs)
+                rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
+                for short, act in acts.items():
+                    if act.shape[-1] != d:
+                        raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
+                    bufs[short][rows].copy_(act.reshape(-1, d))
+                bar.update((b1 - b0) * ctx)
+            shard_tokens_ = tokens[s0:s1]
+            bufs["tokens"] = shard_tokens_.reshape(-1).to(torch.int32)
+            bufs["seq"] = torch.arange(s0, s1, dtype=torch.int64).repeat_interleave(ctx)
+            bufs["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
+            name = shard_name(index)
+            sha, size = write_shard(out_dir / name, bufs)
+            manifest.shards.append(ShardInfo(name, n, s0, s1, sha, size))
+            write_manifest(out_dir, manifest)
+    finally:
+        bar.close()
+    manifest.complete = True
+    write_manifest(out_dir, manifest)
+    return manifest

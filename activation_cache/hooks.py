@@ -1,0 +1,112 @@
+"""Named hook points and one-forward capture.
+
+A hook is written `L<layer>.<kind>` (e.g. `L15.resid_post`). It maps onto a transformer-lens
+name that exists in `model.hook_dict`, so the same short names work on `HookedTransformer` and on
+a `TransformerBridge` in compatibility mode. `mlp_in` is what the MLP actually reads (the output of
+the second norm, after its weight): a transcoder maps from it, and splicing one in is only exact if
+its input is exactly that tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+
+# Candidate transformer-lens names per kind, first present wins. The bridge exposes the norm's
+# final output as `ln2.hook_out` (its `ln2.hook_normalized` can be before the weight);
+# HookedTransformer has no `ln2.hook_out` and its `ln2.hook_normalized` is after weight and bias.
+# Models without a second norm feed the MLP `hook_mlp_in` directly.
+_CANDIDATES = {
+    "resid_pre": ("blocks.{L}.hook_resid_pre",),
+    "resid_post": ("blocks.{L}.hook_resid_post",),
+    "mlp_in": ("blocks.{L}.ln2.hook_out", "blocks.{L}.ln2.hook_normalized"),
+    "mlp_out": ("blocks.{L}.hook_mlp_out",),
+}
+
+_SHORT = re.compile(r"^L(\d+)\.([a-z_]+)$")
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    layer: int
+    kind: str
+    short: str  # "L15.resid_post"
+    tl_name: str  # "blocks.15.hook_resid_post"
+
+
+def n_layers(model) -> int:
+    return int(model.cfg.n_layers)
+
+
+def _tl_name(model, layer: int, kind: str) -> str:
+    names = model.hook_dict
+    for pattern in _CANDIDATES[kind]:
+        name = pattern.format(L=layer)
+        if name in names:
+            return name
+    if kind == "mlp_in" and getattr(model.cfg, "normalization_type", "LN") is None:
+        name = f"blocks.{layer}.hook_mlp_in"
+        if name in names:
+            return name
+    raise ValueError(
+        f"this model has no hook for {kind} at layer {layer} "
+        f"(looked for {', '.join(p.format(L=layer) for p in _CANDIDATES[kind])})"
+    )
+
+
+def resolve_hooks(model, hooks: list[str] | str) -> list[HookSpec]:
+    """Parse `L8.resid_post`-style names (a list or a comma-separated string) for this model."""
+    if isinstance(hooks, str):
+        hooks = [h for h in (s.strip() for s in hooks.split(",")) if h]
+    if not hooks:
+        raise ValueError("no hooks given: pass e.g. --hooks L15.resid_post,L15.mlp_out")
+    n = n_layers(model)
+    valid = f"valid: L<layer>.<kind> with layer 0..{n - 1} and kind one of {', '.join(KINDS)}"
+    specs: list[HookSpec] = []
+    for raw in hooks:
+        m = _SHORT.match(raw)
+        if m is None or m.group(2) not in KINDS:
+            raise ValueError(f"unknown hook {raw!r}; {valid}")
+        layer, kind = int(m.group(1)), m.group(2)
+        if layer >= n:
+            raise ValueError(
+                f"hook {raw!r}: layer {layer} out of range for a {n}-layer model; {valid}"
+            )
+        short = f"L{layer}.{kind}"
+        if any(s.short == short for s in specs):
+            raise ValueError(f"hook {raw!r} given twice")
+        specs.append(HookSpec(layer, kind, short, _tl_name(model, layer, kind)))
+    return specs
+
+
+def stop_layer(specs: list[HookSpec]) -> int:
+    """Blocks to run: every requested hook fires inside block `max_layer`."""
+    return max(s.layer for s in specs) + 1
+
+
+def capture(model, tokens: torch.Tensor, specs: list[HookSpec]) -> dict[str, torch.Tensor]:
+    """Run one forward over `tokens` [b, s] and return `{short: [b, s, d]}` for every spec.
+
+    The forward stops after the last needed block. Hooks are keyed by closure, not by
+    `hook.name`, because the bridge's compatibility names are aliases of other hook points.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def saver(short: str):
+        def fn(act: torch.Tensor, hook) -> torch.Tensor:
+            out[short] = act
+            return act
+
+        return fn
+
+    fwd_hooks = [(s.tl_name, saver(s.short)) for s in specs]
+    with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+        model(tokens, stop_at_layer=stop_layer(specs))
+    missing = [s.short for s in specs if s.short not in out]
+    if missing:
+        raise RuntimeError(f"hooks did not fire: {missing}")
+    return out

@@ -1,0 +1,278 @@
+"""Shard files (safetensors) and the cache's `manifest.json`.
+
+A shard holds one `[n_tokens, d]` tensor per hook, keyed by its short name, plus `tokens`
+(int32), `seq` (int64, global sequence index) and `pos` (int32) for the same rows. Shards are
+written to a temporary name, fsynced and renamed, so a file named `shard_NNNNN.safetensors`
+is always whole; the manifest (also temp + rename) lists only shards that finished, each with its
+sha256, so a killed run resumes after the last listed shard.
+
+We write and parse the safetensors container ourselves (8-byte little-endian header length, JSON
+header, raw little-endian data): the writer hashes while it writes, and the reader memory-maps
+tensors without going through a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+FORMAT = "interp-bench-activations/1"
+
+# safetensors dtype tag <-> torch dtype; bf16 travels through numpy as uint16.
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
+_TORCH_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
+_ST_TO_NUMPY = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+}
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class ShardError(ValueError):
+    """A shard is missing, truncated or fails its checksum; the message names the file.
+
+    A `ValueError` so the CLI reports it as one line instead of a traceback.
+    """
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    n_tokens: int
+    seq_start: int  # first global sequence index in the shard
+    seq_end: int  # one past the last
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    """All that is needed to read, check and resume a cache; `config` must match to resume."""
+
+    model: str
+    hooks: list[dict]  # [{"short", "tl_name", "layer", "kind", "d"}]
+    dtype: str
+    context_len: int
+    n_sequences: int  # planned for the whole cache
+    seqs_per_shard: int
+    tokenizer: str = ""
+    corpus_fingerprint: str = ""
+    config: dict = field(default_factory=dict)
+    shards: list[ShardInfo] = field(default_factory=list)
+    complete: bool = False
+    format: str = FORMAT
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.shards)
+
+    @property
+    def n_tokens_planned(self) -> int:
+        return self.n_sequences * self.context_len
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def hook(self, short: str) -> dict:
+        for h in self.hooks:
+            if h["short"] == short:
+                return h
+        raise ValueError(
+            f"hook {short!r} is not in this cache; it holds {', '.join(self.hook_names)}"
+        )
+
+    @property
+    def hook_names(self) -> list[str]:
+        return [h["short"] for h in self.hooks]
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["n_tokens"] = self.n_tokens
+        return json.dumps(d, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        d = json.loads(text)
+        d.pop("n_tokens", None)
+        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
+        return cls(**d)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(out_dir: Path, manifest: Manifest) -> None:
+    """Atomic: a reader or a resumed run sees the old manifest or the new one, never half."""
+    out_dir = Path(out_dir)
+    tmp = out_dir / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_dir / MANIFEST)
+    _fsync_dir(out_dir)
+
+
+def read_manifest(out_dir: Path | str) -> Manifest:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: not an activation cache (create one with `interp-bench cache`)"
+        )
+    try:
+        return Manifest.from_json(path.read_text())
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ShardError(f"{path} is not a valid manifest: {err}") from err
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().contiguous().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return memoryview(t.numpy()).cast("B")
+
+
+def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
+    """Write a safetensors file atomically; return (sha256 of the file, size in bytes)."""
+    path = Path(path)
+    header: dict[str, dict] = {}
+    offset = 0
+    # Widest dtypes first keeps every tensor aligned to its element size for memory-mapping.
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    for name in order:
+        t = tensors[name]
+        n = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": _TORCH_TO_ST[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    prefix = len(head).to_bytes(8, "little") + head
+    h = hashlib.sha256(prefix)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(prefix)
+        for name in order:
+            buf = _as_bytes(tensors[name])
+            h.update(buf)
+            f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return h.hexdigest(), len(prefix) + offset
+
+
+def read_header(path: Path) -> tuple[int, dict]:
+    """Parse a safetensors header; return (data start offset, {name: entry}). Checks the size."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ShardError(f"{path}: truncated or not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+    except FileNotFoundError as err:
+        raise ShardError(f"{path}: shard file missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path}: corrupt header ({err})") from err
+    header.pop("__metadata__", None)
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if 8 + n + end != size:
+        raise ShardError(f"{path}: {size} bytes on disk, header says {8 + n + end} (truncated?)")
+    return 8 + n, header
+
+
+class ShardView:
+    """Memory-mapped, zero-copy numpy views of one shard's tensors."""
+
+    def __init__(self, path: Path, expected_bytes: int | None = None):
+        self.path = Path(path)
+        if expected_bytes is not None:
+            size = self.path.stat().st_size if self.path.exists() else -1
+            if size != expected_bytes:
+                raise ShardError(
+                    f"{self.path}: {size} bytes on disk, manifest says {expected_bytes} "
+                    "(truncated or replaced; run `interp-bench inspect` on the cache)"
+                )
+        start, self.header = read_header(self.path)
+        # Copy-on-write mapping: writable views (torch wants them), the file is never modified.
+        self._mm = np.memmap(self.path, dtype=np.uint8, mode="c")
+        self._start = start
+
+    def array(self, name: str) -> np.ndarray:
+        """Numpy view (bf16 shows as uint16: wrap with `to_torch`)."""
+        if name not in self.header:
+            raise ShardError(f"{self.path}: no tensor {name!r} (has {', '.join(self.header)})")
+        e = self.header[name]
+        a, b = e["data_offsets"]
+        raw = self._mm[self._start + a : self._start + b]
+        return raw.view(_ST_TO_NUMPY[e["dtype"]]).reshape(e["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _ST_DTYPES[self.header[name]["dtype"]]
+
+
+def to_torch(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A numpy array (uint16 for bf16) as a torch tensor of the stored dtype, no copy."""
+    t = torch.from_numpy(arr)
+    if dtype == torch.bfloat16:
+        t = t.view(torch.bfloat16)
+    return t
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(out_dir: Path | str) -> list[str]:
+    """Check every listed shard's size and sha256; return one problem line per bad shard."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    problems: list[str] = []
+    for s in manifest.shards:
+        path = out_dir / s.file
+        if not path.exists():
+            problems.append(f"{s.file}: missing")
+            continue
+        size = path.stat().st_size
+        if size != s.bytes:
+            problems.append(f"{s.file}: {size} bytes on disk, manifest says {s.bytes} (truncated?)")
+            continue
+        if sha256_file(path) != s.sha256:
+            problems.append(f"{s.file}: sha256 mismatch (corrupt)")
+    return problems

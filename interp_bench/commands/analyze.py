@@ -1,0 +1,87 @@
+"""`interp-bench analyze`: one pass over held-out activations that writes a feature index."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = (
+    "Feature density, top-activating and quantile examples, promoted tokens and reconstruction "
+    "error of a dictionary over cached activations; writes a feature index."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cache import parse_count
+
+    p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
+    p.add_argument("--activations", required=True, help="activation cache dir, e.g. RUN/acts/eval")
+    p.add_argument("--tokens", type=parse_count, help="tokens to analyse (1M, 50k); default: all")
+    p.add_argument("--out", help="index folder (default: DICTIONARY/analysis)")
+    p.add_argument(
+        "--model",
+        help="model for token strings and promoted/suppressed tokens "
+        "(default: the cache's model; 'none' to skip)",
+    )
+    p.add_argument("--top-k", type=int, default=20, help="top examples kept per latent")
+    p.add_argument("--window", type=int, default=10, help="context tokens either side")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens encoded at once")
+    p.add_argument("--device", help="cpu, cuda (default: the dictionary's load default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from activation_cache.shards import read_manifest
+
+    from ..density import cache_stream
+    from ..dictionary import load_dictionary
+    from ..top_examples import AnalysisConfig, analyze
+
+    acts_dir = Path(args.activations)
+    if not (acts_dir / "manifest.json").exists():
+        raise FileNotFoundError(
+            f"no activation cache at {acts_dir}; run `interp-bench cache --split eval` first"
+        )
+    if not (Path(args.dictionary) / "cfg.json").exists():
+        raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")
+    if args.top_k < 1 or args.window < 0 or args.batch_tokens < 1:
+        raise ValueError("--top-k and --batch-tokens must be positive, --window non-negative")
+    dictionary = load_dictionary(args.dictionary, device=args.device)
+    dictionary.eval()
+    manifest = read_manifest(acts_dir)
+    hooks = [h for h in (dictionary.cfg.hook_in, dictionary.cfg.hook_out) if h]
+    for h in hooks:
+        manifest.hook(h)  # a clear error naming the hooks the cache holds
+    model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
+    out = Path(args.out) if args.out else Path(args.dictionary) / "analysis"
+    cfg = AnalysisConfig(top_k=args.top_k, window=args.window)
+    index = analyze(
+        dictionary,
+        cache_stream(acts_dir, hooks, args.batch_tokens),
+        out,
+        cfg,
+        model=model,
+        max_tokens=args.tokens,
+        progress=True,
+    )
+    d, r = index.meta["density"], index.recon
+    print(
+        f"analysed {d['n_tokens']:,} tokens: {d['dead']} dead and {d['dense']} dense of "
+        f"{d['d_sae']:,} latents, NMSE {r['nmse']:.4f}, mean relative error "
+        f"{r['mean_rel_err']:.4f}\nfeature index: {out}  (browse: interp-bench report {out})"
+    )
+    return 0
+
+
+def _load_model(name: str | None):
+    """The model only supplies the tokenizer and the unembedding, so it is optional."""
+    if not name or name.lower() == "none":
+        return None
+    from activation_cache.models import load_model
+
+    try:
+        return load_model(name, device="cpu")
+    except Exception as err:  # any loader failure gets the same fix
+        raise ValueError(
+            f"could not load model {name!r} for token strings ({err}); "
+            "pass --model NAME, or --model none to skip token strings and logit effects"
+        ) from err

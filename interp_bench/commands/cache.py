@@ -1,0 +1,89 @@
+"""`interp-bench cache`: run a model over a corpus split and store activations as shards."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+HELP = "Cache activations at hook points (e.g. L15.resid_post) as resumable safetensors shards."
+
+_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """'1M' -> 1_000_000, '50k' -> 50_000, '4096'."""
+    s = text.strip().lower().replace("_", "")
+    try:
+        if s and s[-1] in _SUFFIX:
+            return int(float(s[:-1]) * _SUFFIX[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a count: {text!r} (use e.g. 1M, 50k, 4096)"
+        ) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, HF folder or TL name")
+    p.add_argument(
+        "--hooks",
+        default="L15.resid_post,L15.mlp_in,L15.mlp_out",
+        help="comma-separated L<layer>.<kind>, kind in resid_pre, resid_post, mlp_in, mlp_out",
+    )
+    p.add_argument("--corpus", default="shakespeare", help="shakespeare, .txt file/folder, dataset")
+    p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")
+    p.add_argument("--tokens", type=parse_count, help="tokens to cache (1M, 50k); default: all")
+    p.add_argument("--split", choices=["train", "eval"], default="train")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--shard-tokens", type=parse_count, default=65536, help="tokens per shard")
+    p.add_argument("--out", required=True, help="cache dir (one split); rerun to resume")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from activation_cache.cache import cache_activations
+    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.models import default_device, load_model
+    from activation_cache.shards import STORAGE_DTYPES
+
+    if args.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
+    device = args.device or default_device()
+    model = load_model(args.model, device=device)
+    corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
+    splits = load_corpus(corpus_cfg, model.tokenizer)
+    tokens = splits.train if args.split == "train" else splits.eval
+    if tokens.shape[0] == 0:
+        raise ValueError(f"the {args.split} split of {args.corpus} is empty; use a larger corpus")
+    available = tokens.numel()
+    if args.tokens is not None:
+        if args.tokens < 1:
+            raise ValueError("--tokens must be positive")
+        n_seq = -(-args.tokens // args.context_len)
+        if n_seq > tokens.shape[0]:
+            print(f"note: {args.split} split has {available:,} tokens, caching all of them")
+        tokens = tokens[:n_seq]
+    meta = {
+        "tokenizer": getattr(model.tokenizer, "name_or_path", type(model.tokenizer).__name__),
+        "corpus_fingerprint": splits.fingerprint,
+        "corpus": args.corpus,
+        "split": args.split,
+    }
+    t0 = time.perf_counter()
+    manifest = cache_activations(
+        model,
+        tokens,
+        args.hooks,
+        args.out,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        shard_tokens=args.shard_tokens,
+        meta=meta,
+    )
+    dt = time.perf_counter() - t0
+    print(
+        f"{args.out}: {manifest.n_tokens:,} tokens x {len(manifest.hooks)} hooks in "
+        f"{len(manifest.shards)} shards, {manifest.total_bytes / 2**20:.1f} MiB ({dt:.1f} s)"
+    )
+    return 0

@@ -1,0 +1,30 @@
+"""`interp-bench report`: write the self-contained HTML feature browser of a feature index."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Write report.html, a self-contained feature browser (opens from disk, no network)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="feature index folder (from `interp-bench analyze`), or a "
+                   "dictionary folder holding one in analysis/")  # fmt: skip
+    p.add_argument("--out", help="HTML file (default: DIR/report.html)")
+    p.add_argument("--top", type=int, default=8, help="top examples shown per latent")
+    p.add_argument("--per-quantile", type=int, default=2, help="examples per quantile bucket")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    d = Path(args.dir)
+    if not (d / "index.json").exists() and (d / "analysis" / "index.json").exists():
+        d = d / "analysis"
+    if args.top < 0 or args.per_quantile < 0:
+        raise ValueError("--top and --per-quantile must be non-negative")
+    out = write_report(d, args.out, n_top=args.top, per_quantile=args.per_quantile)
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MiB); open it in a browser (file://{out.resolve()})")
+    return 0

@@ -1,0 +1,323 @@
+"""SparseDictionary: one module for SAEs (reconstruct x) and transcoders (read one hook, predict
+another), with ReLU/L1, TopK, BatchTopK and JumpReLU activations and an optional linear skip.
+
+    pre  = (x - b_dec) @ W_enc + b_enc        # SAE; a transcoder does not subtract b_dec
+    f    = activation(pre)                     # [B, d_sae]
+    out  = f @ W_dec + b_dec (+ x @ W_skip)   # [B, d_out]
+
+Weights use SAELens's shapes and names, so ``save`` writes a folder SAELens loads directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from interp_bench.activations import make_activation
+from interp_bench.config import DictionaryConfig
+from interp_bench.topk import GatherPre, choose_sparse, dense_decode, sparse_decode
+
+
+@dataclass
+class LossOutput:
+    """One training step's losses. ``loss`` is what to back-propagate."""
+
+    loss: Tensor
+    mse: Tensor  # squared error summed over d_out, mean over tokens
+    aux: Tensor  # AuxK loss (topk / batchtopk), already scaled by the dead fraction, pre-alpha
+    sparsity: Tensor  # L1 / KL / L0 penalty before sparsity_scale
+    l0: float  # mean active latents per token
+    fired: Tensor  # bool [d_sae]: latents active on at least one token of the batch
+    fvu: float  # fraction of variance unexplained on this batch
+
+
+class SparseDictionary(nn.Module):
+    """Sparse dictionary (see module docstring). ``cfg.hook_out`` set (or d_out != d_in) makes it
+    a transcoder. All methods accept ``[..., d_in]`` inputs."""
+
+    def __init__(
+        self,
+        cfg: DictionaryConfig,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.act = make_activation(cfg)
+        self.is_transcoder = cfg.is_transcoder
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
+        kw = {"device": device, "dtype": dtype}
+
+        W_dec = torch.randn(d_sae, d_out, **kw)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if self.is_transcoder:
+            W_enc = torch.randn(d_in, d_sae, **kw)
+            W_enc /= W_enc.norm(dim=0, keepdim=True)
+        else:
+            W_enc = W_dec.t().clone()
+        self.W_enc = nn.Parameter(W_enc.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_out, **kw))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, **kw)) if cfg.skip else None
+        if cfg.arch == "jumprelu":
+            init = torch.full((d_sae,), cfg.jumprelu_init_threshold, **kw)
+            self.log_threshold = nn.Parameter(init.log())
+        if cfg.arch == "batchtopk":
+            self.register_buffer("topk_threshold", torch.zeros((), **kw))
+        # Input/output scales folded into the weights so far (for the saved metadata).
+        self.folded_scales: tuple[float, float] = (1.0, 1.0)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def d_out(self) -> int:
+        return self.cfg.out_dim
+
+    @property
+    def threshold(self) -> Tensor | None:
+        """Per-latent inference threshold [d_sae] (jumprelu, batchtopk), else None."""
+        if self.cfg.arch == "jumprelu":
+            return self.log_threshold.exp()
+        if self.cfg.arch == "batchtopk":
+            return self.topk_threshold.expand(self.d_sae)
+        return None
+
+    @property
+    def sparse_decode(self) -> bool:
+        return self.cfg.arch == "topk" and choose_sparse(self.cfg.k, self.d_sae, self.cfg.decode)
+
+    # ----------------------------------------------------------------- inference
+    def _check(self, x: Tensor, width: int, what: str) -> None:
+        if x.shape[-1] != width:
+            raise ValueError(
+                f"{what} has width {x.shape[-1]} but this dictionary expects {width} "
+                f"(cfg d_in={self.d_in}, d_out={self.d_out}, hook_in={self.cfg.hook_in!r}); "
+                "pass activations from the hook it was trained on"
+            )
+
+    def _sae_in(self, x: Tensor) -> Tensor:
+        x = x.to(self.W_enc.dtype)
+        return x if self.is_transcoder else x - self.b_dec
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations ``[..., d_sae]``."""
+        self._check(x, self.d_in, "input")
+        return self._sae_in(x) @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense latent activations ``[..., d_sae]`` of raw activations ``x [..., d_in]``."""
+        return self.act.infer(self.pre_acts(x), self)
+
+    def decode(self, f: Tensor) -> Tensor:
+        """``f @ W_dec + b_dec``. The skip term needs x, so use ``forward`` for transcoders."""
+        self._check(f, self.d_sae, "latents")
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction (SAE) or prediction of the output hook (transcoder), ``[..., d_out]``."""
+        pre = self.pre_acts(x)
+        if self.cfg.arch == "topk" and self.sparse_decode:
+            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            out = sparse_decode(values.relu(), indices, self.W_dec) + self.b_dec
+        else:
+            out = self.act.infer(pre, self) @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            out = out + x.to(self.W_skip.dtype) @ self.W_skip
+        return out
+
+    # ----------------------------------------------------------------- training
+    def _auxk_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor | None, float]:
+        """Top-k_aux dead latents per token (Gao et al. 2024, App. B.1) and the loss scale."""
+        if dead_mask is None or self.cfg.arch not in ("topk", "batchtopk"):
+            return None, 0.0
+        dead = dead_mask.nonzero().flatten()
+        if dead.numel() == 0:
+            return None, 0.0
+        k_aux = self.cfg.auxk_k or self.d_out // 2
+        scale = min(dead.numel() / k_aux, 1.0)
+        k_aux = min(k_aux, dead.numel())
+        local = pre.detach().index_select(1, dead).topk(k_aux, dim=1, sorted=False).indices
+        return dead[local], scale
+
+    def loss(
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        *,
+        dead_mask: Tensor | None = None,
+        sparsity_scale: float = 1.0,
+    ) -> LossOutput:
+        """Training loss on a batch ``x [B, d_in]`` (target ``[B, d_out]``, default x for an SAE).
+
+        ``dead_mask`` (bool [d_sae]) enables AuxK for topk/batchtopk; ``sparsity_scale`` is the
+        trainer's warm-up factor on the L1/KL/L0 coefficient.
+        """
+        self._check(x, self.d_in, "input")
+        if target is None:
+            if self.is_transcoder:
+                raise ValueError("a transcoder needs a target (activations of cfg.hook_out)")
+            target = x
+        self._check(target, self.d_out, "target")
+        x = x.reshape(-1, self.d_in).to(self.W_enc.dtype)
+        target = target.reshape(-1, self.d_out).to(self.W_dec.dtype)
+        sae_in = self._sae_in(x)
+        k = self.cfg.k
+        aux_idx = None
+
+        if self.cfg.arch == "topk":
+            sparse = self.sparse_decode
+            if sparse:
+                with torch.no_grad():
+                    pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+            else:
+                pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+            idx = pre.detach().topk(k, dim=-1, sorted=False).indices
+            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+            all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
+            if sparse:
+                vals_all = GatherPre.apply(sae_in, self.W_enc, self.b_enc, pre, all_idx).relu()
+            else:
+                vals_all = pre.gather(1, all_idx).relu()
+            vals, aux_vals = vals_all[:, :k], vals_all[:, k:]
+            decode = sparse_decode if sparse else dense_decode
+            recon = decode(vals, idx, self.W_dec) + self.b_dec
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+            fired[idx[vals > 0]] = True
+            l0 = (vals > 0).sum(-1).float().mean()
+            sparsity = recon.new_zeros(())
+        else:
+            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+            acts = self.act.train(pre, self)
+            recon = acts @ self.W_dec + self.b_dec
+            active = acts > 0
+            fired = active.any(0)
+            l0 = active.sum(-1).float().mean()
+            sparsity = self.act.sparsity_loss(pre, acts, self)
+            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+            if aux_idx is not None:
+                aux_vals = pre.gather(1, aux_idx).relu()
+
+        if self.W_skip is not None:
+            recon = recon + x @ self.W_skip
+        err = target - recon
+        mse = err.pow(2).sum(-1).mean()
+        if aux_idx is not None:
+            e_hat = sparse_decode(aux_vals, aux_idx, self.W_dec)
+            aux = aux_scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
+        else:
+            aux = mse.new_zeros(())
+        loss = mse + self.cfg.auxk_alpha * aux + sparsity_scale * sparsity
+        with torch.no_grad():
+            var = (target - target.mean(0)).pow(2).sum(-1).mean()
+            fvu = (mse / var.clamp_min(1e-12)).item()
+        return LossOutput(loss, mse, aux, sparsity, float(l0), fired, fvu)
+
+    # ----------------------------------------------------------------- constraints and init
+    @property
+    def unit_decoder(self) -> bool:
+        """Whether training keeps decoder rows at unit norm (TopK, BatchTopK, JumpReLU, KL)."""
+        return bool(self.act.unit_decoder)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Scale every decoder row (latent direction) to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of W_dec's gradient along each (unit) decoder row, so Adam moves rows
+        along the sphere and the renormalisation after the step changes little."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g.sub_((g * w).sum(1, keepdim=True) * w)
+
+    def post_backward(self) -> None:
+        """Call after ``loss.backward()``, before the optimizer step."""
+        if self.unit_decoder:
+            self.remove_parallel_grad()
+
+    def post_step(self) -> None:
+        """Call after the optimizer step."""
+        if self.unit_decoder:
+            self.normalize_decoder()
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor, target: Tensor | None = None, method: str = "mean") -> None:
+        """Set ``b_dec`` to the mean (or geometric median) of the reconstruction target, so the
+        encoder starts from centred inputs. ``x`` / ``target`` are a sample batch (normalised the
+        same way as training batches)."""
+        self._check(x, self.d_in, "input")
+        y = x if target is None else target
+        self._check(y, self.d_out, "target")
+        y = y.reshape(-1, self.d_out).to(self.b_dec.dtype)
+        if method == "mean":
+            self.b_dec.copy_(y.mean(0))
+        elif method == "median":
+            self.b_dec.copy_(geometric_median(y))
+        elif method != "zero":
+            raise ValueError(f"init method must be mean, median or zero, got {method!r}")
+
+    @torch.no_grad()
+    def fold_scale(self, in_scale: float, out_scale: float | None = None) -> SparseDictionary:
+        """Fold the trainer's input normalisation into the weights, in place.
+
+        Training saw ``x * in_scale`` and predicted ``target * out_scale``; afterwards the
+        dictionary maps raw ``x`` to raw targets with identical latents (thresholds unchanged):
+        W_enc *= in_scale, W_dec and b_dec /= out_scale, W_skip *= in_scale / out_scale. For an
+        SAE the subtracted b_dec is then in raw units too, which is what makes this exact.
+        """
+        out_scale = in_scale if out_scale is None else out_scale
+        if not self.is_transcoder and in_scale != out_scale:
+            raise ValueError("an SAE reads and writes the same hook: in_scale must equal out_scale")
+        self.W_enc.mul_(in_scale)
+        self.W_dec.div_(out_scale)
+        self.b_dec.div_(out_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(in_scale / out_scale)
+        a, b = self.folded_scales
+        self.folded_scales = (a * in_scale, b * out_scale)
+        return self
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``cfg.json`` + ``sae_weights.safetensors`` in the SAELens 6 layout."""
+        from interp_bench.saelens_format import save_dictionary
+
+        return save_dictionary(self, path, metadata)
+
+
+def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
+    """Load a dictionary saved by ``SparseDictionary.save`` or by SAELens (standard, topk,
+    jumprelu, and the transcoder variants)."""
+    from interp_bench.saelens_format import load_saelens_folder
+
+    return load_saelens_folder(path, device=device)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed distance to ``points [n, d]``;
+    robust to the few huge-norm tokens (e.g. BOS) that drag the mean."""
+    guess = points.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (points - guess).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * points).sum(0) / w.sum()
+        if (new - guess).norm() <= tol * guess.norm().clamp_min(1e-8):
+            return new
+        guess = new
+    return guess

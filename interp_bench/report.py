@@ -1,0 +1,276 @@
+"""A self-contained HTML feature browser over a feature index: one file, opens from disk.
+
+Data, CSS and JS are inline and the charts are plain SVG, so the page needs no network and no
+plotly.js. The data is embedded as JSON in a `<script type="application/json">` block (with `</`
+escaped) and the page builds the feature list with DOM calls (`textContent`, so token strings
+cannot inject markup). Each latent carries its top examples and a few quantile examples with the
+activation on every context token, its log-binned activation histogram and promoted/suppressed
+tokens; sorting, paging and search (latent id, or a token its top examples fire on) run in the
+page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .top_examples import FeatureIndex, load_feature_index
+
+
+def _r(v: float) -> float:
+    """Three significant digits: keeps the embedded JSON small."""
+    return float(f"{v:.3g}")
+
+
+def _example(ex: dict) -> list:
+    return [_r(ex["act"]), ex["center"], ex["token_ids"], [_r(a) for a in ex["acts"]]]
+
+
+def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> dict:
+    """The compact JSON the page reads: summary, vocab of used ids, one record per latent."""
+    used: set[int] = set()
+    feats = []
+    edges = index.meta["hist_edges"]
+    for i in range(index.n_features):
+        c = index.feature(i)
+        top = [_example(e) for e in c["top"][:n_top]]
+        quant = [[_r(q["lo"]), _r(q["hi"]), [_example(e) for e in q["examples"][:per_quantile]]]
+                 for q in c["quantiles"]]  # fmt: skip
+        for ex in top + [e for q in quant for e in q[2]]:
+            used.update(ex[2])
+        counts = index.arrays["hist_counts"][i]
+        nz = counts.nonzero().flatten().tolist()
+        hist = [nz[0]] + counts[nz[0] : nz[-1] + 1].tolist() if nz else []
+        rec = {"i": i, "d": _r(c["density"]), "n": c["fire_count"], "m": _r(c["mean_act"]),
+               "x": _r(c["max_act"]), "h": hist, "t": top, "q": quant}  # fmt: skip
+        if c["promoted"]:
+            ids = (
+                index.arrays["logit_pos_ids"][i].tolist(),
+                index.arrays["logit_neg_ids"][i].tolist(),
+            )
+            rec["p"] = [[t, _r(v)] for t, (_, v) in zip(ids[0], c["promoted"], strict=True)]
+            rec["s"] = [[t, _r(v)] for t, (_, v) in zip(ids[1], c["suppressed"], strict=True)]
+            used.update(ids[0] + ids[1])
+        feats.append(rec)
+    r = index.recon
+    recon = {k: r.get(k) for k in ("n_tokens", "mean_rel_err", "nmse", "rel_err_quantiles")}
+    recon["by_position"] = r.get("by_position", {}).get("mean_rel_err", [])
+    recon["worst"] = [[w["rel_err"], index.window - w["context"][: index.window].count(-1),
+                       [t for t in w["context"] if t >= 0]] for w in r.get("worst", [])[:20]]  # fmt: skip
+    for w in recon["worst"]:
+        used.update(w[2])
+    dcfg = index.meta["dictionary"]
+    return {
+        "title": f"{dcfg.get('arch', '')} {dcfg.get('hook_in', '')}"
+        + (f" -> {dcfg['hook_out']}" if dcfg.get("hook_out") else "")
+        + (f" · {dcfg['model_name']}" if dcfg.get("model_name") else ""),
+        "density": index.meta["density"],
+        "hist_edges": [_r(e) for e in edges],
+        "window": index.window,
+        "logits": index.meta.get("logits"),
+        "recon": recon,
+        "vocab": {str(i): index.token_str(i) for i in sorted(used)},
+        "features": feats,
+    }
+
+
+def write_report(index_dir: str | Path, out: str | Path | None = None, **kw) -> Path:
+    """Write `report.html` (default: inside the index directory) and return its path."""
+    index = load_feature_index(index_dir)
+    out = Path(out) if out else index.path / "report.html"
+    data = json.dumps(report_data(index, **kw), separators=(",", ":"), allow_nan=False)
+    data = data.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    page = TEMPLATE.replace("__DATA__", data)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>interp-bench feature browser</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
+header{background:#263238;color:#eee;padding:12px 20px}
+header h1{font-size:18px;margin:0 0 4px}
+.stats span{margin-right:18px}
+main{padding:12px 20px;max-width:1150px}
+.row{display:flex;gap:20px;flex-wrap:wrap}
+.panel{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;margin-bottom:12px}
+.controls{display:flex;gap:10px;align-items:center;margin:8px 0}
+.controls input[type=text]{width:260px;padding:5px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 12px;margin-bottom:12px}
+.card h2{font-size:15px;margin:0 0 6px}
+.card h2 small{font-weight:normal;color:#666;margin-left:8px}
+.cols{display:flex;gap:18px}
+.cols>div:first-child{flex:1;min-width:0}
+.side{width:250px;flex:none;font-size:12px}
+.ctx{font-family:ui-monospace,monospace;font-size:12px;white-space:pre;overflow:hidden;
+ text-overflow:ellipsis;padding:1px 0;border-bottom:1px solid #f0f0f0}
+.ctx .a{display:inline-block;width:52px;color:#888;text-align:right;margin-right:8px}
+.tok{border-radius:2px}
+.tok.c{outline:1px solid #b35900}
+.q{color:#666;font-size:12px;margin:6px 0 2px}
+.logit{display:flex;justify-content:space-between;font-family:ui-monospace,monospace}
+.pos{color:#2e7d32}.neg{color:#c62828}
+.dead{color:#999}
+button{padding:5px 12px}
+#count{color:#666}
+</style></head><body>
+<header><h1 id="title">interp-bench feature browser</h1><div class="stats" id="stats"></div></header>
+<main>
+<div class="row">
+ <div class="panel"><b>Feature density</b> (log10 fraction of tokens)<div id="densplot"></div></div>
+ <div class="panel"><b>Reconstruction error</b> by position<div id="reconplot"></div>
+  <div id="reconstats"></div></div>
+</div>
+<details class="panel"><summary><b>Worst-reconstructed tokens</b></summary><div id="worst"></div></details>
+<div class="controls">
+ <input type="text" id="q" placeholder="latent id (e.g. 42) or token (e.g. the)">
+ <label>sort <select id="sort"><option value="id">latent id</option>
+  <option value="dd">density (high first)</option><option value="da">density (low first)</option>
+  <option value="mx">max activation</option></select></label>
+ <label><input type="checkbox" id="hidedead" checked> hide dead</label>
+ <span id="count"></span>
+</div>
+<div id="list"></div>
+<button id="more">show more</button>
+</main>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const F = D.features, V = D.vocab, W = D.window, PAGE = 25;
+let shown = PAGE, current = [];
+const $ = (id) => document.getElementById(id);
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+const tokStr = (id) => (id in V ? V[id] : "<" + id + ">");
+const show = (s) => s.replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
+const fmt = (v) => (v === null || v === undefined ? "-" : Number(v).toPrecision(3));
+const NS = "http://www.w3.org/2000/svg";
+function bars(counts, w, h, color, labels) {
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", w); svg.setAttribute("height", h + 14);
+  const mx = Math.max(1, ...counts.filter((c) => c !== null)), bw = w / Math.max(1, counts.length);
+  counts.forEach((c, k) => {
+    if (c === null) return;
+    const r = document.createElementNS(NS, "rect"), bh = (h * c) / mx;
+    r.setAttribute("x", k * bw); r.setAttribute("y", h - bh);
+    r.setAttribute("width", Math.max(1, bw - 1)); r.setAttribute("height", bh);
+    r.setAttribute("fill", color);
+    const t = document.createElementNS(NS, "title"); t.textContent = String(c); r.appendChild(t);
+    svg.appendChild(r);
+  });
+  (labels || []).forEach(([x, s, anchor]) => {
+    const t = document.createElementNS(NS, "text");
+    t.setAttribute("x", x * w); t.setAttribute("y", h + 12); t.setAttribute("font-size", 10);
+    t.setAttribute("text-anchor", anchor || "middle"); t.setAttribute("fill", "#555");
+    t.textContent = s; svg.appendChild(t);
+  });
+  return svg;
+}
+function context(ex, mx) {
+  const [act, center, ids, acts] = ex, row = el("div", "ctx");
+  row.appendChild(el("span", "a", fmt(act)));
+  ids.forEach((id, k) => {
+    const s = el("span", "tok" + (k === center ? " c" : ""), show(tokStr(id)));
+    const a = Math.max(0, acts[k]) / (mx || 1);
+    if (a > 0) s.style.background = "rgba(255,140,0," + Math.min(1, 0.12 + 0.88 * a).toFixed(3) + ")";
+    s.title = tokStr(id) + " : " + fmt(acts[k]);
+    row.appendChild(s);
+  });
+  return row;
+}
+function card(f) {
+  const c = el("div", "card");
+  c.id = "latent-" + f.i;
+  const h = el("h2", null, "Latent " + f.i);
+  h.appendChild(el("small", null, f.n === 0 ? "dead (never fired)" :
+    "density " + fmt(f.d) + " · fired " + f.n + "× · mean " + fmt(f.m) + " · max " + fmt(f.x)));
+  c.appendChild(h);
+  if (f.n === 0) { c.classList.add("dead"); return c; }
+  const cols = el("div", "cols"), main = el("div"), side = el("div", "side");
+  main.appendChild(el("div", "q", "Top activations"));
+  f.t.forEach((ex) => main.appendChild(context(ex, f.x)));
+  f.q.forEach(([lo, hi, exs], b) => {
+    if (!exs.length) return;
+    main.appendChild(el("div", "q", "Quantile " + (b + 1) + "/" + f.q.length + ": [" + fmt(lo) + ", " + fmt(hi) + "]"));
+    exs.forEach((ex) => main.appendChild(context(ex, f.x)));
+  });
+  if (f.h.length) {
+    const lo = f.h[0], counts = f.h.slice(1), e = D.hist_edges;
+    side.appendChild(el("div", "q", "Activation histogram (log bins)"));
+    side.appendChild(bars(counts, 240, 60, "#f58518",
+      [[0, fmt(e[lo]), "start"], [1, fmt(e[lo + counts.length]), "end"]]));
+  }
+  if (f.p) {
+    side.appendChild(el("div", "q", "Promoted tokens"));
+    f.p.forEach(([t, v]) => { const r = el("div", "logit pos"); r.appendChild(el("span", null, JSON.stringify(tokStr(t)))); r.appendChild(el("span", null, "+" + fmt(v))); side.appendChild(r); });
+    side.appendChild(el("div", "q", "Suppressed tokens"));
+    f.s.forEach(([t, v]) => { const r = el("div", "logit neg"); r.appendChild(el("span", null, JSON.stringify(tokStr(t)))); r.appendChild(el("span", null, fmt(v))); side.appendChild(r); });
+  }
+  cols.appendChild(main); cols.appendChild(side); c.appendChild(cols);
+  return c;
+}
+function select() {
+  const q = $("q").value.trim(), hide = $("hidedead").checked;
+  let out;
+  const num = q.replace(/^#/, "");
+  if (q && /^\d+$/.test(num)) {
+    out = F.filter((f) => f.i === Number(num));
+  } else if (q) {
+    const want = q.toLowerCase(), hits = new Map();
+    F.forEach((f) => {
+      const n = f.t.filter((ex) => tokStr(ex[2][ex[1]]).trim().toLowerCase() === want).length;
+      if (n) hits.set(f.i, n);
+    });
+    out = F.filter((f) => hits.has(f.i)).sort((a, b) => hits.get(b.i) - hits.get(a.i));
+  } else {
+    out = F.filter((f) => !(hide && f.n === 0));
+    const s = $("sort").value;
+    if (s === "dd") out.sort((a, b) => b.d - a.d);
+    if (s === "da") out.sort((a, b) => a.d - b.d);
+    if (s === "mx") out.sort((a, b) => b.x - a.x);
+  }
+  return out;
+}
+function render() {
+  const list = $("list");
+  list.replaceChildren();
+  current.slice(0, shown).forEach((f) => list.appendChild(card(f)));
+  $("count").textContent = current.length + " latents" + (current.length > shown ? ", showing " + shown : "");
+  $("more").style.display = current.length > shown ? "" : "none";
+}
+function update() { shown = PAGE; current = select(); render(); }
+function header() {
+  const s = D.density, r = D.recon;
+  $("title").textContent = "interp-bench feature browser: " + D.title;
+  [["tokens", s.n_tokens.toLocaleString()], ["latents", s.d_sae.toLocaleString()],
+   ["dead", s.dead], ["dense (>" + s.dense_threshold * 100 + "%)", s.dense],
+   ["NMSE", fmt(r.nmse)], ["mean rel. error", fmt(r.mean_rel_err)]].forEach(([k, v]) => {
+    const e = el("span"); e.appendChild(el("b", null, k + ": ")); e.appendChild(document.createTextNode(String(v))); $("stats").appendChild(e);
+  });
+  const ed = s.log10_density_edges;
+  $("densplot").appendChild(bars(s.log10_density_counts, 420, 90, "#4c78a8",
+    [[0, fmt(ed[0]), "start"], [0.5, fmt((ed[0] + ed[ed.length - 1]) / 2)], [1, "0", "end"]]));
+  const bp = r.by_position || [];
+  $("reconplot").appendChild(bars(bp, 420, 90, "#72b7b2",
+    [[0, "pos 0", "start"], [1, "pos " + (bp.length - 1), "end"]]));
+  const qs = r.rel_err_quantiles || {};
+  $("reconstats").textContent = Object.entries(qs).map(([k, v]) => k + " " + fmt(v)).join(" · ");
+  (r.worst || []).forEach((w) => $("worst").appendChild(context([w[0], w[1], w[2], w[2].map((_, k) => (k === w[1] ? 1 : 0))], 1)));
+}
+$("q").addEventListener("input", update);
+$("sort").addEventListener("change", update);
+$("hidedead").addEventListener("change", update);
+$("more").addEventListener("click", () => { shown += PAGE; render(); });
+header();
+update();
+</script></body></html>
+"""

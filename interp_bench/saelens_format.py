@@ -1,0 +1,208 @@
+"""Save and load dictionaries in the SAELens 6 folder layout (``cfg.json`` +
+``sae_weights.safetensors``), so SAELens's ``SAE.load_from_disk`` reads ours and we read theirs.
+
+Architecture mapping (ours -> SAELens ``architecture``):
+
+==============  ======================  ==========================================
+ours            SAE                     transcoder (skip -> ``*skip_transcoder``)
+==============  ======================  ==========================================
+relu            standard                transcoder / skip_transcoder
+topk            topk                    topk_transcoder (no SAELens class: ours only)
+batchtopk       jumprelu (global thr.)  jumprelu_transcoder / jumprelu_skip_...
+jumprelu        jumprelu                jumprelu_transcoder / jumprelu_skip_...
+==============  ======================  ==========================================
+
+BatchTopK is saved the way SAELens saves its own: JumpReLU with the learned global threshold
+on every latent. Our config, hook names and folded normalisation go in ``metadata.interp_bench``,
+which SAELens keeps as opaque metadata; with it our loader restores the exact arch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from interp_bench.config import DictionaryConfig
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose layout we write and test
+SUPPORTED = (
+    "standard",
+    "topk",
+    "jumprelu",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+    "topk_transcoder",
+)
+
+
+def saelens_architecture(cfg: DictionaryConfig) -> str:
+    arch = cfg.arch
+    if not cfg.is_transcoder:
+        return {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}.get(arch, arch)
+    if arch == "topk":
+        return "topk_transcoder"
+    base = "transcoder" if arch == "relu" else "jumprelu_transcoder"
+    return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
+
+
+def tl_hook_name(short: str) -> str:
+    """Best-effort TransformerLens name for a short hook name like 'L8.resid_post'."""
+    layer, _, kind = short.partition(".")
+    if not layer.startswith("L") or not layer[1:].isdigit():
+        return short
+    names = {
+        "resid_pre": "hook_resid_pre",
+        "resid_post": "hook_resid_post",
+        "mlp_in": "ln2.hook_normalized",
+        "mlp_out": "hook_mlp_out",
+    }
+    return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
+
+
+def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``d`` (a SparseDictionary) to ``path``; files are written to temp names and renamed
+    so a crash never leaves a half-written folder behind a valid-looking cfg.json."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = d.cfg
+    arch = saelens_architecture(cfg)
+    state = {
+        "W_enc": d.W_enc,
+        "b_enc": d.b_enc,
+        "W_dec": d.W_dec,
+        "b_dec": d.b_dec,
+    }
+    if d.threshold is not None:
+        state["threshold"] = d.threshold
+    if d.W_skip is not None:
+        state["W_skip"] = d.W_skip.t()  # SAELens stores [d_out, d_in]
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+    meta = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "sae_lens_training_version": None,
+        "model_name": cfg.model_name,
+        "hook_name": tl_hook_name(cfg.hook_in),
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "context_size": None,
+        "dataset_path": None,
+    }
+    if cfg.hook_out:
+        meta["hook_name_out"] = tl_hook_name(cfg.hook_out)
+    meta.update(metadata or {})
+    meta["interp_bench"] = {
+        "config": cfg.to_dict(),
+        "folded_scales": list(d.folded_scales),
+        "acts_on": "raw activations (normalisation folded into the weights)",
+    }
+    out: dict[str, Any] = {
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": str(d.W_enc.dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": not d.is_transcoder,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+        "architecture": arch,
+    }
+    if cfg.arch == "topk":
+        out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = False
+    if d.is_transcoder:
+        out["d_out"] = cfg.out_dim
+    tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CFG_FILE + ".tmp")
+    save_file(state, str(tmp_w))
+    tmp_c.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp_w, path / WEIGHTS_FILE)
+    os.replace(tmp_c, path / CFG_FILE)
+    return path
+
+
+def _config_from_saelens(c: dict[str, Any]) -> DictionaryConfig:
+    arch = c["architecture"]
+    meta = c.get("metadata") or {}
+    transcoder = "transcoder" in arch
+    ours = {
+        "standard": "relu",
+        "transcoder": "relu",
+        "skip_transcoder": "relu",
+        "topk": "topk",
+        "topk_transcoder": "topk",
+    }.get(arch, "jumprelu")
+    return DictionaryConfig(
+        d_in=int(c["d_in"]),
+        d_sae=int(c["d_sae"]),
+        arch=ours,
+        d_out=int(c["d_out"]) if transcoder else None,
+        hook_in=meta.get("hook_name") or "",
+        hook_out=(meta.get("hook_name_out") or "") if transcoder else None,
+        model_name=meta.get("model_name") or "",
+        k=int(c.get("k", 32)),
+        skip="skip" in arch,
+    )
+
+
+def load_saelens_folder(path: str | Path, device: torch.device | str | None = None):
+    """Load a folder written by us or by SAELens into a SparseDictionary."""
+    from interp_bench.dictionary import SparseDictionary
+
+    path = Path(path)
+    cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a dictionary folder: expected {CFG_FILE} and {WEIGHTS_FILE}"
+        )
+    c = json.loads(cfg_path.read_text())
+    arch = c.get("architecture", "standard")
+    if arch not in SUPPORTED:
+        raise ValueError(
+            f"{path}: SAELens architecture {arch!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED)}"
+        )
+    if c.get("normalize_activations", "none") not in ("none", None):
+        raise ValueError(
+            f"{path}: normalize_activations={c['normalize_activations']!r} needs a run-time "
+            "scale; fold it first (SAELens: sae.fold_activation_norm_scaling_factor) and re-save"
+        )
+    if c.get("reshape_activations", "none") not in ("none", None):
+        raise ValueError(f"{path}: reshape_activations={c['reshape_activations']!r} unsupported")
+    ours = (c.get("metadata") or {}).get("interp_bench")
+    cfg = DictionaryConfig.from_dict(ours["config"]) if ours else _config_from_saelens(c)
+
+    state = load_file(str(w_path))
+    dtype = state["W_enc"].dtype
+    d = SparseDictionary(cfg, device="cpu", dtype=dtype)
+    with torch.no_grad():
+        W_enc, b_enc, W_dec = state["W_enc"], state["b_enc"], state["W_dec"]
+        if arch == "topk" and c.get("rescale_acts_by_decoder_norm", False):
+            # SAELens scales pre-acts by ||W_dec row|| and divides them out before decoding.
+            n = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
+        if not d.is_transcoder and not c.get("apply_b_dec_to_input", True):
+            # (x - b_dec) @ W_enc + b_enc' == x @ W_enc + b_enc
+            b_enc = b_enc + state["b_dec"] @ W_enc
+        d.W_enc.copy_(W_enc)
+        d.b_enc.copy_(b_enc)
+        d.W_dec.copy_(W_dec)
+        d.b_dec.copy_(state["b_dec"])
+        if d.W_skip is not None:
+            d.W_skip.copy_(state["W_skip"].t())
+        if cfg.arch == "jumprelu":
+            d.log_threshold.copy_(state["threshold"].log())
+        elif cfg.arch == "batchtopk":
+            d.topk_threshold.copy_(state["threshold"].reshape(-1)[0])
+    if ours:
+        a, b = ours.get("folded_scales", [1.0, 1.0])
+        d.folded_scales = (float(a), float(b))
+    return d.to(device) if device is not None else d

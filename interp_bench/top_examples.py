@@ -1,0 +1,484 @@
+"""The feature index: top-activating and quantile examples for every latent, built in one pass.
+
+For each chunk of whole sequences we encode once, take the firing entries (latent, token, value),
+and merge them into two running per-latent selections of fixed size, all latents at once:
+
+* the top-k by activation (`RunningTopK` keyed by the activation), and
+* a uniform sample of firing events (the same structure keyed by a random number: priority
+  sampling), from which quantile buckets and their examples are drawn at the end. Latents that
+  fired no more often than the sample size keep every event, so their buckets are exact.
+
+Both keep, for each kept example, the latent's activation on the `window` tokens either side
+(read from the chunk, which holds whole sequences), so contexts never need a second pass. Memory is
+bounded by `d_sae * (top_k + reservoir) * (2 * window + 1)` floats plus two floats per token for
+the reconstruction errors. Density, histograms and reconstruction error ride along (see
+`density.py`, `recon_error.py`). Everything lands in a directory that notebooks and the HTML
+report read back with `load_feature_index` without recomputing:
+
+    index.json            config, dictionary config, density summary, histogram edges
+    features.safetensors  per-latent arrays (density, top/quantile examples, histograms, logits)
+    stream.safetensors    tokens, seq, pos, sq_err, rel_err of every analysed token, in order
+    recon.json            reconstruction-error summary (distribution, worst, by position/frequency)
+    vocab.json            token id -> string for every id the index mentions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .density import DensityStats, density_summary, hist_edges, whole_sequences
+from .recon_error import ReconStats, context_window, recon_summary
+
+FORMAT_VERSION = 1
+RESIDUAL_KINDS = ("resid_pre", "resid_post", "mlp_out")  # spaces the unembedding reads from
+
+
+@dataclass
+class AnalysisConfig:
+    top_k: int = 20  # top-activating examples kept per latent
+    window: int = 10  # context tokens either side of an example
+    reservoir: int = 64  # uniform sample of firing events per latent (quantile examples)
+    n_quantiles: int = 4  # quantile buckets of each latent's firing activations
+    per_quantile: int = 4  # examples shown per bucket
+    dense_threshold: float = 0.1  # "dense" latents fire on more than this fraction of tokens
+    skip_bos: bool = True  # position 0 counts for nothing (its activations are outliers)
+    n_logit_tokens: int = 10  # promoted / suppressed tokens per latent
+    n_worst: int = 32  # worst-reconstructed tokens listed
+    seed: int = 0
+
+
+def per_column_top(cols: Tensor, keys: Tensor, m: int, n_cols: int) -> tuple[Tensor, Tensor]:
+    """For entries (col, key), the positions of the m largest keys of each column and their rank."""
+    order = torch.argsort(keys, descending=True, stable=True)
+    order = order[torch.argsort(cols[order], stable=True)]
+    c = cols[order]
+    counts = torch.bincount(c, minlength=n_cols)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(c.numel()) - starts[c]
+    keep = rank < m
+    return order[keep], rank[keep]
+
+
+def context_acts(acts: Tensor, seq: Tensor, rows: Tensor, latents: Tensor, window: int) -> Tensor:
+    """`acts[rows + o, latent]` for o in -window..window; NaN outside the row's sequence."""
+    n = acts.shape[0]
+    idx = rows[:, None] + torch.arange(-window, window + 1)
+    safe = idx.clamp(0, n - 1)
+    valid = (idx >= 0) & (idx < n) & (seq[safe] == seq[rows][:, None])
+    vals = acts[safe, latents[:, None]].float()
+    return torch.where(valid, vals, torch.tensor(float("nan")))
+
+
+class RunningTopK:
+    """For every latent, the m firing events with the largest key so far, with context acts."""
+
+    def __init__(self, d_sae: int, m: int, window: int) -> None:
+        self.m, self.window = m, window
+        self.key = torch.full((d_sae, m), float("-inf"))
+        self.val = torch.zeros(d_sae, m)
+        self.idx = torch.full((d_sae, m), -1, dtype=torch.int64)
+        self.ctx = torch.full((d_sae, m, 2 * window + 1), float("nan"))
+
+    def update(
+        self,
+        rows: Tensor,
+        cols: Tensor,
+        keys: Tensor,
+        vals: Tensor,
+        acts: Tensor,
+        seq: Tensor,
+        offset: int,
+    ) -> None:
+        """Merge one chunk's firing entries (row in chunk, latent, key, value) into the selection."""
+        d_sae, m = self.key.shape
+        if cols.numel() == 0:
+            return
+        sel, rank = per_column_top(cols, keys, m, d_sae)
+        c = cols[sel]
+        cand_key = torch.full((d_sae, m), float("-inf"))
+        cand_key[c, rank] = keys[sel].float()
+        cand_val = torch.zeros(d_sae, m)
+        cand_val[c, rank] = vals[sel].float()
+        cand_row = torch.zeros(d_sae, m, dtype=torch.int64)
+        cand_row[c, rank] = rows[sel]
+
+        top = torch.cat([self.key, cand_key], 1).topk(m, dim=1)
+        src = top.indices
+        old = src < m
+        si, ci = src.clamp(max=m - 1), (src - m).clamp(min=0)
+        empty = top.values == float("-inf")
+        self.val = torch.where(old, self.val.gather(1, si), cand_val.gather(1, ci))
+        new_idx = torch.where(old, self.idx.gather(1, si), cand_row.gather(1, ci) + offset)
+        self.idx = torch.where(empty, -1, new_idx)
+        ctx = self.ctx.gather(1, si[..., None].expand(-1, -1, self.ctx.shape[2]))
+        f, s = (~old & ~empty).nonzero(as_tuple=True)
+        if f.numel():
+            ctx[f, s] = context_acts(acts, seq, cand_row[f, ci[f, s]], f, self.window)
+        self.ctx = ctx
+        self.key = top.values
+
+
+def unembedding(model) -> tuple[Tensor, Tensor | None] | None:
+    """The model's W_U `[d_model, vocab]` and the final norm's elementwise weight, if it has one."""
+    W_U = getattr(model, "W_U", None)
+    if W_U is None:
+        return None
+    ln = getattr(model, "ln_final", None)
+    w = None
+    for name in ("w", "weight"):
+        cand = getattr(ln, name, None) if ln is not None else None
+        if isinstance(cand, Tensor) and cand.ndim == 1 and cand.numel() == W_U.shape[0]:
+            w = cand
+            break
+    return W_U.detach().float().cpu(), None if w is None else w.detach().float().cpu()
+
+
+def logit_effects(
+    W_dec: Tensor, W_U: Tensor, ln_w: Tensor | None, n: int, chunk: int = 1024
+) -> dict[str, Tensor]:
+    """Tokens each decoder direction promotes / suppresses: top and bottom of W_dec * ln_w @ W_U.
+
+    This is the direct logit attribution of a unit activation. The final norm's elementwise weight
+    is applied; its division by the residual norm is a positive per-token scale that does not
+    change the ranking, so it is left out (values are in "logits per unit pre-norm residual").
+    """
+    W = W_dec.detach().float().cpu()
+    if ln_w is not None:
+        W = W * ln_w
+    out: dict[str, list[Tensor]] = {k: [] for k in ("pos_ids", "pos_vals", "neg_ids", "neg_vals")}
+    for start in range(0, W.shape[0], chunk):
+        logits = W[start : start + chunk] @ W_U
+        hi, lo = logits.topk(n, dim=1), logits.topk(n, dim=1, largest=False)
+        out["pos_ids"].append(hi.indices.int())
+        out["pos_vals"].append(hi.values)
+        out["neg_ids"].append(lo.indices.int())
+        out["neg_vals"].append(lo.values)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _output_kind(dcfg) -> str:
+    hook = dcfg.hook_out or dcfg.hook_in or ""
+    return hook.split(".", 1)[-1]
+
+
+@torch.inference_mode()
+def analyze(
+    dictionary,
+    stream: Iterable[dict[str, Tensor]],
+    out_dir: str | Path,
+    cfg: AnalysisConfig | None = None,
+    *,
+    model=None,
+    tokenizer=None,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> FeatureIndex:
+    """One pass over `stream` (sequential batches with tokens/seq/pos); writes the feature index.
+
+    `model` (optional) supplies the unembedding for promoted/suppressed tokens and, with
+    `tokenizer` (default `model.tokenizer`), the token strings.
+    """
+    cfg = cfg or AnalysisConfig()
+    dcfg = dictionary.cfg
+    d_sae, hook_in, hook_out = dcfg.d_sae, dcfg.hook_in, dcfg.hook_out
+    device = dictionary.W_dec.device
+    density = DensityStats(d_sae)
+    recon = ReconStats()
+    top = RunningTopK(d_sae, cfg.top_k, cfg.window)
+    sample = RunningTopK(d_sae, cfg.reservoir, cfg.window)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    streams: dict[str, list[Tensor]] = {"tokens": [], "seq": [], "pos": []}
+    offset = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_tokens, unit="tok", desc="analyze")
+    for chunk in whole_sequences(stream):
+        if max_tokens is not None and offset + chunk["seq"].numel() > max_tokens:
+            chunk = {k: v[: max_tokens - offset] for k, v in chunk.items()}
+        for name in (hook_in, hook_out):
+            if name and name not in chunk:
+                raise ValueError(
+                    f"activations have no hook {name!r} (have {sorted(chunk)}); "
+                    "cache the dictionary's hooks or pick a matching dictionary"
+                )
+        x = chunk[hook_in].to(device=device, dtype=torch.float32)
+        seq, pos = chunk["seq"].long(), chunk["pos"].long()
+        n = x.shape[0]
+        if n == 0:
+            break
+        acts = dictionary.encode(x)
+        recon_x = _reconstruct(dictionary, x, acts)
+        target = chunk[hook_out].to(device=device, dtype=torch.float32) if hook_out else x
+        keep = pos != 0 if cfg.skip_bos else torch.ones(n, dtype=torch.bool)
+        recon.update(recon_x.cpu(), target.cpu(), keep)
+        acts = acts.float().cpu()
+        rows, cols = ((acts > 0) & keep[:, None]).nonzero(as_tuple=True)
+        vals = acts[rows, cols]
+        density.update(int(keep.sum()), cols, vals)
+        top.update(rows, cols, vals, vals, acts, seq, offset)
+        keys = torch.rand(vals.numel(), generator=gen)
+        sample.update(rows, cols, keys, vals, acts, seq, offset)
+        streams["tokens"].append(chunk["tokens"].to(torch.int32))
+        streams["seq"].append(seq)
+        streams["pos"].append(pos.to(torch.int32))
+        offset += n
+        if bar is not None:
+            bar.update(n)
+        if max_tokens is not None and offset >= max_tokens:
+            break
+    if bar is not None:
+        bar.close()
+    if density.n_tokens == 0:
+        raise ValueError("no tokens to analyse: the activation stream is empty (check --tokens)")
+
+    stream_arrays = {k: torch.cat(v) for k, v in streams.items()} | recon.arrays()
+    tokens, seq_all = stream_arrays["tokens"], stream_arrays["seq"]
+    arrays: dict[str, Tensor] = {
+        "density": density.density.float(),
+        "fire_count": density.fire_count,
+        "mean_act": density.mean_act,
+        "max_act": density.max_act,
+        "hist_counts": density.histograms().int(),
+    }
+    # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
+    arrays |= _examples("top", top.idx, top.val, top.ctx, tokens, seq_all, cfg.window)
+    arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
+
+    logits_note = None
+    if model is not None and _output_kind(dcfg) in RESIDUAL_KINDS:
+        unembed = unembedding(model)
+        if unembed is not None:
+            W_U, ln_w = unembed
+            if W_U.shape[0] == dictionary.W_dec.shape[1]:
+                eff = logit_effects(dictionary.W_dec, W_U, ln_w, cfg.n_logit_tokens)
+                arrays |= {f"logit_{k}": v for k, v in eff.items()}
+                logits_note = "W_dec * ln_final.w @ W_U" if ln_w is not None else "W_dec @ W_U"
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    ids = torch.unique(
+        torch.cat(
+            [tokens.long()]
+            + [
+                arrays[k].long().flatten()
+                for k in ("logit_pos_ids", "logit_neg_ids")
+                if k in arrays
+            ]
+        )
+    )
+    vocab = {int(i): _token_str(tokenizer, int(i)) for i in ids}
+
+    recon_info = recon_summary(
+        stream_arrays["sq_err"], stream_arrays["rel_err"], tokens, seq_all,
+        stream_arrays["pos"], n_worst=cfg.n_worst, window=cfg.window, nmse=recon.nmse,
+    )  # fmt: skip
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "analysis": dataclasses.asdict(cfg),
+        "dictionary": dcfg.to_dict() if hasattr(dcfg, "to_dict") else dict(vars(dcfg)),
+        "n_tokens": density.n_tokens,
+        "n_stream": int(tokens.numel()),
+        "d_sae": d_sae,
+        "density": density_summary(density.density, density.n_tokens, cfg.dense_threshold),
+        "hist_edges": [float(e) for e in hist_edges()],
+        "logits": logits_note,
+        "model": getattr(getattr(model, "cfg", None), "model_name", None),
+    }
+    return write_feature_index(out_dir, meta, arrays, stream_arrays, recon_info, vocab)
+
+
+def _reconstruct(dictionary, x: Tensor, acts: Tensor) -> Tensor:
+    """`forward(x)` without encoding again: a sparse matmul when few latents fire (TopK)."""
+    if acts.count_nonzero() < 0.05 * acts.numel():
+        out = acts.to_sparse_csr() @ dictionary.W_dec + dictionary.b_dec
+    else:
+        out = dictionary.decode(acts)
+    W_skip = getattr(dictionary, "W_skip", None)
+    return out if W_skip is None else out + x @ W_skip
+
+
+def _examples(prefix, idx, val, ctx, tokens, seq, window) -> dict[str, Tensor]:
+    """Flatten (latent, slot) examples into arrays with their context token ids."""
+    flat = idx.reshape(-1)
+    ok = flat >= 0
+    ctx_tok = torch.full((flat.numel(), 2 * window + 1), -1, dtype=torch.int32)
+    if ok.any():
+        ctx_tok[ok] = context_window(tokens, seq, flat[ok], window).int()
+    return {
+        f"{prefix}_index": idx,
+        f"{prefix}_acts": torch.where(idx >= 0, val, torch.tensor(0.0)),
+        f"{prefix}_tokens": ctx_tok.view(*idx.shape, -1),
+        f"{prefix}_ctx_acts": ctx.to(torch.float16),
+    }
+
+
+def _quantile_examples(sample: RunningTopK, cfg: AnalysisConfig, tokens, seq) -> dict:
+    """Quantile edges of each latent's sampled firing activations, and examples per bucket.
+
+    Bucket b holds activations in [edge_b, edge_{b+1}) (the last one closed). Examples are the
+    first `per_quantile` of the bucket in the sample's random order, i.e. a uniform draw.
+    """
+    d_sae, q, per = sample.key.shape[0], cfg.n_quantiles, cfg.per_quantile
+    valid = sample.idx >= 0
+    vals = torch.where(valid, sample.val, torch.tensor(float("nan")))
+    probs = torch.linspace(0, 1, q + 1)
+    edges = torch.nanquantile(vals, probs, dim=1).T.contiguous()  # [d_sae, q + 1]
+    bucket = (vals[..., None] >= edges[:, None, 1:q]).sum(-1)
+    f, s = valid.nonzero(as_tuple=True)
+    col = f * q + bucket[f, s]
+    sel, rank = per_column_top(col, sample.key[f, s], per, d_sae * q)
+    idx = torch.full((d_sae * q, per), -1, dtype=torch.int64)
+    val = torch.zeros(d_sae * q, per)
+    ctx = torch.full((d_sae * q, per, sample.ctx.shape[2]), float("nan"))
+    idx[col[sel], rank] = sample.idx[f[sel], s[sel]]
+    val[col[sel], rank] = sample.val[f[sel], s[sel]]
+    ctx[col[sel], rank] = sample.ctx[f[sel], s[sel]]
+    out = _examples("quantile", idx.view(d_sae, q, per), val.view(d_sae, q, per),
+                    ctx.view(d_sae, q, per, -1), tokens, seq, cfg.window)  # fmt: skip
+    out["quantile_edges"] = edges
+    return out
+
+
+def _token_str(tokenizer, i: int) -> str:
+    if tokenizer is None:
+        return f"<{i}>"
+    try:
+        return tokenizer.decode([i])
+    except Exception:  # ids past the tokenizer's vocab (padded embeddings)
+        return f"<{i}>"
+
+
+def write_feature_index(out_dir, meta, arrays, stream, recon, vocab) -> FeatureIndex:
+    """Write the index files; index.json goes last so its presence means the index is complete."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.json").unlink(missing_ok=True)
+    save_file({k: v.contiguous() for k, v in arrays.items()}, str(out / "features.safetensors"))
+    save_file({k: v.contiguous() for k, v in stream.items()}, str(out / "stream.safetensors"))
+    (out / "recon.json").write_text(json.dumps(recon, indent=1, allow_nan=True))
+    (out / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
+    (out / "index.json").write_text(json.dumps(meta, indent=2))
+    return load_feature_index(out)
+
+
+class FeatureIndex:
+    """Read-only view of a feature index directory; `feature(i)` gives one latent's card data."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "index.json").exists():
+            raise FileNotFoundError(
+                f"no feature index at {self.path} (index.json missing); run `interp-bench analyze`"
+            )
+        self.meta = json.loads((self.path / "index.json").read_text())
+        self.arrays = load_file(str(self.path / "features.safetensors"))
+        self.recon = json.loads((self.path / "recon.json").read_text())
+        self.vocab = {
+            int(k): v for k, v in json.loads((self.path / "vocab.json").read_text()).items()
+        }
+        self._stream: dict[str, Tensor] | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.meta["d_sae"])
+
+    @property
+    def window(self) -> int:
+        return int(self.meta["analysis"]["window"])
+
+    @property
+    def density(self) -> Tensor:
+        return self.arrays["density"]
+
+    @property
+    def stream(self) -> dict[str, Tensor]:
+        """Per-token arrays (tokens, seq, pos, sq_err, rel_err), loaded on first use."""
+        if self._stream is None:
+            self._stream = load_file(str(self.path / "stream.safetensors"))
+        return self._stream
+
+    def token_str(self, i: int) -> str:
+        return self.vocab.get(int(i), f"<{int(i)}>")
+
+    def _example_list(self, prefix: str, sel: tuple) -> list[dict]:
+        idx = self.arrays[f"{prefix}_index"][sel]
+        acts = self.arrays[f"{prefix}_acts"][sel]
+        toks = self.arrays[f"{prefix}_tokens"][sel]
+        ctx = self.arrays[f"{prefix}_ctx_acts"][sel].float()
+        out = []
+        for g, a, t, c in zip(idx.tolist(), acts.tolist(), toks, ctx, strict=True):
+            if g < 0:
+                continue
+            keep = t >= 0
+            out.append({
+                "index": g,
+                "act": a,
+                "token_ids": t[keep].tolist(),
+                "tokens": [self.token_str(i) for i in t[keep].tolist()],
+                "acts": c[keep].nan_to_num(0.0).tolist(),
+                "center": int(keep[: self.window].sum()),
+            })  # fmt: skip
+        return out
+
+    def feature(self, i: int) -> dict:
+        """Everything a feature card shows for latent `i`."""
+        if not 0 <= i < self.n_features:
+            raise ValueError(f"latent {i} out of range 0..{self.n_features - 1}")
+        a = self.arrays
+        counts = a["hist_counts"][i]
+        edges = self.meta["hist_edges"]
+        nz = counts.nonzero().flatten().tolist()
+        lo, hi = (nz[0], nz[-1] + 1) if nz else (0, 0)
+        card = {
+            "id": i,
+            "density": float(a["density"][i]),
+            "fire_count": int(a["fire_count"][i]),
+            "mean_act": float(a["mean_act"][i]),
+            "max_act": float(a["max_act"][i]),
+            "hist": {"edges": edges[lo : hi + 1], "counts": counts[lo:hi].tolist()},
+            "top": self._example_list("top", (i,)),
+            "quantiles": [
+                {
+                    "lo": float(a["quantile_edges"][i, b]),
+                    "hi": float(a["quantile_edges"][i, b + 1]),
+                    "examples": self._example_list("quantile", (i, b)),
+                }
+                for b in range(a["quantile_edges"].shape[1] - 1)
+            ],
+            "promoted": [],
+            "suppressed": [],
+        }
+        if "logit_pos_ids" in a:
+            for key, name in (("pos", "promoted"), ("neg", "suppressed")):
+                ids, vals = a[f"logit_{key}_ids"][i].tolist(), a[f"logit_{key}_vals"][i].tolist()
+                card[name] = [(self.token_str(t), v) for t, v in zip(ids, vals, strict=True)]
+        return card
+
+    def search_token(self, text: str) -> list[int]:
+        """Latents whose top examples activate on a token equal to `text` (stripped, any case).
+
+        Ordered by how many of their top examples are that token, most first.
+        """
+        want = text.strip().lower()
+        ids = [i for i, s in self.vocab.items() if s.strip().lower() == want]
+        if not ids or not want:
+            return []
+        center = self.arrays["top_tokens"][:, :, self.window].long()
+        hits = torch.isin(center, torch.tensor(ids)).sum(1)
+        order = torch.argsort(hits, descending=True, stable=True)
+        return [int(i) for i in order if hits[i] > 0]
+
+    def by_density(self, descending: bool = True) -> list[int]:
+        return torch.argsort(self.density, descending=descending, stable=True).tolist()
+
+
+def load_feature_index(path: str | Path) -> FeatureIndex:
+    return FeatureIndex(path)

@@ -1,0 +1,602 @@
+"""Train several sparse dictionaries on one pass of activation reads.
+
+Every step reads one batch (all hooks of the same tokens) and takes one Adam step for each
+dictionary, so a sweep over k or L1 coefficients, or SAEs on several hooks, costs one pass over
+the shards. Inputs are scaled to mean norm sqrt(d) during training (so one learning rate fits
+every hook) and the scale is folded back into the weights at save time.
+
+Layout of `out_dir/NAME/`: `cfg.json` + `sae_weights.safetensors` (the dictionary's own save,
+acting on raw activations), `train_cfg.json`, `metrics.jsonl`, `checkpoint/step_*/state.pt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt
+from . import ddp
+from .config import DictionaryConfig, TrainConfig
+from .dictionary import SparseDictionary
+
+DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
+# Settings that may change between a run and its resume without changing its result.
+_RESUME_FREE = ("device", "log_every", "checkpoint_every", "eval_every", "extra")
+
+
+class TrainingDiverged(ValueError):
+    """Loss, gradients or weights became NaN/inf; the last good checkpoint is left untouched."""
+
+
+def run_names(cfgs: list[DictionaryConfig]) -> list[str]:
+    """Folder names: the config's name plus what a sweep varies (k, L1), made unique."""
+    names = []
+    for c in cfgs:
+        name = c.name
+        if c.arch in ("topk", "batchtopk"):
+            name += f"-k{c.k}"
+        elif c.arch == "relu":
+            coef = c.l1_coefficient if c.sparsity == "l1" else c.kl_coefficient
+            name += f"-{c.sparsity}{coef:g}"
+        elif c.arch == "jumprelu":
+            name += f"-l0{c.l0_coefficient:g}"
+        names.append(name)
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if names.count(n) > 1:
+            seen[n] = seen.get(n, 0) + 1
+            n = f"{n}-{seen[n]}"
+        out.append(n)
+    return out
+
+
+def lr_factor(step: int, total: int, warmup: int, decay_start: float, shape: str) -> float:
+    """Linear warm-up, flat, then linear-to-zero or cosine decay over the last fraction."""
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    start = int(decay_start * total)
+    if step >= start and total > start:
+        frac = (step - start) / (total - start)
+        factor *= 1.0 - frac if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return factor
+
+
+class Trainer:
+    """One optimiser, dead-latent counter and input scale per dictionary; one shared data pass."""
+
+    def __init__(
+        self,
+        dict_cfgs: list[DictionaryConfig],
+        train_cfg: TrainConfig,
+        *,
+        stats: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        out_dir: str | Path | None = None,
+        names: list[str] | None = None,
+    ):
+        if not dict_cfgs:
+            raise ValueError("no dictionaries to train: pass at least one DictionaryConfig")
+        self.cfgs = list(dict_cfgs)
+        self.train_cfg = train_cfg
+        self.device = torch.device(device or train_cfg.device or _default_device())
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.names = names or run_names(self.cfgs)
+        self.hooks = sorted(
+            {c.hook_in for c in self.cfgs} | {c.hook_out for c in self.cfgs if c.hook_out}
+        )
+        self.world = ddp.world_size()
+        self.total_steps = max(1, train_cfg.tokens // (train_cfg.batch_size * self.world))
+
+        self.dicts: list[SparseDictionary] = []
+        for c in self.cfgs:
+            # Seed per dictionary so each one starts exactly as it would if trained alone.
+            torch.manual_seed(train_cfg.seed)
+            self.dicts.append(SparseDictionary(c).to(self.device))
+        for d in self.dicts:
+            ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
+        self.lrs = [train_cfg.auto_lr(c.d_sae) for c in self.cfgs]
+        self.optims = [
+            torch.optim.Adam(
+                d.parameters(),
+                lr=lr,
+                betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+                eps=train_cfg.adam_eps,
+            )
+            for d, lr in zip(self.dicts, self.lrs, strict=True)
+        ]
+        # Tokens since each latent last fired (dead detection, AuxK) and a recent-window count
+        # of tokens each latent fired on (dense detection).
+        self.since_fired = [
+            torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs
+        ]
+        self.fire_counts = [
+            torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs
+        ]
+        self.window_tokens = 0
+        self.scales: dict[str, float] = {}
+        if stats is not None and train_cfg.normalize_inputs:
+            for h in self.hooks:
+                if h in stats:
+                    self.scales[h] = _scale(stats[h].mean_norm, _dim(self.cfgs, h))
+        self.initialised = False
+        self.step_idx = 0
+        self.tokens_seen = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # ---- one step -------------------------------------------------------------------------
+
+    def step(self, batch: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+        """One optimiser step for every dictionary on the same batch; returns their metrics.
+
+        Raises `TrainingDiverged` before touching any weight when a loss or gradient is NaN/inf.
+        """
+        batch = {h: self._take(batch, h) for h in self.hooks}
+        if not self.initialised:
+            self._init_from_batch(batch)
+        tc = self.train_cfg
+        n_tokens = next(iter(batch.values())).shape[0] * self.world
+        factor = lr_factor(
+            self.step_idx, self.total_steps, tc.warmup_steps, tc.decay_start, tc.lr_decay
+        )
+        warm = tc.sparsity_warmup_steps
+        sparsity_scale = min(1.0, (self.step_idx + 1) / warm) if warm > 0 else 1.0
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if tc.autocast and self.device.type == "cuda"
+            else nullcontext()
+        )
+        sample_density = (self.step_idx + 1) % max(1, tc.log_every // 4) == 0
+
+        rows, fired, samples = [], [], []
+        for i, (d, cfg) in enumerate(zip(self.dicts, self.cfgs, strict=True)):
+            x = batch[cfg.hook_in]
+            y = batch[cfg.hook_out] if cfg.hook_out else None
+            with autocast:
+                out = d.loss(
+                    x,
+                    y,
+                    dead_mask=self.since_fired[i] >= tc.dead_tokens,
+                    sparsity_scale=sparsity_scale,
+                )
+            out.loss.backward()
+            params = [p for p in d.parameters() if p.grad is not None]
+            ddp.all_reduce_mean_([p.grad for p in params])
+            d.post_backward()  # unit-norm decoders: drop the gradient along each row
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            fired.append(out.fired)
+            row = torch.stack(
+                [
+                    out.loss.detach().float(),
+                    out.mse.detach().float(),
+                    out.aux.detach().float(),
+                    out.sparsity.detach().float(),
+                    grad_norm.detach().float(),
+                ]
+            )
+            rows.append(torch.cat([row, row.new_tensor([out.fvu, out.l0])]))
+            if sample_density:
+                with torch.no_grad():
+                    samples.append((d.encode(x) > 0).sum(0))
+        # Every rank sees the same averaged numbers, so all of them stop together on NaN.
+        values = torch.stack(rows)
+        ddp.all_reduce_mean_([values])
+        values = values.tolist()
+        for name, v in zip(self.names, values, strict=True):
+            if not all(math.isfinite(t) for t in v):
+                what = f"loss is {v[0]}" if not math.isfinite(v[0]) else f"gradient norm is {v[4]}"
+                raise self._diverged(f"{what} for {name}", self.step_idx + 1)
+
+        for i, (d, opt) in enumerate(zip(self.dicts, self.optims, strict=True)):
+            for g in opt.param_groups:
+                g["lr"] = self.lrs[i] * factor
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            d.post_step()  # unit-norm decoders: renormalise rows
+            if ddp.enabled():  # e.g. batchtopk's threshold EMA, updated from local rows
+                ddp.all_reduce_mean_([b for b in d.buffers() if b.is_floating_point()])
+
+        with torch.no_grad():
+            for i, f in enumerate(fired):
+                ddp.all_reduce_(f, "max")
+                self.since_fired[i] += n_tokens
+                self.since_fired[i][f] = 0
+            for i, counts in enumerate(samples):
+                self.fire_counts[i] += ddp.all_reduce_(counts, "sum")
+            if sample_density:
+                self.window_tokens += n_tokens
+            health = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            (s >= tc.dead_tokens).float().mean(),
+                            (c > DENSE_FRACTION * max(self.window_tokens, 1)).float().mean(),
+                        ]
+                    )
+                    for s, c in zip(self.since_fired, self.fire_counts, strict=True)
+                ]
+            ).tolist()
+        self.step_idx += 1
+        self.tokens_seen += n_tokens
+        if self.step_idx % max(1, tc.log_every) == 0:  # dense fraction is over one log window
+            for c in self.fire_counts:
+                c.zero_()
+            self.window_tokens = 0
+
+        metrics = []
+        for i, (v, (dead, dense)) in enumerate(zip(values, health, strict=True)):
+            loss, mse, aux, sparsity, grad_norm, fvu, l0 = v
+            metrics.append(
+                {
+                    "step": self.step_idx,
+                    "tokens": self.tokens_seen,
+                    "loss": loss,
+                    "mse": mse,
+                    "fvu": fvu,
+                    "l0": l0,
+                    "dead_frac": dead,
+                    "dense_frac": dense,
+                    "aux": aux,
+                    "sparsity": sparsity,
+                    "grad_norm": grad_norm,
+                    "lr": self.lrs[i] * factor,
+                }
+            )
+        return metrics
+
+    def _take(self, batch: dict[str, torch.Tensor], hook: str) -> torch.Tensor:
+        if hook not in batch:
+            raise ValueError(f"batch has no hook {hook!r} (it has {', '.join(sorted(batch))})")
+        x = batch[hook].to(self.device, torch.float32, non_blocking=True)
+        return x * self.scales[hook] if hook in self.scales else x
+
+    def _init_from_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Estimate missing input scales and set b_dec from the first batch (every rank's rows)."""
+        full = {h: ddp.all_gather_cat(x) for h, x in batch.items()}
+        if self.train_cfg.normalize_inputs:
+            for h in self.hooks:
+                if h not in self.scales:
+                    scale = _scale(full[h].norm(dim=-1).mean().item(), full[h].shape[-1])
+                    self.scales[h] = scale
+                    batch[h] = batch[h] * scale
+                    full[h] = full[h] * scale
+        for d, cfg in zip(self.dicts, self.cfgs, strict=True):
+            target = full[cfg.hook_out] if cfg.hook_out else None
+            d.init_from_data(full[cfg.hook_in], target, method=self.train_cfg.init_b_dec)
+            d.post_step()  # start from unit-norm decoder rows where training keeps them so
+        self.initialised = True
+
+    def _diverged(self, what: str, step: int) -> TrainingDiverged:
+        last = self._last_checkpoint_step()
+        kept = f"last good checkpoint (step {last}) kept" if last is not None else "no checkpoint"
+        return TrainingDiverged(
+            f"training diverged at step {step}: {what}; {kept}; "
+            f"lower the learning rate (--lr, now {self.lrs[0]:.2e}) or check the activations"
+        )
+
+    # ---- checkpoints ------------------------------------------------------------------------
+
+    def _run_dirs(self) -> list[Path]:
+        if self.out_dir is None:
+            raise ValueError("this Trainer has no out_dir; pass out_dir= to save or checkpoint")
+        return [self.out_dir / n for n in self.names]
+
+    def _last_checkpoint_step(self) -> int | None:
+        if self.out_dir is None:
+            return None
+        return ckpt.latest_common_step([p / "checkpoint" for p in self._run_dirs()])
+
+    def _check_weights(self) -> None:
+        for name, d in zip(self.names, self.dicts, strict=True):
+            for pname, p in d.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise self._diverged(f"weight {pname} of {name} is not finite", self.step_idx)
+
+    def save_checkpoint(self) -> None:
+        """Write every dictionary's checkpoint for the current step, then prune older ones."""
+        self._check_weights()
+        if ddp.is_main():
+            shared = {
+                "step": self.step_idx,
+                "tokens_seen": self.tokens_seen,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "window_tokens": self.window_tokens,
+                "initialised": self.initialised,
+                "scales": dict(self.scales),
+                "rng": ckpt.rng_state(),
+            }
+            dirs = self._run_dirs()
+            for i, run in enumerate(dirs):
+                state = dict(
+                    shared,
+                    model=self.dicts[i].state_dict(),
+                    optim=self.optims[i].state_dict(),
+                    since_fired=self.since_fired[i],
+                    fire_counts=self.fire_counts[i],
+                )
+                ckpt.write(run / "checkpoint", self.step_idx, state)
+            for run in dirs:
+                ckpt.prune(run / "checkpoint", self.step_idx)
+        ddp.barrier()
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint all dictionaries share; False when there is none."""
+        step = self._last_checkpoint_step()
+        if step is None:
+            return False
+        for i, run in enumerate(self._run_dirs()):
+            state = ckpt.read(run / "checkpoint", step, map_location=self.device)
+            self.dicts[i].load_state_dict(state["model"])
+            self.optims[i].load_state_dict(state["optim"])
+            self.since_fired[i].copy_(state["since_fired"])
+            self.fire_counts[i].copy_(state["fire_counts"])
+        self.step_idx = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.window_tokens = state["window_tokens"]
+        self.initialised = state["initialised"]
+        self.scales = dict(state["scales"])
+        ckpt.set_rng_state(state["rng"])
+        for path in self._run_dirs():
+            _truncate_metrics(path / "metrics.jsonl", self.step_idx)
+        return True
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _prepare_out_dir(self, resume: bool) -> bool:
+        """Write configs; resume when asked and a matching checkpoint exists."""
+        resumed = False
+        dirs = self._run_dirs()
+        if resume:
+            for run, cfg in zip(dirs, self.cfgs, strict=True):
+                _check_same_run(run, cfg, self.train_cfg)
+            resumed = self.resume()
+        if not resumed and ddp.is_main():
+            for run in dirs:
+                (run / "metrics.jsonl").unlink(missing_ok=True)
+                ckpt.prune(run / "checkpoint", 1 << 62)
+        if ddp.is_main():
+            for run, cfg in zip(dirs, self.cfgs, strict=True):
+                run.mkdir(parents=True, exist_ok=True)
+                (run / "train_cfg.json").write_text(self.train_cfg.to_json() + "\n")
+                (run / "dict_cfg.json").write_text(cfg.to_json() + "\n")
+        ddp.barrier()
+        return resumed
+
+    def fit(
+        self, source: Iterable[dict[str, torch.Tensor]], *, resume: bool = True
+    ) -> list[SparseDictionary]:
+        """Train to `train_cfg.tokens`, checkpointing and logging; returns the dictionaries
+        (folded to act on raw activations, and saved when the trainer has an out_dir).
+
+        `source` is an `ActivationReader` (resumed at the exact batch through
+        `batches(epoch, start_batch)`) or any re-iterable of dict batches (skipped ahead).
+        """
+        from tqdm.auto import tqdm
+
+        if self.out_dir is not None:
+            self._prepare_out_dir(resume)
+        logging = self.out_dir is not None and ddp.is_main()
+        with ExitStack() as stack:
+            logs = (
+                [stack.enter_context(open(p / "metrics.jsonl", "a")) for p in self._run_dirs()]
+                if logging
+                else []
+            )
+            bar = stack.enter_context(
+                tqdm(
+                    total=self.total_steps,
+                    initial=self.step_idx,
+                    disable=not ddp.is_main(),
+                    unit="step",
+                )
+            )
+            self._clock = (time.perf_counter(), self.tokens_seen)
+            self._run_epochs(source, logs, bar)
+        if self.out_dir is None:
+            self._check_weights()
+            return self.folded()
+        self.save_checkpoint()
+        return self.save()
+
+    def _run_epochs(self, source, logs: list, bar) -> None:
+        while self.step_idx < self.total_steps:
+            got_any = False
+            batches = _batches(source, self.epoch, self.batch_in_epoch)
+            try:
+                while self.step_idx < self.total_steps:
+                    batch = next(batches, None)
+                    # Ranks may hold different numbers of rows: all move on together.
+                    if not ddp.all_true(batch is not None):
+                        break
+                    got_any = True
+                    self.batch_in_epoch += 1
+                    self._after_step(self.step(batch), logs, bar)
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+            if self.step_idx >= self.total_steps:
+                return
+            if not got_any:
+                if self.step_idx == 0:
+                    raise ValueError(
+                        "the activation source yielded no batches; "
+                        "check --activations and --batch-size"
+                    )
+                return  # a one-shot iterator ran dry: keep what we have
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _after_step(self, metrics: list[dict[str, float]], logs: list, bar) -> None:
+        tc = self.train_cfg
+        done = self.step_idx >= self.total_steps
+        bar.update(1)
+        if self.step_idx % max(1, tc.log_every) == 0 or done:
+            now = time.perf_counter()
+            t0, tok0 = self._clock
+            tps = (self.tokens_seen - tok0) / max(now - t0, 1e-9)
+            self._clock = (now, self.tokens_seen)
+            for i, m in enumerate(metrics):
+                m["tokens_per_s"] = tps
+                if logs:
+                    logs[i].write(json.dumps(m) + "\n")
+                    logs[i].flush()
+            m = metrics[0]
+            bar.set_postfix(
+                fvu=f"{m['fvu']:.3f}",
+                l0=f"{m['l0']:.1f}",
+                dead=f"{m['dead_frac']:.2f}",
+                tok_s=f"{tps:.3g}",
+            )
+        every = tc.checkpoint_every
+        if every > 0 and self.step_idx % every == 0 and self.out_dir is not None and not done:
+            self.save_checkpoint()
+
+    # ---- saving -----------------------------------------------------------------------------
+
+    def folded(self) -> list[SparseDictionary]:
+        """Copies of the dictionaries acting on raw activations (input scale folded in)."""
+        out = []
+        for d, cfg in zip(self.dicts, self.cfgs, strict=True):
+            f = copy.deepcopy(d)
+            s_in = self.scales.get(cfg.hook_in, 1.0)
+            s_out = self.scales.get(cfg.hook_out, 1.0) if cfg.hook_out else s_in
+            f.fold_scale(s_in, s_out)
+            out.append(f)
+        return out
+
+    def save(self) -> list[SparseDictionary]:
+        """Save every dictionary (raw-activation weights) with its configs; returns them."""
+        self._check_weights()
+        dicts = self.folded()
+        if ddp.is_main():
+            for run, d in zip(self._run_dirs(), dicts, strict=True):
+                d.save(run, metadata={"step": str(self.step_idx), "tokens": str(self.tokens_seen)})
+                (run / "train_cfg.json").write_text(self.train_cfg.to_json() + "\n")
+        ddp.barrier()
+        return dicts
+
+
+def train(
+    dict_cfgs: list[DictionaryConfig],
+    train_cfg: TrainConfig,
+    reader: Iterable[dict[str, torch.Tensor]],
+    out_dir: str | Path | None,
+    *,
+    stats: dict[str, Any] | None = None,
+    resume: bool = True,
+) -> list[SparseDictionary]:
+    """Train `dict_cfgs` together on one pass of `reader`; saves under `out_dir/NAME/`."""
+    return Trainer(dict_cfgs, train_cfg, stats=stats, out_dir=out_dir).fit(reader, resume=resume)
+
+
+@torch.no_grad()
+def evaluate(
+    dicts: list[SparseDictionary], source: Iterable[dict[str, torch.Tensor]], max_tokens: int
+) -> list[dict[str, float]]:
+    """FVU, L0 and never-fired fraction of each (raw-activation) dictionary on held-out batches."""
+    acc = [dict(err=0.0, s=0.0, s2=0.0, l0=0.0, n=0, fired=None) for _ in dicts]
+    seen = 0
+    for batch in source:
+        for d, a in zip(dicts, acc, strict=True):
+            dev = d.W_enc.device
+            x = batch[d.cfg.hook_in].to(dev, torch.float32)
+            y = batch[d.cfg.hook_out].to(dev, torch.float32) if d.cfg.hook_out else x
+            f = d.encode(x)
+            on = f > 0
+            a["err"] += (d(x) - y).double().pow(2).sum().item()
+            a["s"] = a["s"] + y.double().sum(0)
+            a["s2"] += y.double().pow(2).sum().item()
+            a["l0"] += on.sum().item()
+            a["n"] += x.shape[0]
+            a["fired"] = on.any(0) if a["fired"] is None else a["fired"] | on.any(0)
+        seen += x.shape[0]
+        if seen >= max_tokens:
+            break
+    if seen == 0:
+        raise ValueError("the held-out activations yielded no batches")
+    out = []
+    for a in acc:
+        total_var = a["s2"] - (a["s"].pow(2).sum().item() / a["n"])
+        out.append(
+            {
+                "fvu": a["err"] / max(total_var, 1e-12),
+                "l0": a["l0"] / a["n"],
+                "dead_frac": 1.0 - a["fired"].float().mean().item(),
+                "tokens": a["n"],
+            }
+        )
+    return out
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dim(cfgs: list[DictionaryConfig], hook: str) -> int:
+    for c in cfgs:
+        if c.hook_in == hook:
+            return c.d_in
+        if c.hook_out == hook:
+            return c.out_dim
+    raise KeyError(hook)
+
+
+def _scale(mean_norm: float, d: int) -> float:
+    if not mean_norm > 0 or not math.isfinite(mean_norm):
+        raise ValueError(f"activation mean norm is {mean_norm}; the cache looks empty or corrupt")
+    return math.sqrt(d) / mean_norm
+
+
+def _fire_counts(fired: torch.Tensor) -> torch.Tensor:
+    """Per-latent count of tokens fired on; a bool [d_sae] 'fired in batch' counts as one."""
+    return fired.long() if fired.dtype == torch.bool else fired.to(torch.long)
+
+
+def _batches(source, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    if hasattr(source, "batches"):
+        return iter(source.batches(epoch, start))
+    return itertools.islice(iter(source), start, None)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from, so the log reads as one run."""
+    if not path.exists():
+        return
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
+    ]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint made with different settings (it would silently mix runs)."""
+    if not (run / "checkpoint").is_dir():
+        return
+    for fname, new in (("dict_cfg.json", cfg.to_dict()), ("train_cfg.json", train_cfg.to_dict())):
+        path = run / fname
+        if not path.exists():
+            continue
+        old = json.loads(path.read_text())
+        diff = [k for k in new if k not in _RESUME_FREE and k in old and old[k] != new[k]]
+        if diff:
+            raise ValueError(
+                f"{run} holds a checkpoint trained with different {', '.join(diff)}; "
+                "use another --out or pass --no-resume to start over"
+            )

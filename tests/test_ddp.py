@@ -1,0 +1,60 @@
+"""DDP: two gloo processes on CPU, each on half of every batch, match one process on the whole."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_trainer import HOOK, planted, relu_cfg, tcfg, topk_cfg  # noqa: E402
+
+from interp_bench.trainer import Trainer, run_names  # noqa: E402
+
+WORLD = 2
+STEPS = 12
+ROWS = 128  # global batch; each rank reads ROWS // WORLD
+
+
+def cfgs():
+    return [topk_cfg(), relu_cfg()]
+
+
+def _worker(rank: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=WORLD)
+    try:
+        half = ROWS // WORLD
+        data = [{HOOK: b[HOOK][rank * half : (rank + 1) * half]} for b in planted(STEPS, ROWS)]
+        tc = tcfg(batch_size=half, tokens=ROWS * STEPS, checkpoint_every=5)
+        t = Trainer(cfgs(), tc, out_dir=Path(tmp) / "ddp")
+        t.fit(data)
+        torch.save([d.state_dict() for d in t.dicts], Path(tmp) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_matches_single_process(tmp_path):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+
+    single = Trainer(cfgs(), tcfg(batch_size=ROWS, tokens=ROWS * STEPS), out_dir=tmp_path / "one")
+    single.fit(planted(STEPS, ROWS))
+
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for a, b, d in zip(r0, r1, single.dicts, strict=True):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=f"ranks differ on {k}")
+            torch.testing.assert_close(a[k], d.state_dict()[k], atol=1e-5, rtol=1e-4, msg=k)
+    # Rank 0 wrote one set of artifacts, with the same step count as the single run.
+    for name in run_names(cfgs()):
+        assert (tmp_path / "ddp" / name / "sae_weights.safetensors").exists()
+        lines = (tmp_path / "ddp" / name / "metrics.jsonl").read_text().splitlines()
+        assert '"step": 12' in lines[-1] and f'"tokens": {ROWS * STEPS}' in lines[-1]

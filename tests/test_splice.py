@@ -1,0 +1,165 @@
+"""Spliced loss on the tiny model: exactness checks, ablation bounds, one pass == separate passes."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from interp_bench.splice import format_table, spliced_loss
+
+
+class StandIn(torch.nn.Module):
+    """The dictionary contract (encode/decode/forward on raw activations, W_enc/W_dec, cfg) with a
+    ReLU encoder: enough to test splicing without depending on the trainer's architectures."""
+
+    def __init__(self, W_enc, b_enc, W_dec, b_dec, hook_in, hook_out=None):
+        super().__init__()
+        self.W_enc, self.b_enc = torch.nn.Parameter(W_enc), torch.nn.Parameter(b_enc)
+        self.W_dec, self.b_dec = torch.nn.Parameter(W_dec), torch.nn.Parameter(b_dec)
+        self.cfg = SimpleNamespace(hook_in=hook_in, hook_out=hook_out, skip=False)
+        self.is_transcoder = hook_out is not None
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def decode(self, f):
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+def perfect_sae(d: int, hook: str) -> StandIn:
+    """relu(x) - relu(-x) == x exactly: latents [x+, x-], decoder [I; -I]."""
+    eye = torch.eye(d)
+    return StandIn(
+        torch.cat([eye, -eye], 1), torch.zeros(2 * d), torch.cat([eye, -eye], 0), torch.zeros(d), hook
+    )
+
+
+def random_dict(d_in: int, d_sae: int, hook_in: str, hook_out=None, seed=0, d_out=None) -> StandIn:
+    g = torch.Generator().manual_seed(seed)
+    d_out = d_out or d_in
+    return StandIn(
+        torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        torch.zeros(d_sae),
+        torch.randn(d_sae, d_out, generator=g) / d_sae**0.5,
+        torch.zeros(d_out),
+        hook_in,
+        hook_out,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_model):
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, tiny_model.cfg.d_vocab, (6, 24), generator=g)
+    toks[:, 0] = tiny_model.tokenizer.bos_token_id
+    return toks
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_perfect_sae_recovers_clean_loss(tiny_model, tokens, share_prefix):
+    (r,) = spliced_loss(
+        tiny_model, [perfect_sae(64, "L1.resid_pre")], tokens, batch_size=4, share_prefix=share_prefix
+    )
+    assert r.ce_spliced == pytest.approx(r.ce_clean, abs=1e-6)
+    assert r.ce_error_added == pytest.approx(r.ce_clean, abs=1e-6)
+    assert r.kl_spliced == pytest.approx(0.0, abs=1e-6)
+    assert r.ce_recovered == pytest.approx(1.0, abs=1e-5)
+    assert r.ce_recovered_vs_mean == pytest.approx(1.0, abs=1e-5)
+    assert r.fvu == pytest.approx(0.0, abs=1e-9)
+    assert r.n_tokens == 6 * 22
+    # Ablating a hook of a random model still changes the loss: the bound is informative.
+    assert abs(r.ce_zero - r.ce_clean) > 1e-3 and r.kl_zero > 1e-4 and r.kl_mean > 0
+
+
+def test_zero_dictionary_recovers_nothing(tiny_model, tokens):
+    """A dictionary whose output is 0 everywhere is the zero ablation: recovered fraction 0."""
+    d = random_dict(64, 32, "L0.resid_post")
+    with torch.no_grad():
+        d.W_dec.zero_()
+    (r,) = spliced_loss(tiny_model, [d], tokens, batch_size=6)
+    assert r.ce_spliced == pytest.approx(r.ce_zero, abs=1e-6)
+    assert r.ce_recovered == pytest.approx(0.0, abs=1e-5)
+    assert r.kl_spliced == pytest.approx(r.kl_zero, rel=1e-5)
+    assert r.l0 > 0
+
+
+def test_error_added_back_is_exact_for_a_bad_dictionary(tiny_model, tokens):
+    """recon + (x - recon) must put back x: CE equals clean even when recon is poor."""
+    d = random_dict(64, 128, "L1.resid_post", seed=3)
+    (r,) = spliced_loss(tiny_model, [d], tokens, batch_size=3)
+    assert r.ce_spliced > r.ce_clean + 1e-3 and r.kl_spliced > 1e-4
+    assert r.ce_error_added == pytest.approx(r.ce_clean, abs=1e-5)
+    assert r.kl_error_added == pytest.approx(0.0, abs=1e-6)
+    assert r.fvu > 0.1
+
+
+def test_transcoder_error_added_back_equals_clean(tiny_model, tokens):
+    d = random_dict(64, 96, "L1.mlp_in", "L1.mlp_out", seed=1)
+    for share in (True, False):
+        (r,) = spliced_loss(tiny_model, [d], tokens, batch_size=4, share_prefix=share)
+        assert r.splice_hook == "L1.mlp_out"
+        assert r.ce_error_added == pytest.approx(r.ce_clean, abs=1e-5)
+        assert r.kl_error_added == pytest.approx(0.0, abs=1e-6)
+        assert r.kl_spliced > 1e-4
+
+
+def test_transcoder_splice_replaces_mlp_out(tiny_model, tokens):
+    """Splicing a transcoder equals hooking the model by hand with its prediction at mlp_out."""
+    d = random_dict(64, 96, "L0.mlp_in", "L0.mlp_out", seed=2)
+    (r,) = spliced_loss(tiny_model, [d], tokens, batch_size=6)
+    store = {}
+
+    def keep(act, hook):
+        store["x"] = act
+
+    def put(act, hook):
+        out = d(store["x"]).detach()
+        out[:, 0] = act[:, 0]
+        return out
+
+    with torch.no_grad():
+        logits = tiny_model.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.0.ln2.hook_normalized", keep), ("blocks.0.hook_mlp_out", put)]
+        )
+        logp = torch.log_softmax(logits[:, 1:-1], -1)
+        ce = -logp.gather(-1, tokens[:, 2:, None]).mean()
+    assert r.ce_spliced == pytest.approx(float(ce), abs=1e-5)
+
+
+def test_several_dictionaries_in_one_pass_equal_separate_passes(tiny_model, tokens):
+    dicts = {
+        "sae0": random_dict(64, 64, "L0.resid_post", seed=4),
+        "sae1": random_dict(64, 128, "L1.resid_pre", seed=5),
+        "tc1": random_dict(64, 96, "L1.mlp_in", "L1.mlp_out", seed=6),
+        "sae0b": random_dict(64, 32, "L0.resid_post", seed=7),
+    }
+    together = {r.name: r for r in spliced_loss(tiny_model, dicts, tokens, batch_size=4)}
+    for name, d in dicts.items():
+        (alone,) = spliced_loss(tiny_model, {name: d}, tokens, batch_size=4, share_prefix=False)
+        a, b = together[name].to_dict(), alone.to_dict()
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
+
+
+def test_result_is_json_and_table(tiny_model, tokens):
+    results = spliced_loss(tiny_model, [perfect_sae(64, "L0.resid_post")], tokens[:2])
+    back = json.loads(json.dumps([r.to_dict() for r in results]))
+    assert back[0]["hook_in"] == "L0.resid_post" and math.isfinite(back[0]["ce_clean"])
+    assert "L0.resid_post" in format_table(results)
+
+
+def test_bad_input_is_a_clear_error(tiny_model, tokens):
+    with pytest.raises(ValueError, match="expects d_in=32"):
+        spliced_loss(tiny_model, [random_dict(32, 16, "L0.resid_post")], tokens)
+    with pytest.raises(ValueError, match="out of range"):
+        spliced_loss(tiny_model, [random_dict(64, 16, "L7.resid_post")], tokens)
+    with pytest.raises(ValueError, match="ctx >= 3"):
+        spliced_loss(tiny_model, [perfect_sae(64, "L0.resid_post")], tokens[:0])
+    with pytest.raises(ValueError, match="no dictionaries"):
+        spliced_loss(tiny_model, [], tokens)

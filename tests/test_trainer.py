@@ -1,0 +1,427 @@
+"""Trainer: learning on planted data, resume equivalence, NaN guard, multi-dictionary steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp_bench import checkpoint as ckpt
+from interp_bench.config import DictionaryConfig, TrainConfig
+from interp_bench.trainer import Trainer, TrainingDiverged, lr_factor, run_names, train
+
+HOOK = "L0.resid_post"
+HOOK_OUT = "L0.mlp_out"
+D = 16
+
+
+def planted(n_batches: int, batch: int = 128, *, seed: int = 0, d: int = D, n_feat: int = 48):
+    """Batches of x = sparse codes @ unit directions (3 active of n_feat) + offset, raw scale ~7,
+    and a transcoder target y that reads the same codes through other directions."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n_feat, d, generator=g), dim=1)
+    dirs_out = torch.nn.functional.normalize(torch.randn(n_feat, d, generator=g), dim=1)
+    offset = torch.randn(d, generator=g)
+    out = []
+    for _ in range(n_batches):
+        idx = torch.rand(batch, n_feat, generator=g).argsort(1)[:, :3]
+        vals = torch.rand(batch, 3, generator=g) + 0.5
+        codes = torch.zeros(batch, n_feat).scatter_(1, idx, vals)
+        x = 7.0 * (codes @ dirs) + offset + 0.01 * torch.randn(batch, d, generator=g)
+        out.append({HOOK: x, HOOK_OUT: 3.0 * (codes @ dirs_out)})
+    return out
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(
+        lr=3e-3,
+        batch_size=128,
+        tokens=128 * 40,
+        warmup_steps=5,
+        decay_start=0.8,
+        checkpoint_every=0,
+        log_every=5,
+        dead_tokens=128 * 10,
+        sparsity_warmup_steps=5,
+        device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def topk_cfg(k: int = 4, **kw) -> DictionaryConfig:
+    return DictionaryConfig(d_in=D, d_sae=64, arch="topk", k=k, hook_in=HOOK, **kw)
+
+
+def relu_cfg(l1: float = 0.3, **kw) -> DictionaryConfig:
+    return DictionaryConfig(d_in=D, d_sae=64, arch="relu", l1_coefficient=l1, hook_in=HOOK, **kw)
+
+
+def fvu_raw(d, batches, hook_in=HOOK, hook_out=None) -> float:
+    x = torch.cat([b[hook_in] for b in batches])
+    y = torch.cat([b[hook_out] for b in batches]) if hook_out else x
+    with torch.no_grad():
+        err = (d(x) - y).pow(2).sum()
+    return (err / (y - y.mean(0)).pow(2).sum()).item()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weights(dicts) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.detach().clone() for k, v in d.state_dict().items()} for d in dicts]
+
+
+def assert_same(a, b, atol=1e-6):
+    for wa, wb in zip(a, b, strict=True):
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        topk_cfg(),
+        relu_cfg(),
+        DictionaryConfig(d_in=D, d_sae=64, arch="batchtopk", k=4, hook_in=HOOK),
+        DictionaryConfig(d_in=D, d_sae=64, arch="jumprelu", hook_in=HOOK, l0_coefficient=0.05),
+        DictionaryConfig(
+            d_in=D, d_sae=64, d_out=D, arch="topk", k=4, hook_in=HOOK, hook_out=HOOK_OUT
+        ),
+    ],
+    ids=["topk", "relu", "batchtopk", "jumprelu", "transcoder"],
+)
+def test_fvu_drops_on_planted_data(cfg, tmp_path):
+    data = planted(40)
+    held_out = planted(4, seed=1)
+    t = Trainer([cfg], tcfg(), out_dir=tmp_path)
+    (d,) = t.fit(data)
+    rows = read_metrics(tmp_path / t.names[0] / "metrics.jsonl")
+    assert rows[-1]["step"] == 40 and rows[-1]["tokens"] == 40 * 128
+    assert rows[-1]["fvu"] < 0.5 * rows[0]["fvu"], rows
+    for key in (
+        "mse",
+        "fvu",
+        "l0",
+        "dead_frac",
+        "dense_frac",
+        "aux",
+        "sparsity",
+        "lr",
+        "tokens_per_s",
+    ):
+        assert key in rows[-1]
+    # The saved dictionary acts on raw activations: its held-out FVU is as good as in training.
+    fvu = fvu_raw(d, held_out, HOOK, cfg.hook_out)
+    assert fvu < 0.5, fvu
+    assert (tmp_path / t.names[0] / "cfg.json").exists()
+    assert (tmp_path / t.names[0] / "sae_weights.safetensors").exists()
+    assert (tmp_path / t.names[0] / "train_cfg.json").exists()
+
+
+def test_saved_dictionary_acts_on_raw_activations(tmp_path):
+    """Folding the input scale into the weights gives the same reconstruction on raw inputs."""
+    from interp_bench.dictionary import load_dictionary
+
+    data = planted(10)
+    t = Trainer([topk_cfg()], tcfg(tokens=128 * 10), out_dir=tmp_path)
+    (d,) = t.fit(data)
+    scale = t.scales[HOOK]
+    assert scale != pytest.approx(1.0, abs=0.05)
+    x = data[0][HOOK]
+    with torch.no_grad():
+        expected = t.dicts[0](x * scale) / scale
+        torch.testing.assert_close(d(x), expected, atol=1e-4, rtol=1e-4)
+        loaded = load_dictionary(tmp_path / t.names[0])
+        torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_resume_equivalence(tmp_path):
+    """Train straight vs. train, crash mid-run, resume: same steps, same weights, one log."""
+    data = planted(12)  # 30 steps over 12 batches: resumes inside the third epoch
+    cfgs = [topk_cfg(), relu_cfg()]
+    tc = tcfg(tokens=128 * 30, checkpoint_every=7)
+    straight = Trainer(cfgs, tc, out_dir=tmp_path / "a").fit(data)
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing(n):
+        seen = 0
+
+        class Source:
+            def __iter__(self):
+                nonlocal seen
+                for b in data:
+                    seen += 1
+                    if seen > n:
+                        raise Crash
+                    yield b
+
+        return Source()
+
+    with pytest.raises(Crash):
+        Trainer(cfgs, tc, out_dir=tmp_path / "b").fit(crashing(25))
+    names = run_names(cfgs)
+    assert ckpt.steps(tmp_path / "b" / names[0] / "checkpoint") == [21]
+    resumed_t = Trainer(cfgs, tc, out_dir=tmp_path / "b")
+    resumed = resumed_t.fit(data)
+    assert resumed_t.step_idx == 30
+    assert_same(weights(straight), weights(resumed))
+    for n in names:
+        a = read_metrics(tmp_path / "a" / n / "metrics.jsonl")
+        b = read_metrics(tmp_path / "b" / n / "metrics.jsonl")
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for ra, rb in zip(a, b, strict=True):
+            assert ra["fvu"] == pytest.approx(rb["fvu"], rel=1e-4, abs=1e-6)
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    data = planted(4)
+    Trainer([topk_cfg()], tcfg(tokens=128 * 4, checkpoint_every=2), out_dir=tmp_path).fit(data)
+    with pytest.raises(ValueError, match="different lr"):
+        Trainer([topk_cfg()], tcfg(tokens=128 * 4, lr=1e-2), out_dir=tmp_path).fit(data)
+    # --no-resume starts over and succeeds.
+    Trainer([topk_cfg()], tcfg(tokens=128 * 4, lr=1e-2), out_dir=tmp_path).fit(data, resume=False)
+
+
+def test_nan_in_data_stops_and_keeps_last_checkpoint(tmp_path):
+    data = planted(10)
+    data[6][HOOK][3, 2] = float("nan")  # step 7 sees it
+    t = Trainer([topk_cfg()], tcfg(tokens=128 * 10, checkpoint_every=3), out_dir=tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"step 7.*checkpoint \(step 6\).*learning rate"):
+        t.fit(data)
+    run = tmp_path / t.names[0]
+    assert ckpt.steps(run / "checkpoint") == [6]
+    state = ckpt.read(run / "checkpoint", 6)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (run / "sae_weights.safetensors").exists()
+    # The good checkpoint equals a clean run stopped at step 6.
+    clean = Trainer([topk_cfg()], tcfg(tokens=128 * 10), out_dir=None)
+    for b in data[:6]:
+        clean.step(b)
+    assert_same([state["model"]], weights(clean.dicts))
+
+
+def test_huge_lr_diverges_with_clear_error(tmp_path):
+    t = Trainer([relu_cfg()], tcfg(lr=1e30, warmup_steps=0, checkpoint_every=1), out_dir=tmp_path)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate") as err:
+        t.fit(planted(40))
+    assert "\n" not in str(err.value)
+    run = tmp_path / t.names[0]
+    last = ckpt.steps(run / "checkpoint")
+    assert len(last) == 1
+    state = ckpt.read(run / "checkpoint", last[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_multi_dictionary_step_equals_training_alone():
+    data = planted(15)
+    cfgs = [topk_cfg(k=4), topk_cfg(k=8), relu_cfg(l1=0.3), relu_cfg(l1=1.0)]
+    tc = tcfg(tokens=128 * 15)
+    together = Trainer(cfgs, tc)
+    for b in data:
+        together.step(b)
+    for i, c in enumerate(cfgs):
+        alone = Trainer([c], tc)
+        for b in data:
+            alone.step(b)
+        assert_same(weights([together.dicts[i]]), weights(alone.dicts), atol=1e-6)
+        torch.testing.assert_close(together.since_fired[i], alone.since_fired[0])
+    assert len({n for n in run_names(cfgs)}) == len(cfgs)
+
+
+def test_dead_latents_are_counted_and_passed_to_loss():
+    """A latent that never fires becomes dead after dead_tokens; AuxK then gets a mask."""
+    data = planted(12)
+    t = Trainer([topk_cfg()], tcfg(tokens=128 * 12, dead_tokens=128 * 3))
+    with torch.no_grad():
+        t.dicts[0].W_enc[:, :8] = -10.0  # latents 0..7 never reach the top k
+        t.dicts[0].b_enc[:8] = -100.0
+    seen = []
+    orig = t.dicts[0].loss
+
+    def spy(x, target=None, *, dead_mask=None, sparsity_scale=1.0):
+        seen.append(dead_mask.clone())
+        return orig(x, target, dead_mask=dead_mask, sparsity_scale=sparsity_scale)
+
+    t.dicts[0].loss = spy
+    for b in data[:5]:
+        m = t.step(b)
+    assert not seen[0].any()
+    assert seen[4][:8].all()
+    assert m[0]["dead_frac"] >= 8 / 64
+    assert m[0]["aux"] > 0
+
+
+def test_lr_schedule_shape():
+    lin = [lr_factor(s, 100, 10, 0.8, "linear") for s in range(100)]
+    cos = [lr_factor(s, 100, 10, 0.8, "cosine") for s in range(100)]
+    assert lin[0] == pytest.approx(0.1) and lin[9] == 1.0 and lin[79] == 1.0
+    assert lin[80] == 1.0 and lin[90] == pytest.approx(0.5) and lin[99] == pytest.approx(0.05)
+    assert cos[90] == pytest.approx(0.5) and cos[85] > lin[85]
+    assert all(a >= b for a, b in zip(lin[9:], lin[10:], strict=False))
+
+
+def test_default_lr_scales_with_width():
+    tc = tcfg(lr=None)
+    t = Trainer([topk_cfg(), DictionaryConfig(d_in=D, d_sae=256, k=4, hook_in=HOOK)], tc)
+    assert t.lrs[0] == pytest.approx(2e-4 / (64 / 2**14) ** 0.5)
+    assert t.lrs[1] == pytest.approx(t.lrs[0] / 2)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint intact and no partial step."""
+    ckpt.write(tmp_path, 5, {"x": torch.ones(3)})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **kw):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        ckpt.write(tmp_path, 10, {"x": torch.zeros(3)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.steps(tmp_path) == [5]
+    assert ckpt.latest_common_step([tmp_path]) == 5
+    torch.testing.assert_close(ckpt.read(tmp_path, 5)["x"], torch.ones(3))
+    ckpt.prune(tmp_path, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000005"]
+
+
+def test_resume_uses_step_every_dictionary_has(tmp_path):
+    """Killed between two dictionaries' checkpoint writes: resume from the older common step."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        ckpt.write(d, 4, {"s": 4})
+    ckpt.write(a, 8, {"s": 8})
+    assert ckpt.latest_common_step([a, b]) == 4
+
+
+def test_missing_hook_and_empty_source_errors():
+    t = Trainer([topk_cfg()], tcfg())
+    with pytest.raises(ValueError, match="no hook 'L0.resid_post'.*L9.resid_post"):
+        t.step({"L9.resid_post": torch.randn(4, D)})
+    with pytest.raises(ValueError, match="yielded no batches"):
+        Trainer([topk_cfg()], tcfg()).fit([])
+
+
+def test_train_convenience_returns_saved(tmp_path):
+    dicts = train([topk_cfg()], tcfg(tokens=128 * 3), planted(3), tmp_path)
+    assert len(dicts) == 1
+    assert (tmp_path / run_names([topk_cfg()])[0] / "metrics.jsonl").exists()
+
+
+def write_tiny_cache(path: Path, batches, context_len: int = 16) -> None:
+    """A cache dir in the shard layout of ARCHITECTURE.md, from planted batches."""
+    from activation_cache.shards import Manifest, ShardInfo, shard_name, write_manifest, write_shard
+
+    path.mkdir(parents=True)
+    x = torch.cat([b[HOOK] for b in batches])
+    y = torch.cat([b[HOOK_OUT] for b in batches])
+    n_seq = x.shape[0] // context_len
+    n = n_seq * context_len
+    half = n_seq // 2
+    shards = []
+    for i, (s0, s1) in enumerate([(0, half), (half, n_seq)]):
+        rows = slice(s0 * context_len, s1 * context_len)
+        seq = torch.arange(s0, s1).repeat_interleave(context_len)
+        tensors = {
+            HOOK: x[:n][rows].contiguous(),
+            HOOK_OUT: y[:n][rows].contiguous(),
+            "tokens": torch.randint(0, 100, (len(seq),), dtype=torch.int32),
+            "seq": seq,
+            "pos": torch.arange(context_len, dtype=torch.int32).repeat(s1 - s0),
+        }
+        sha, size = write_shard(path / shard_name(i), tensors)
+        shards.append(ShardInfo(shard_name(i), len(seq), s0, s1, sha, size))
+    hooks = [
+        {
+            "short": h,
+            "tl_name": f"blocks.0.hook_{h.split('.')[1]}",
+            "layer": 0,
+            "kind": h.split(".")[1],
+            "d": D,
+        }
+        for h in (HOOK, HOOK_OUT)
+    ]
+    write_manifest(
+        path,
+        Manifest(
+            model="tiny-test",
+            hooks=hooks,
+            dtype="float32",
+            context_len=context_len,
+            n_sequences=n_seq,
+            seqs_per_shard=half,
+            shards=shards,
+            complete=True,
+        ),
+    )
+
+
+def test_cli_train_sweep_and_errors(tmp_path, capsys):
+    from interp_bench.cli import main
+
+    cache = tmp_path / "acts"
+    write_tiny_cache(cache, planted(16))
+    write_tiny_cache(tmp_path / "eval", planted(2, seed=1))
+    out = tmp_path / "out"
+    common = ["--activations", str(cache), "--out", str(out), "--device", "cpu"]
+    rc = main(
+        ["train", *common, "--hook", HOOK, "--arch", "topk", "--k", "2,4", "--expansion", "4"]
+        + ["--tokens", "3k", "--batch-size", "128", "--lr", "3e-3", "--checkpoint-every", "5"]
+        + ["--eval-activations", str(tmp_path / "eval")]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["L0.resid_post-topk-64-k2", "L0.resid_post-topk-64-k4"]
+    for n in names:
+        cfg = json.loads((out / n / "cfg.json").read_text())
+        assert cfg["d_sae"] == 64
+        rows = read_metrics(out / n / "metrics.jsonl")
+        assert rows[-1]["tokens"] == 3000 // 128 * 128
+        ev = json.loads((out / n / "eval.json").read_text())
+        assert ev["fvu"] < 0.6 and n in text
+    # The same command again resumes from the finished checkpoint and does no more steps.
+    rc = main(
+        ["train", *common, "--hook", HOOK, "--k", "2,4", "--expansion", "4", "--tokens", "3k"]
+        + ["--batch-size", "128", "--lr", "3e-3", "--checkpoint-every", "5"]
+    )
+    assert rc == 0
+
+    # Transcoder form.
+    rc = main(
+        ["train", *common, "--hook-in", HOOK, "--hook-out", HOOK_OUT, "--skip", "--k", "4"]
+        + ["--expansion", "2", "--tokens", "1k", "--batch-size", "128"]
+    )
+    assert rc == 0
+    assert (out / "L0.resid_post-to-L0.mlp_out-topk-32-k4" / "sae_weights.safetensors").exists()
+
+    # Clear one-line errors.
+    capsys.readouterr()
+    assert main(["train", *common, "--hook", "L5.resid_post", "--tokens", "1k"]) == 2
+    err = capsys.readouterr().err
+    assert "L5.resid_post" in err and "L0.mlp_out, L0.resid_post" in err
+    assert (
+        main(["train", "--activations", str(tmp_path / "nope"), "--out", str(out), "--hook", HOOK])
+        == 2
+    )
+    assert "interp-bench cache" in capsys.readouterr().err
+    assert main(["train", *common, "--hook", HOOK, "--k", "999", "--expansion", "1"]) == 2
+    assert "--k 999" in capsys.readouterr().err
+
+
+def test_parse_count():
+    from interp_bench.commands.train import parse_count
+
+    assert parse_count("50M") == 50_000_000
+    assert parse_count("1k") == 1000
+    assert parse_count("2.5B") == 2_500_000_000
+    assert parse_count("4096") == 4096
