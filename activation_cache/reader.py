@@ -5,7 +5,8 @@ time. A window's rows (BOS dropped by default) are copied from the memory-mapped
 buffer with a single strided copy per hook, shuffled by a seeded permutation, and served as
 batches gathered with `index_select`; rows that do not fill a last batch carry over into the next
 window, so every row is served exactly once per epoch and only the epoch's final batch is short.
-The next window loads on a background thread while the current one is served.
+The next window loads, shuffles and casts on a background thread while the current one is
+served, so a batch costs the consumer nothing but a slice.
 
 Everything the order depends on (shard sizes, seed, epoch) is known from the manifest, so
 `batches(epoch, start_batch)` skips whole windows without reading them.
@@ -46,7 +47,9 @@ class ActivationReader:
 
     `shuffle=False` serves every row once in cache order (for analysis; pair with
     `skip_bos=False, with_positions=True` to see every token). Memory: at most two windows of
-    about `buffer_tokens` rows (at least one shard each) plus one batch.
+    about `buffer_tokens` rows (at least one shard each) in the output dtype, plus one shard
+    being cast. Batches are views of their window's buffer, so holding on to old batches holds
+    their windows.
     """
 
     def __init__(
@@ -57,7 +60,7 @@ class ActivationReader:
         *,
         seed: int = 0,
         shuffle: bool = True,
-        buffer_tokens: int = 1 << 18,
+        buffer_tokens: int = 1 << 17,
         skip_bos: bool = True,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
@@ -84,12 +87,12 @@ class ActivationReader:
             raise ValueError(
                 f"{self.dir} has no complete shard yet; run `interp-bench cache` first"
             )
-        infos = shards[rank::world_size]
-        if not infos:
+        if len(shards) < world_size:  # checked on every rank, so none of them starts alone
             raise ValueError(
                 f"{len(shards)} shards cannot be split over {world_size} ranks; "
                 "re-cache with a smaller --shard-tokens"
             )
+        infos = shards[rank::world_size]
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -220,53 +223,65 @@ class ActivationReader:
         t = to_torch(view.array(name), view.dtype(name))
         return t if t.ndim == 2 else t.unsqueeze(1)
 
+    def _kept(self, s: int, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Shard `s`'s kept rows of `name` as a contiguous tensor: one strided copy + cast."""
+        src = self._source(s, name)
+        if not self.skip_bos:
+            return src.to(dtype)
+        if self._is_regular(s):
+            d = src.shape[1]
+            return src.view(-1, self.ctx, d)[:, 1:].to(dtype).reshape(-1, d)
+        mask = torch.from_numpy(self._views[s].array("pos") != 0)
+        return src[mask].to(dtype)
+
     def _load(self, w: _Window) -> dict[str, torch.Tensor]:
+        """The window's rows already in serving order and in the output dtype, so serving a
+        batch is a slice: the shuffle and the cast happen here, on the prefetch thread."""
         size = len(w.perm)
         self.max_buffer_rows = max(self.max_buffer_rows, size)
+        cuda = self.device.type == "cuda"
+        inv = torch.empty(size, dtype=torch.int64)
+        inv[torch.from_numpy(w.perm)] = torch.arange(size)  # buffer row j goes to inv[j]
         first = self._views[int(w.shards[0])]
-        bufs = {}
+        bufs, dtypes = {}, {}
         for name in self._names():
-            width = self.dims.get(name, 1)
-            bufs[name] = torch.empty(size, width, dtype=first.dtype(name))
+            if name in POSITIONS:
+                dtypes[name], shape = torch.int64, (size,)
+            else:
+                # On CUDA: ship the stored (narrower) dtype over PCIe and cast on the GPU.
+                dtypes[name] = first.dtype(name) if cuda else self.dtype
+                shape = (size, self.dims[name])
+            bufs[name] = torch.empty(shape, dtype=dtypes[name], pin_memory=cuda)
         nc = len(w.carry_row)
         for s in np.unique(w.carry_shard):
             sel = np.flatnonzero(w.carry_shard == s)
             phys = torch.from_numpy(self._physical(int(s), w.carry_row[sel]))
+            dest = inv[torch.from_numpy(sel)]
             for name, buf in bufs.items():
-                buf[torch.from_numpy(sel)] = self._source(int(s), name).index_select(0, phys)
+                rows = self._source(int(s), name).index_select(0, phys).to(dtypes[name])
+                buf.index_copy_(0, dest, rows.view(-1, *buf.shape[1:]))
         offset = nc
         for s in w.shards:
-            s = int(s)
-            k = int(self._rows[s])
+            s, k = int(s), int(self._rows[s])
+            dest = inv[offset : offset + k]
             for name, buf in bufs.items():
-                src, dst = self._source(s, name), buf[offset : offset + k]
-                if not self.skip_bos:
-                    dst.copy_(src)
-                elif self._is_regular(s):
-                    d = src.shape[1]
-                    dst.view(-1, self.ctx - 1, d).copy_(src.view(-1, self.ctx, d)[:, 1:])
-                else:
-                    mask = torch.from_numpy(self._views[s].array("pos") != 0)
-                    dst.copy_(src[mask])
+                rows = self._kept(s, name, dtypes[name])
+                buf.index_copy_(0, dest, rows.view(-1, *buf.shape[1:]))
             offset += k
         return bufs
 
     def _serve(self, w: _Window, bufs: dict[str, torch.Tensor], skip: int):
+        """Batches are disjoint slices (views) of the window buffer: no copy on CPU."""
         bsz, size = self.batch_size, len(w.perm)
-        perm = torch.from_numpy(w.perm)
         cuda = self.device.type == "cuda"
         for i in range(skip, w.n_batches):
-            idx = perm[i * bsz : min((i + 1) * bsz, size)]
+            rows = slice(i * bsz, min((i + 1) * bsz, size))
             out = {}
             for name, buf in bufs.items():
-                x = buf.index_select(0, idx)
-                if name in POSITIONS:
-                    x = x.squeeze(1).to(torch.int64)
-                    out[name] = x.to(self.device)
-                elif cuda:
-                    out[name] = x.pin_memory().to(self.device, non_blocking=True).to(self.dtype)
-                else:
-                    out[name] = x.to(self.dtype)
+                x = buf[rows]
+                if cuda:
+                    x = x.to(self.device, non_blocking=True)
+                out[name] = x if name in POSITIONS else x.to(self.dtype)
             yield out
 
 

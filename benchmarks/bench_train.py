@@ -40,6 +40,7 @@ from peers import ARCHS, SAELensPeer, SparsifyPeer  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 HOOK = "L15.resid_post"
+CACHE_EVAL_TOKENS = 32768  # held-out tokens cached once (BOS rows are skipped when read)
 
 
 # ---- trainers behind one interface ----------------------------------------------------------
@@ -148,24 +149,28 @@ def cached_data(args) -> Data:
     from activation_cache.reader import ActivationReader
 
     root = Path(args.acts_dir)
-    if not (root / "train" / "manifest.json").exists() or not (
-        root / "eval" / "manifest.json"
-    ).exists():
-        cache_shakespeare(root, args.cache_tokens)
+    if not all(_complete(root / split) for split in ("train", "eval")):
+        cache_shakespeare(root, args.cache_tokens, CACHE_EVAL_TOKENS)
+
+    def reader() -> ActivationReader:
+        # No prefetch thread: reads happen between timed steps, never during one.
+        return ActivationReader(
+            root / "train", [HOOK], args.batch_size, seed=args.seed, drop_last=True, prefetch=False
+        )
 
     def train() -> Iterator[Tensor]:
-        reader = ActivationReader(root / "train", [HOOK], args.batch_size, seed=args.seed)
+        r = reader()
         epoch = 0
         while True:
             got = False
-            for b in reader.batches(epoch, 0):
+            for b in r.batches(epoch, 0):
                 got = True
                 yield b[HOOK]
             if not got:
                 raise ValueError(f"{root / 'train'} yielded no batches of {args.batch_size}")
             epoch += 1
 
-    ev_reader = ActivationReader(root / "eval", [HOOK], 4096, seed=0, shuffle=False)
+    ev_reader = ActivationReader(root / "eval", [HOOK], 4096, shuffle=False, prefetch=False)
     chunks, n = [], 0
     for b in ev_reader:
         chunks.append(b[HOOK])
@@ -173,11 +178,16 @@ def cached_data(args) -> Data:
         if n >= args.eval_tokens:
             break
     ev = torch.cat(chunks)[: args.eval_tokens]
-    reader = ActivationReader(root / "train", [HOOK], args.batch_size, seed=args.seed)
-    return Data(ev.shape[1], train, ev, str(root), reader.n_tokens)
+    return Data(ev.shape[1], train, ev, str(root), reader().n_tokens)
 
 
-def cache_shakespeare(root: Path, max_tokens: int) -> None:
+def _complete(cache: Path) -> bool:
+    from activation_cache.shards import read_manifest
+
+    return (cache / "manifest.json").exists() and read_manifest(cache).complete
+
+
+def cache_shakespeare(root: Path, train_tokens: int, eval_tokens: int) -> None:
     """Run the embedded model over Shakespeare once; write train and eval caches."""
     from activation_cache.cache import cache_activations
     from activation_cache.corpus import CorpusConfig, load_corpus
@@ -187,11 +197,11 @@ def cache_shakespeare(root: Path, max_tokens: int) -> None:
     model = load_model("smollm2-135m", device="cpu")
     splits = load_corpus(CorpusConfig(source="shakespeare", context_len=128), model.tokenizer)
     ctx = splits.train.shape[1]
-    n_train = max(1, max_tokens // ctx)
-    n_eval = max(1, min(splits.eval.shape[0], n_train // 8))
+    n_train = max(1, train_tokens // ctx)
+    n_eval = max(1, eval_tokens // ctx)
     for name, toks in (("eval", splits.eval[:n_eval]), ("train", splits.train[:n_train])):
         cache_activations(
-            model, toks, [HOOK], root / name, dtype=torch.float16, batch_size=16,
+            model, toks, [HOOK], root / name, dtype="float16", batch_size=16,
             shard_tokens=65536, meta={"corpus": splits.fingerprint, "bench": "bench_train"},
         )  # fmt: skip
 
@@ -302,14 +312,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--eval-tokens", type=int, default=65536)
+    p.add_argument("--eval-tokens", type=int, default=32768)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny run (~1 min): 10 steps per row")
     p.add_argument("--synthetic", action="store_true", help="synthetic activations, no model")
     p.add_argument("--acts-dir", default=str(OUT / "acts_L15"))
     p.add_argument(
-        "--cache-tokens", type=int, default=524_288, help="train tokens to cache (first run)"
+        "--cache-tokens", type=int, default=131_072, help="train tokens to cache (first run)"
     )
     p.add_argument("--out", default=str(OUT / "bench_train.json"))
     args = p.parse_args(argv)
@@ -401,7 +411,11 @@ def targets(row: dict) -> list[str]:
         f"{peers[best]['fvu']:.4f} at L0 {peers[best]['l0']:.1f}; ours dead {ours['dead_frac']:.2%}"
         + (
             "; target (FVU <= best peer, dead < 1%): "
-            + ("met" if ours["fvu"] <= peers[best]["fvu"] and ours["dead_frac"] < 0.01 else "NOT met")
+            + (
+                "met"
+                if ours["fvu"] <= peers[best]["fvu"] and ours["dead_frac"] < 0.01
+                else "NOT met"
+            )
             if row["arch"] == "topk"
             else "; L0 not matched across trainers (each uses its own sparsity default)"
         ),

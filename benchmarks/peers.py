@@ -109,10 +109,11 @@ class SparsifyPeer:
       (encoder = nn.Linear init, bias 0; W_dec = unit-norm copy of the encoder weight).
     - optimiser (`Trainer.__init__`, case "signum"): `ScheduleFreeWrapper(SignSGD(...),
       momentum=0.95)`, lr = 5e-3 / sqrt(num_latents / 2**14), no lr schedule.
-    - per step (`Trainer.fit.hook`): on step 0 b_dec = batch mean; `set_decoder_norm_to_unit_norm()`;
-      loss = fvu + auxk_alpha * auxk + multi_topk_fvu / 8 with the batch's total variance;
-      backward; then (`Trainer.fit` loop) `remove_gradient_parallel_to_decoder_directions()`,
-      optimiser step + zero_grad, and the tokens-since-fired bookkeeping.
+    - per step (`Trainer.fit.hook`): on step 0, b_dec = batch mean; then every step
+      `set_decoder_norm_to_unit_norm()`, loss = fvu + auxk_alpha * auxk + multi_topk_fvu / 8
+      (fvu against the batch's total variance), backward; then (`Trainer.fit` loop)
+      `remove_gradient_parallel_to_decoder_directions()`, optimiser step + zero_grad, and the
+      tokens-since-fired bookkeeping.
     - evaluation (`Trainer._checkpoint`): `optimizer.eval()` swaps in the schedule-free average
       that sparsify saves; `optimizer.train()` swaps back.
     """

@@ -104,7 +104,7 @@ class TrainConfig(_JsonMixin):
     """One training run (shared by all dictionaries trained on the same pass of reads)."""
 
     lr: float | None = None  # None -> auto: 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024 scaling)
-    batch_size: int = 4096  # tokens per step
+    batch_size: int = 4096  # tokens per step (per rank under DDP)
     tokens: int = 10_000_000  # total training tokens
     warmup_steps: int = 100  # linear lr warm-up
     decay_start: float = 0.8  # fraction of training after which lr decays to 0

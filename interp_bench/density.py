@@ -116,7 +116,8 @@ def cache_stream(
     cache = Path(cache)
     if not (cache / "manifest.json").exists():
         raise FileNotFoundError(
-            f"no activation cache at {cache} (manifest.json missing); run `interp-bench cache` first"
+            f"no activation cache at {cache} (manifest.json missing); "
+            "run `interp-bench cache` first"
         )
     reader = ActivationReader(
         cache, hooks, batch_tokens, seed=0, shuffle=False, skip_bos=False, with_positions=True

@@ -95,7 +95,9 @@ def recon_summary(
         "mean_sq_err": float(sq.mean()),
         "mean_rel_err": float(rel.mean()),
         "nmse": nmse,
-        "rel_err_quantiles": {f"q{int(q * 100)}": float(v) for q, v in zip(qs, rel.quantile(qs))},
+        "rel_err_quantiles": {
+            f"q{int(q * 100)}": float(v) for q, v in zip(qs, rel.quantile(qs), strict=True)
+        },
         "log10_rel_err_edges": [round(float(e), 4) for e in edges],
         "log10_rel_err_counts": [int(c) for c in counts],
         "by_position": {

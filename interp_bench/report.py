@@ -12,14 +12,15 @@ page.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .top_examples import FeatureIndex, load_feature_index
 
 
-def _r(v: float) -> float:
-    """Three significant digits: keeps the embedded JSON small."""
-    return float(f"{v:.3g}")
+def _r(v: float) -> float | None:
+    """Three significant digits keep the embedded JSON small; NaN (no data) becomes null."""
+    return float(f"{v:.3g}") if math.isfinite(v) else None
 
 
 def _example(ex: dict) -> list:
@@ -55,8 +56,11 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
     r = index.recon
     recon = {k: r.get(k) for k in ("n_tokens", "mean_rel_err", "nmse", "rel_err_quantiles")}
     recon["by_position"] = r.get("by_position", {}).get("mean_rel_err", [])
-    recon["worst"] = [[w["rel_err"], index.window - w["context"][: index.window].count(-1),
-                       [t for t in w["context"] if t >= 0]] for w in r.get("worst", [])[:20]]  # fmt: skip
+    recon["worst"] = [
+        [w["rel_err"], index.window - w["context"][: index.window].count(-1),
+         [t for t in w["context"] if t >= 0]]
+        for w in r.get("worst", [])[:20]
+    ]  # fmt: skip
     for w in recon["worst"]:
         used.update(w[2])
     dcfg = index.meta["dictionary"]
@@ -106,9 +110,11 @@ main{padding:12px 20px;max-width:1150px}
 .cols{display:flex;gap:18px}
 .cols>div:first-child{flex:1;min-width:0}
 .side{width:250px;flex:none;font-size:12px}
-.ctx{font-family:ui-monospace,monospace;font-size:12px;white-space:pre;overflow:hidden;
- text-overflow:ellipsis;padding:1px 0;border-bottom:1px solid #f0f0f0}
-.ctx .a{display:inline-block;width:52px;color:#888;text-align:right;margin-right:8px}
+.ctx{display:flex;font-family:ui-monospace,monospace;font-size:12px;white-space:pre;
+ padding:1px 0;border-bottom:1px solid #f0f0f0}
+.ctx .a{flex:none;width:52px;color:#888;text-align:right;margin-right:8px}
+.ctx .l{flex:0 0 42%;display:flex;justify-content:flex-end;overflow:hidden}
+.ctx .r{flex:1;display:flex;overflow:hidden}
 .tok{border-radius:2px}
 .tok.c{outline:1px solid #b35900}
 .q{color:#666;font-size:12px;margin:6px 0 2px}
@@ -118,14 +124,16 @@ main{padding:12px 20px;max-width:1150px}
 button{padding:5px 12px}
 #count{color:#666}
 </style></head><body>
-<header><h1 id="title">interp-bench feature browser</h1><div class="stats" id="stats"></div></header>
+<header><h1 id="title">interp-bench feature browser</h1>
+<div class="stats" id="stats"></div></header>
 <main>
 <div class="row">
  <div class="panel"><b>Feature density</b> (log10 fraction of tokens)<div id="densplot"></div></div>
  <div class="panel"><b>Reconstruction error</b> by position<div id="reconplot"></div>
   <div id="reconstats"></div></div>
 </div>
-<details class="panel"><summary><b>Worst-reconstructed tokens</b></summary><div id="worst"></div></details>
+<details class="panel"><summary><b>Worst-reconstructed tokens</b></summary>
+<div id="worst"></div></details>
 <div class="controls">
  <input type="text" id="q" placeholder="latent id (e.g. 42) or token (e.g. the)">
  <label>sort <select id="sort"><option value="id">latent id</option>
@@ -177,13 +185,17 @@ function bars(counts, w, h, color, labels) {
 }
 function context(ex, mx) {
   const [act, center, ids, acts] = ex, row = el("div", "ctx");
+  const left = el("div", "l"), right = el("div", "r");
   row.appendChild(el("span", "a", fmt(act)));
+  row.appendChild(left);
+  row.appendChild(right);
   ids.forEach((id, k) => {
     const s = el("span", "tok" + (k === center ? " c" : ""), show(tokStr(id)));
     const a = Math.max(0, acts[k]) / (mx || 1);
-    if (a > 0) s.style.background = "rgba(255,140,0," + Math.min(1, 0.12 + 0.88 * a).toFixed(3) + ")";
+    const alpha = Math.min(1, 0.12 + 0.88 * a).toFixed(3);
+    if (a > 0) s.style.background = "rgba(255,140,0," + alpha + ")";
     s.title = tokStr(id) + " : " + fmt(acts[k]);
-    row.appendChild(s);
+    (k < center ? left : right).appendChild(s);
   });
   return row;
 }
@@ -200,7 +212,8 @@ function card(f) {
   f.t.forEach((ex) => main.appendChild(context(ex, f.x)));
   f.q.forEach(([lo, hi, exs], b) => {
     if (!exs.length) return;
-    main.appendChild(el("div", "q", "Quantile " + (b + 1) + "/" + f.q.length + ": [" + fmt(lo) + ", " + fmt(hi) + "]"));
+    const label = "Quantile " + (b + 1) + "/" + f.q.length + ": [" + fmt(lo) + ", " + fmt(hi) + "]";
+    main.appendChild(el("div", "q", label));
     exs.forEach((ex) => main.appendChild(context(ex, f.x)));
   });
   if (f.h.length) {
@@ -210,10 +223,17 @@ function card(f) {
       [[0, fmt(e[lo]), "start"], [1, fmt(e[lo + counts.length]), "end"]]));
   }
   if (f.p) {
-    side.appendChild(el("div", "q", "Promoted tokens"));
-    f.p.forEach(([t, v]) => { const r = el("div", "logit pos"); r.appendChild(el("span", null, JSON.stringify(tokStr(t)))); r.appendChild(el("span", null, "+" + fmt(v))); side.appendChild(r); });
-    side.appendChild(el("div", "q", "Suppressed tokens"));
-    f.s.forEach(([t, v]) => { const r = el("div", "logit neg"); r.appendChild(el("span", null, JSON.stringify(tokStr(t)))); r.appendChild(el("span", null, fmt(v))); side.appendChild(r); });
+    const logits = (title, rows, cls) => {
+      side.appendChild(el("div", "q", title));
+      rows.forEach(([t, v]) => {
+        const r = el("div", "logit " + cls);
+        r.appendChild(el("span", null, JSON.stringify(tokStr(t))));
+        r.appendChild(el("span", null, (v > 0 ? "+" : "") + fmt(v)));
+        side.appendChild(r);
+      });
+    };
+    logits("Promoted tokens", f.p, "pos");
+    logits("Suppressed tokens", f.s, "neg");
   }
   cols.appendChild(main); cols.appendChild(side); c.appendChild(cols);
   return c;
@@ -244,7 +264,8 @@ function render() {
   const list = $("list");
   list.replaceChildren();
   current.slice(0, shown).forEach((f) => list.appendChild(card(f)));
-  $("count").textContent = current.length + " latents" + (current.length > shown ? ", showing " + shown : "");
+  const more = current.length > shown ? ", showing " + shown : "";
+  $("count").textContent = current.length + " latents" + more;
   $("more").style.display = current.length > shown ? "" : "none";
 }
 function update() { shown = PAGE; current = select(); render(); }
@@ -254,7 +275,10 @@ function header() {
   [["tokens", s.n_tokens.toLocaleString()], ["latents", s.d_sae.toLocaleString()],
    ["dead", s.dead], ["dense (>" + s.dense_threshold * 100 + "%)", s.dense],
    ["NMSE", fmt(r.nmse)], ["mean rel. error", fmt(r.mean_rel_err)]].forEach(([k, v]) => {
-    const e = el("span"); e.appendChild(el("b", null, k + ": ")); e.appendChild(document.createTextNode(String(v))); $("stats").appendChild(e);
+    const e = el("span");
+    e.appendChild(el("b", null, k + ": "));
+    e.appendChild(document.createTextNode(String(v)));
+    $("stats").appendChild(e);
   });
   const ed = s.log10_density_edges;
   $("densplot").appendChild(bars(s.log10_density_counts, 420, 90, "#4c78a8",
@@ -264,7 +288,10 @@ function header() {
     [[0, "pos 0", "start"], [1, "pos " + (bp.length - 1), "end"]]));
   const qs = r.rel_err_quantiles || {};
   $("reconstats").textContent = Object.entries(qs).map(([k, v]) => k + " " + fmt(v)).join(" · ");
-  (r.worst || []).forEach((w) => $("worst").appendChild(context([w[0], w[1], w[2], w[2].map((_, k) => (k === w[1] ? 1 : 0))], 1)));
+  (r.worst || []).forEach((w) => {
+    const marks = w[2].map((_, k) => (k === w[1] ? 1 : 0));
+    $("worst").appendChild(context([w[0], w[1], w[2], marks], 1));
+  });
 }
 $("q").addEventListener("input", update);
 $("sort").addEventListener("change", update);

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from activation_cache.hooks import HookSpec, resolve_hooks
 
+
 def hook_point(model, short: str) -> HookSpec:
     """The transformer-lens hook behind one short name ("L1.mlp_in"); ValueError if unknown."""
     return resolve_hooks(model, [short])[0]
@@ -74,10 +75,32 @@ class _Stats:
     ce: float = 0.0
     kl: float = 0.0
 
-    def add(self, logits: Tensor, targets: Tensor, clean_logp: Tensor, clean_p: Tensor) -> None:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        self.ce -= float(logp.gather(-1, targets[..., None]).sum())
-        self.kl += float((clean_p * (clean_logp - logp)).sum())
+    def add(self, logits: Tensor, ref: _Reference) -> None:
+        logp = torch.log_softmax(logits[:, 1:-1].float(), dim=-1)
+        self.ce -= float(logp.gather(-1, ref.targets[..., None]).sum())
+        self.kl += float((ref.p * (ref.logp - logp)).sum())
+
+
+class _Reference:
+    """One batch's clean forward: tokens, cached hook activations, next-token distributions."""
+
+    def __init__(self, batch: Tensor, store: dict, share_prefix: bool, logits: Tensor) -> None:
+        self.batch, self.store, self.share_prefix = batch, store, share_prefix
+        self.targets = batch[:, 2:]  # predicted from positions 1..ctx-2 (BOS's prediction left out)
+        self.logp = torch.log_softmax(logits[:, 1:-1].float(), dim=-1)
+        self.p = self.logp.exp()
+
+
+def _variant(model, ref: _Reference, point: HookSpec, value: Tensor) -> Tensor:
+    """Logits with the activation at `point` replaced by `value` everywhere but BOS."""
+    x = ref.store[point.short]
+    value = value.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+    value[:, 0] = x[:, 0]
+    fwd = [(point.tl_name, _replace(value))]
+    if ref.share_prefix:
+        resid = ref.store[f"resid@{point.layer}"]
+        return model.run_with_hooks(resid, fwd_hooks=fwd, start_at_layer=point.layer)
+    return model.run_with_hooks(ref.batch, fwd_hooks=fwd)
 
 
 @dataclass
@@ -231,39 +254,28 @@ def spliced_loss(
         batches = tqdm(batches, desc="splice", unit="batch")
     for start in batches:
         batch = tokens[start : start + batch_size].to(_device(model))
-        targets = batch[:, 2:]
         store: dict[str, Tensor] = {}
         hooks = [(p.tl_name, _store(store, short)) for short, p in points.items()]
         resume = {p.layer for *_, p in plan} if share_prefix else set()
-        hooks += [(f"blocks.{layer}.hook_resid_pre", _store(store, f"resid@{layer}")) for layer in resume]
+        hooks += [
+            (f"blocks.{layer}.hook_resid_pre", _store(store, f"resid@{layer}")) for layer in resume
+        ]
         logits = model.run_with_hooks(batch, fwd_hooks=hooks)
-        clean_logp = torch.log_softmax(logits[:, 1:-1].float(), dim=-1)
-        clean_p = clean_logp.exp()
-        clean.ce -= float(clean_logp.gather(-1, targets[..., None]).sum())
-        n_pred += targets.numel()
-
-        def run_variant(p_out: HookSpec, value: Tensor, stats: _Stats) -> None:
-            x = store[p_out.short]
-            value = value.to(x.dtype).expand_as(x).clone()
-            value[:, 0] = x[:, 0]  # BOS stays clean
-            fwd = [(p_out.tl_name, _replace(value))]
-            if share_prefix:
-                resid = store[f"resid@{p_out.layer}"]
-                out = model.run_with_hooks(resid, fwd_hooks=fwd, start_at_layer=p_out.layer)
-            else:
-                out = model.run_with_hooks(batch, fwd_hooks=fwd)
-            stats.add(out[:, 1:-1], targets, clean_logp, clean_p)
+        ref = _Reference(batch, store, share_prefix, logits)
+        clean.ce -= float(ref.logp.gather(-1, ref.targets[..., None]).sum())
+        n_pred += ref.targets.numel()
 
         for short, p_out in splice_points.items():
-            run_variant(p_out, torch.zeros_like(store[short]), per_hook[short]["zero"])
-            run_variant(p_out, means[short].to(store[short].device), per_hook[short]["mean"])
+            per_hook[short]["zero"].add(_variant(model, ref, p_out, torch.zeros(())), ref)
+            per_hook[short]["mean"].add(_variant(model, ref, p_out, means[short]), ref)
         for name, d, p_in, p_out in plan:
             x_in, x_out = store[p_in.short], store[p_out.short]
             _check_dims(model, name, d, x_in, x_out)
             recon = _reconstruct(d, x_in).to(x_out.dtype)
             recon_stats[name].add(d, x_in, x_out, recon)
-            run_variant(p_out, recon, per_dict[name]["spliced"])
-            run_variant(p_out, recon + (x_out - recon), per_dict[name]["error_added"])
+            per_dict[name]["spliced"].add(_variant(model, ref, p_out, recon), ref)
+            exact = recon + (x_out - recon)
+            per_dict[name]["error_added"].add(_variant(model, ref, p_out, exact), ref)
 
     seconds = time.perf_counter() - t0
     ce_clean = clean.ce / n_pred
@@ -314,7 +326,8 @@ def format_table(results: Sequence[SpliceResult]) -> str:
     for r in results:
         lines.append(
             f"{r.name[:32]:<32} {r.splice_hook:<14} {r.ce_clean:9.4f} {r.ce_spliced:9.4f} "
-            f"{r.ce_zero:9.4f} {r.ce_mean:9.4f} {r.ce_recovered:7.3f} {r.ce_recovered_vs_mean:7.3f} "
-            f"{r.kl_spliced:8.4f} {r.ce_error_added:9.4f} {r.l0:7.1f} {r.fvu:7.4f}"
+            f"{r.ce_zero:9.4f} {r.ce_mean:9.4f} {r.ce_recovered:7.3f} "
+            f"{r.ce_recovered_vs_mean:7.3f} {r.kl_spliced:8.4f} {r.ce_error_added:9.4f} "
+            f"{r.l0:7.1f} {r.fvu:7.4f}"
         )
     return "\n".join(lines)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from activation_cache.hooks import capture
+
 from .splice import hook_point
 
 MODES = ("add", "clamp")
@@ -47,7 +49,9 @@ class Steer:
 def _check_latent(dictionary, latent: int) -> None:
     d_sae = dictionary.W_dec.shape[0]
     if not 0 <= latent < d_sae:
-        raise ValueError(f"latent {latent} out of range: this dictionary has latents 0..{d_sae - 1}")
+        raise ValueError(
+            f"latent {latent} out of range: this dictionary has latents 0..{d_sae - 1}"
+        )
 
 
 def steering_hooks(
@@ -196,14 +200,9 @@ def latent_max_activation(
     p_in = hook_point(model, dictionary.cfg.hook_in)
     best = float("-inf")
     for start in range(0, len(tokens), batch_size):
-        store = {}
         batch = tokens[start : start + batch_size].to(next(model.parameters()).device)
-        model.run_with_hooks(
-            batch,
-            fwd_hooks=[(p_in.tl_name, lambda act, hook: store.__setitem__("x", act))],
-            stop_at_layer=p_in.layer + 1,
-        )
-        f = dictionary.encode(store["x"][:, 1:].to(dictionary.W_dec.dtype))[..., latent]
+        x = capture(model, batch, [p_in])[p_in.short]
+        f = dictionary.encode(x[:, 1:].to(dictionary.W_dec.dtype))[..., latent]
         best = max(best, float(f.max()))
     return best
 
@@ -401,7 +400,7 @@ def sweep_figure(result: SweepResult):
                 col=1,
                 secondary_y=True,
             )
-    fig.update_xaxes(title_text="coefficient (x scale)" , row=1, col=1)
+    fig.update_xaxes(title_text="coefficient (x scale)", row=1, col=1)
     fig.update_yaxes(title_text="Δ log p(target) [nats]", row=1, col=1, secondary_y=False)
     fig.update_yaxes(title_text="KL(clean || steered) [nats/token]", row=1, col=1, secondary_y=True)
     labels = ["clean"] + [f"{r.mode} {r.value:.3g}" for r in result.rows]
@@ -411,13 +410,21 @@ def sweep_figure(result: SweepResult):
         go.Table(
             columnwidth=[1, 5, 5],
             header={"values": ["steer", "greedy", f"sampled (T={result.temperature}, seed)"]},
-            cells={"values": [labels, [html.escape(g) for g in greedy],
-                              [html.escape(s) for s in sampled]], "align": "left"},
+            cells={
+                "values": [
+                    labels,
+                    [html.escape(g) for g in greedy],
+                    [html.escape(s) for s in sampled],
+                ],
+                "align": "left",
+            },
         ),
         row=2,
         col=1,
     )
     fig.update_layout(
-        title=f"Steering latent {result.latent}: {result.prompt!r}", height=900, template="plotly_white"
+        title=f"Steering latent {result.latent}: {result.prompt!r}",
+        height=900,
+        template="plotly_white",
     )
     return fig

@@ -56,9 +56,13 @@ class AnalysisConfig:
 
 
 def per_column_top(cols: Tensor, keys: Tensor, m: int, n_cols: int) -> tuple[Tensor, Tensor]:
-    """For entries (col, key), the positions of the m largest keys of each column and their rank."""
-    order = torch.argsort(keys, descending=True, stable=True)
-    order = order[torch.argsort(cols[order], stable=True)]
+    """For entries (col, key >= 0), the positions of each column's m largest keys, and their rank.
+
+    One sort on a composite int64 (column, then key descending): the bits of a non-negative
+    float32 order like the float, so the key fits in the low 32 bits.
+    """
+    bits = keys.float().view(torch.int32).long()
+    order = torch.argsort((cols.long() << 32) | (0x7FFFFFFF - bits))
     c = cols[order]
     counts = torch.bincount(c, minlength=n_cols)
     starts = torch.cumsum(counts, 0) - counts
@@ -97,7 +101,7 @@ class RunningTopK:
         seq: Tensor,
         offset: int,
     ) -> None:
-        """Merge one chunk's firing entries (row in chunk, latent, key, value) into the selection."""
+        """Merge one chunk's firing entries (row in chunk, latent, key, value)."""
         d_sae, m = self.key.shape
         if cols.numel() == 0:
             return
@@ -105,25 +109,31 @@ class RunningTopK:
         c = cols[sel]
         cand_key = torch.full((d_sae, m), float("-inf"))
         cand_key[c, rank] = keys[sel].float()
+        # Only latents whose best candidate beats their current worst can change: late in a
+        # long stream that is a small fraction, so merge just those rows.
+        f = (cand_key[:, 0] > self.key[:, -1]).nonzero().squeeze(1)
+        if f.numel() == 0:
+            return
         cand_val = torch.zeros(d_sae, m)
         cand_val[c, rank] = vals[sel].float()
         cand_row = torch.zeros(d_sae, m, dtype=torch.int64)
         cand_row[c, rank] = rows[sel]
+        cand_key, cand_val, cand_row = cand_key[f], cand_val[f], cand_row[f]
 
-        top = torch.cat([self.key, cand_key], 1).topk(m, dim=1)
+        top = torch.cat([self.key[f], cand_key], 1).topk(m, dim=1)
         src = top.indices
         old = src < m
         si, ci = src.clamp(max=m - 1), (src - m).clamp(min=0)
         empty = top.values == float("-inf")
-        self.val = torch.where(old, self.val.gather(1, si), cand_val.gather(1, ci))
-        new_idx = torch.where(old, self.idx.gather(1, si), cand_row.gather(1, ci) + offset)
-        self.idx = torch.where(empty, -1, new_idx)
-        ctx = self.ctx.gather(1, si[..., None].expand(-1, -1, self.ctx.shape[2]))
-        f, s = (~old & ~empty).nonzero(as_tuple=True)
-        if f.numel():
-            ctx[f, s] = context_acts(acts, seq, cand_row[f, ci[f, s]], f, self.window)
-        self.ctx = ctx
-        self.key = top.values
+        self.val[f] = torch.where(old, self.val[f].gather(1, si), cand_val.gather(1, ci))
+        new_idx = torch.where(old, self.idx[f].gather(1, si), cand_row.gather(1, ci) + offset)
+        self.idx[f] = torch.where(empty, -1, new_idx)
+        ctx = self.ctx[f].gather(1, si[..., None].expand(-1, -1, self.ctx.shape[2]))
+        a, b = (~old & ~empty).nonzero(as_tuple=True)
+        if a.numel():
+            ctx[a, b] = context_acts(acts, seq, cand_row[a, ci[a, b]], f[a], self.window)
+        self.ctx[f] = ctx
+        self.key[f] = top.values
 
 
 def unembedding(model) -> tuple[Tensor, Tensor | None] | None:
@@ -216,14 +226,15 @@ def analyze(
         n = x.shape[0]
         if n == 0:
             break
-        acts = dictionary.encode(x)
-        recon_x = _reconstruct(dictionary, x, acts)
-        target = chunk[hook_out].to(device=device, dtype=torch.float32) if hook_out else x
+        acts = dictionary.encode(x).float().cpu()
         keep = pos != 0 if cfg.skip_bos else torch.ones(n, dtype=torch.bool)
-        recon.update(recon_x.cpu(), target.cpu(), keep)
-        acts = acts.float().cpu()
-        rows, cols = ((acts > 0) & keep[:, None]).nonzero(as_tuple=True)
+        rows, cols = (acts > 0).nonzero(as_tuple=True)
+        counted = keep[rows]
+        rows, cols = rows[counted], cols[counted]
         vals = acts[rows, cols]
+        recon_x = _reconstruct(dictionary, x, acts, rows, cols, vals)
+        target = chunk[hook_out].to(device=device, dtype=torch.float32) if hook_out else x
+        recon.update(recon_x.cpu(), target.cpu(), keep)
         density.update(int(keep.sum()), cols, vals)
         top.update(rows, cols, vals, vals, acts, seq, offset)
         keys = torch.rand(vals.numel(), generator=gen)
@@ -295,12 +306,20 @@ def analyze(
     return write_feature_index(out_dir, meta, arrays, stream_arrays, recon_info, vocab)
 
 
-def _reconstruct(dictionary, x: Tensor, acts: Tensor) -> Tensor:
-    """`forward(x)` without encoding again: a sparse matmul when few latents fire (TopK)."""
-    if acts.count_nonzero() < 0.05 * acts.numel():
-        out = acts.to_sparse_csr() @ dictionary.W_dec + dictionary.b_dec
+def _reconstruct(dictionary, x: Tensor, acts: Tensor, rows, cols, vals) -> Tensor:
+    """`forward(x)` without encoding again, on the counted rows (the others are not scored).
+
+    When few latents fire (TopK) the firing entries, already in row-major order, form a CSR
+    matrix and decoding is a sparse matmul over them.
+    """
+    W_dec = dictionary.W_dec
+    if vals.numel() < 0.05 * acts.numel():
+        crow = torch.zeros(acts.shape[0] + 1, dtype=torch.int64)
+        crow[1:] = torch.bincount(rows, minlength=acts.shape[0]).cumsum(0)
+        f = torch.sparse_csr_tensor(crow, cols, vals, size=acts.shape)
+        out = (f.to(W_dec.device) @ W_dec) + dictionary.b_dec
     else:
-        out = dictionary.decode(acts)
+        out = dictionary.decode(acts.to(W_dec.device))
     W_skip = getattr(dictionary, "W_skip", None)
     return out if W_skip is None else out + x @ W_skip
 

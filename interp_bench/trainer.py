@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
@@ -30,7 +31,7 @@ from .dictionary import SparseDictionary
 
 DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
 # Settings that may change between a run and its resume without changing its result.
-_RESUME_FREE = ("device", "log_every", "checkpoint_every", "eval_every", "extra")
+_RESUME_FREE = ("device", "autocast", "log_every", "checkpoint_every", "eval_every", "extra")
 
 
 class TrainingDiverged(ValueError):
@@ -430,13 +431,19 @@ class Trainer:
                     close()
             if self.step_idx >= self.total_steps:
                 return
-            if not got_any:
+            if not got_any and self.batch_in_epoch == 0:
                 if self.step_idx == 0:
                     raise ValueError(
                         "the activation source yielded no batches; "
                         "check --activations and --batch-size"
                     )
-                return  # a one-shot iterator ran dry: keep what we have
+                # A one-shot iterator ran dry: keep what we have, but say so.
+                warnings.warn(
+                    f"the activation source ran dry after {self.step_idx} of "
+                    f"{self.total_steps} steps; pass a re-iterable source or a reader",
+                    stacklevel=3,
+                )
+                return
             self.epoch += 1
             self.batch_in_epoch = 0
 

@@ -1,4 +1,4 @@
-"""Steering on the tiny model: exact activation deltas, no-op cases, determinism, measured effects."""
+"""Steering on the tiny model: exact deltas, no-op cases, determinism, measured effects."""
 
 import json
 from types import SimpleNamespace
@@ -89,12 +89,14 @@ def test_add_and_scale_at_all_positions_after_bos(tiny_model, sae):
     clean = _activation(tiny_model, name, tokens)
     hooks = steering_hooks(tiny_model, sae, [Steer(7, "add", 2.0, scale=1.5)])
     delta = _activation(tiny_model, name, tokens, hooks) - clean
-    torch.testing.assert_close(delta[0, 1:], (3.0 * sae.W_dec[7].detach()).expand(delta.shape[1] - 1, -1))
+    torch.testing.assert_close(
+        delta[0, 1:], (3.0 * sae.W_dec[7].detach()).expand(delta.shape[1] - 1, -1)
+    )
     assert torch.equal(delta[0, 0], torch.zeros(64))
 
 
 def test_clamp_to_own_value_is_a_noop(tiny_model, sae):
-    """Clamping keeps the error term: clamping to the value the latent already has changes nothing."""
+    """Clamping keeps the error term: clamping a latent to its own value changes nothing."""
     tokens = tiny_model.to_tokens("Hello")  # BOS + one token, so one position is steered
     name = "blocks.0.hook_resid_post"
     clean = _activation(tiny_model, name, tokens)
@@ -151,12 +153,19 @@ def test_effects_are_zero_without_steering_and_grow_with_it(tiny_model, sae):
     neutral[:, 0] = tiny_model.tokenizer.bos_token_id
     kl, ce0, ce1 = neutral_effects(tiny_model, neutral, hooks=[])
     assert kl == pytest.approx(0.0, abs=1e-7) and ce0 == pytest.approx(ce1)
-    small = neutral_effects(tiny_model, neutral, hooks=steering_hooks(tiny_model, sae, [Steer(1, "add", 1.0)]))
-    big = neutral_effects(tiny_model, neutral, hooks=steering_hooks(tiny_model, sae, [Steer(1, "add", 20.0)]))
+    small = neutral_effects(
+        tiny_model, neutral, hooks=steering_hooks(tiny_model, sae, [Steer(1, "add", 1.0)])
+    )
+    big = neutral_effects(
+        tiny_model, neutral, hooks=steering_hooks(tiny_model, sae, [Steer(1, "add", 20.0)])
+    )
     assert 0 < small[0] < big[0]
     lp = target_logprob(
-        tiny_model, PROMPT, " the lazy dog",
-        hooks=steering_hooks(tiny_model, sae, [None, Steer(1, "add", 20.0)]), n_rows=2,
+        tiny_model,
+        PROMPT,
+        " the lazy dog",
+        hooks=steering_hooks(tiny_model, sae, [None, Steer(1, "add", 20.0)]),
+        n_rows=2,
     )
     assert lp.shape == (2,) and lp[0] != lp[1] and bool((lp < 0).all())
 
@@ -167,8 +176,17 @@ def test_sweep_table_json_and_figure(tiny_model, sae, tmp_path):
     scale = latent_max_activation(tiny_model, sae, neutral, 1)
     assert scale > 0
     result = sweep(
-        tiny_model, sae, 1, PROMPT, coefficients=[0, 2, 8], clamp_values=[0.0], target=" dog",
-        neutral_tokens=neutral, scale=scale, max_new_tokens=5, seed=3,
+        tiny_model,
+        sae,
+        1,
+        PROMPT,
+        coefficients=[0, 2, 8],
+        clamp_values=[0.0],
+        target=" dog",
+        neutral_tokens=neutral,
+        scale=scale,
+        max_new_tokens=5,
+        seed=3,
     )
     assert [r.value for r in result.rows] == [0, 2, 8, 0.0]
     zero = result.rows[0]
@@ -197,7 +215,28 @@ def test_sampled_rows_share_random_numbers(tiny_model, sae):
     """A batched sampled row equals the same row sampled alone under the same seed."""
     rows = [None, Steer(1, "add", 30.0)]
     kw = {"max_new_tokens": 6, "temperature": 1.0, "seed": 5}
-    batched = generate(tiny_model, PROMPT, hooks=steering_hooks(tiny_model, sae, rows), n_rows=2, **kw)
+    batched = generate(
+        tiny_model, PROMPT, hooks=steering_hooks(tiny_model, sae, rows), n_rows=2, **kw
+    )
     alone = generate(tiny_model, PROMPT, hooks=steering_hooks(tiny_model, sae, rows[1:]), **kw)
     assert torch.equal(batched[1], alone[0])
     assert torch.equal(batched[0], generate(tiny_model, PROMPT, **kw)[0])
+
+
+def test_real_topk_dictionary_clamp_delta(tiny_model):
+    from interp_bench.config import DictionaryConfig
+    from interp_bench.dictionary import SparseDictionary
+
+    torch.manual_seed(0)
+    d = SparseDictionary(DictionaryConfig(d_in=64, d_sae=128, k=16, hook_in="L1.resid_pre")).eval()
+    tokens = tiny_model.to_tokens(PROMPT)
+    name = "blocks.1.hook_resid_pre"
+    clean = _activation(tiny_model, name, tokens)
+    with torch.no_grad():
+        f = d.encode(clean)
+    latent = int(f[0, 1:].ne(0).sum(0).argmax())  # a latent that fires somewhere
+    hooks = steering_hooks(tiny_model, d, [Steer(latent, "clamp", 5.0)])
+    delta = _activation(tiny_model, name, tokens, hooks) - clean
+    expected = (5.0 - f[..., latent])[..., None] * d.W_dec[latent].detach()
+    expected[0, 0] = 0
+    torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-5)

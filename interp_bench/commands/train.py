@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         rank=ddp.rank(),
         world_size=ddp.world_size(),
+        drop_last=True,  # equal batches on every rank; a ragged last batch is a noisy step
     )
     stats = {h: hook_stats(cache, h) for h in needed}
     trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)

@@ -1,0 +1,133 @@
+"""Throughput of the analysis pass (density + top/quantile examples + recon error) vs the model.
+
+The floor is a plain forward of the model over the same number of tokens: analysing a dictionary
+should cost no more than producing its activations did. We time, in one run:
+
+* `model forward`: full-depth forward of the model (embedded SmolLM2-135M when it loads, else the
+  tiny random GPT-2-class model; the table says which), batches of 8 x 128 tokens;
+* `encode only`: the dictionary's encode over the activations (the part no analysis can skip);
+* `analysis pass`: `top_examples.analyze` end to end, writing the index (10k latents by default).
+
+Activations are Gaussian with the model's width, served from memory in 4,096-token batches of
+128-token sequences (shard reading is measured by bench_cache). A TopK dictionary fixes the number
+of firing entries per token at k, so the bookkeeping cost matches a trained one.
+
+    python benchmarks/bench_analysis.py [--tokens 131072] [--d-sae 10240] [--k 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_floor_model():
+    """The embedded SmolLM2 if it is available here, else the tiny random test model."""
+    try:
+        from activation_cache.models import load_model
+
+        return load_model("smollm2-135m", device="cpu"), "smollm2-135m (embedded)"
+    except Exception as err:  # any failure: fall back, and say so in the table
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from conftest import make_tiny_model
+
+        from activation_cache.tokenizers import gpt2_tokenizer
+
+        print(f"SmolLM2 unavailable ({err}); using the tiny random model")
+        return make_tiny_model(gpt2_tokenizer()), "tiny random GPT-2 (2 layers, d 64)"
+
+
+def time_forward(model, n_tokens: int, ctx: int = 128, batch: int = 8) -> float:
+    tokens = torch.randint(0, model.cfg.d_vocab, (max(1, n_tokens // ctx), ctx))
+    with torch.inference_mode():
+        model(tokens[:1, :16])  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, tokens.shape[0], batch):
+            model(tokens[s : s + batch])
+    return tokens.numel() / (time.perf_counter() - t0)
+
+
+def stream(x: torch.Tensor, hook: str, ctx: int = 128, batch_tokens: int = 4096):
+    n = x.shape[0]
+    seq = torch.arange(n) // ctx
+    pos = (torch.arange(n) % ctx).int()
+    tokens = torch.randint(0, 49152, (n,), dtype=torch.int32)
+    for s in range(0, n, batch_tokens):
+        sl = slice(s, s + batch_tokens)
+        yield {hook: x[sl], "tokens": tokens[sl], "seq": seq[sl], "pos": pos[sl]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=131072, help="tokens for the analysis pass")
+    ap.add_argument("--forward-tokens", type=int, default=4096, help="tokens for the floor")
+    ap.add_argument("--d-sae", type=int, default=10240)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    from interp_bench.config import DictionaryConfig
+    from interp_bench.dictionary import SparseDictionary
+    from interp_bench.top_examples import AnalysisConfig, analyze
+
+    model, model_name = load_floor_model()
+    d_model = model.cfg.d_model
+    fwd = time_forward(model, args.forward_tokens)
+
+    hook = "L15.resid_post"
+    cfg = DictionaryConfig(d_in=d_model, d_sae=args.d_sae, arch="topk", k=args.k, hook_in=hook)
+    sae = SparseDictionary(cfg).eval()
+    x = torch.randn(args.tokens, d_model)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for s in range(0, args.tokens, 4096):
+            sae.encode(x[s : s + 4096])
+        enc = args.tokens / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        index = analyze(sae, stream(x, hook), out, AnalysisConfig(), model=model)
+        dt = time.perf_counter() - t0
+        assert index.meta["n_tokens"] == args.tokens - args.tokens // 128
+    ana = args.tokens / dt
+
+    rows = [
+        ("model forward (floor), " + model_name, fwd, 1.0),
+        (f"encode only, d_sae {args.d_sae}, k {args.k}", enc, enc / fwd),
+        (f"analysis pass, d_sae {args.d_sae}, k {args.k}", ana, ana / fwd),
+    ]
+    print(f"\n{'what':<62} {'tokens/s':>10} {'x floor':>8}")
+    for name, tps, ratio in rows:
+        print(f"{name:<62} {tps:>10,.0f} {ratio:>8.2f}")
+    print(f"\nanalysis of 1M tokens at this rate: {1e6 / ana / 60:.1f} min "
+          f"(model forward over them: {1e6 / fwd / 60:.1f} min)")  # fmt: skip
+    result = {
+        "model": model_name,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "d_sae": args.d_sae,
+        "k": args.k,
+        "forward_tok_s": fwd,
+        "encode_tok_s": enc,
+        "analysis_tok_s": ana,
+        "analysis_over_forward": ana / fwd,
+        "analysis_1m_tokens_min": 1e6 / ana / 60,
+    }
+    out_dir = Path(__file__).parent / "out"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "bench_analysis.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

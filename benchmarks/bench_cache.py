@@ -1,0 +1,253 @@
+"""Caching and reading throughput, each against its own floor, measured in the same run.
+
+1. Caching: tokens/s of `cache_activations` for one hook (default L15.resid_post) on the embedded
+   SmolLM2-135M against a plain `inference_mode` forward stopped at the same layer over the same
+   batches. Runs alternate (plain, cache, cache, plain, ...) to cancel drift on a shared machine;
+   the ratio of medians is the number that matters (target >= 0.9).
+2. Reading: activation vectors/s and GB/s of the shuffled `ActivationReader` (paired hooks, as a
+   transcoder reads them) and of its sequential mode, against reading the same shard files raw
+   with `np.fromfile`; files are in the page cache for both.
+
+    python benchmarks/bench_cache.py            # default sizes
+    python benchmarks/bench_cache.py --quick    # smaller, a couple of minutes on 2 busy cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from activation_cache.cache import cache_activations  # noqa: E402
+from activation_cache.hooks import resolve_hooks, stop_layer  # noqa: E402
+from activation_cache.reader import ActivationReader  # noqa: E402
+from activation_cache.shards import Manifest, ShardInfo, shard_name, write_manifest, write_shard  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out" / "bench_cache.json"
+
+
+def corpus_tokens(model, n_seq: int, ctx: int) -> tuple[torch.Tensor, str]:
+    """Shakespeare train windows when the corpus loads offline, else random tokens (said so)."""
+    try:
+        from activation_cache.corpus import CorpusConfig, load_corpus
+
+        train = load_corpus(CorpusConfig(context_len=ctx), model.tokenizer).train
+        if len(train) >= n_seq:
+            return train[:n_seq], "shakespeare (train split)"
+        reason = f"only {len(train)} sequences"
+    except Exception as err:  # any failure: the benchmark still measures speed
+        reason = f"{type(err).__name__}: {err}"
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.cfg.d_vocab, (n_seq, ctx), generator=g)
+    tokens[:, 0] = model.tokenizer.bos_token_id or 0
+    return tokens, f"random tokens (corpus unavailable: {reason})"
+
+
+def bench_caching(args) -> dict:
+    from activation_cache.models import default_device, load_model
+
+    device = args.device or default_device()
+    model = load_model("smollm2-135m", device=device)
+    specs = resolve_hooks(model, [args.hook])
+    n_seq = args.cache_tokens // args.context_len
+    tokens, source = corpus_tokens(model, n_seq, args.context_len)
+    stop = stop_layer(specs)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for b0 in range(0, n_seq, args.batch_size):
+                model(tokens[b0 : b0 + args.batch_size].to(device), stop_at_layer=stop)
+        sync()
+        return tokens.numel() / (time.perf_counter() - t0)
+
+    def cached(out: Path) -> float:
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        cache_activations(
+            model, tokens, [args.hook], out, dtype="float16", batch_size=args.batch_size,
+            progress=False,
+        )  # fmt: skip
+        sync()
+        return tokens.numel() / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp) / "acts"
+        plain()  # warm-up: allocator, kernels, page cache for weights
+        rates: dict[str, list[float]] = {"plain": [], "cache": []}
+        for rep in range(args.reps):
+            order = ("plain", "cache") if rep % 2 == 0 else ("cache", "plain")
+            for kind in order:
+                rates[kind].append(plain() if kind == "plain" else cached(out))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "model": "smollm2-135m",
+        "device": device,
+        "hook": args.hook,
+        "stop_at_layer": stop,
+        "tokens_per_pass": tokens.numel(),
+        "batch_size": args.batch_size,
+        "context_len": args.context_len,
+        "token_source": source,
+        "reps": args.reps,
+        "plain_tok_s": rates["plain"],
+        "cache_tok_s": rates["cache"],
+        "plain_tok_s_median": med["plain"],
+        "cache_tok_s_median": med["cache"],
+        "ratio": med["cache"] / med["plain"],
+    }
+
+
+def synthetic_cache(out: Path, n_tokens: int, shard_tokens: int, d: int, ctx: int) -> Manifest:
+    """Random fp16 activations for two hooks in the real shard format (no model needed)."""
+    hooks = ["L15.mlp_in", "L15.mlp_out"]
+    seqs_per_shard = shard_tokens // ctx
+    n_seq = n_tokens // ctx
+    manifest = Manifest(
+        model="synthetic",
+        hooks=[
+            {"short": h, "tl_name": h, "layer": 15, "kind": h.split(".")[1], "d": d} for h in hooks
+        ],
+        dtype="float16",
+        context_len=ctx,
+        n_sequences=n_seq,
+        seqs_per_shard=seqs_per_shard,
+        complete=True,
+    )
+    g = torch.Generator().manual_seed(0)
+    for i, s0 in enumerate(range(0, n_seq, seqs_per_shard)):
+        s1 = min(s0 + seqs_per_shard, n_seq)
+        n = (s1 - s0) * ctx
+        t = {h: torch.randn(n, d, generator=g).half() for h in hooks}
+        t["tokens"] = torch.zeros(n, dtype=torch.int32)
+        t["seq"] = torch.arange(s0, s1).repeat_interleave(ctx)
+        t["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
+        sha, size = write_shard(out / shard_name(i), t)
+        manifest.shards.append(ShardInfo(shard_name(i), n, s0, s1, sha, size))
+    write_manifest(out, manifest)
+    return manifest
+
+
+def bench_reading(args) -> dict:
+    d, ctx = 576, args.context_len
+    results: dict = {"d": d, "hooks": 2, "stored_dtype": "float16", "batch_size": args.read_batch}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp)
+        manifest = synthetic_cache(out, args.read_tokens, args.shard_tokens, d, ctx)
+        files = [out / s.file for s in manifest.shards]
+        file_bytes = sum(f.stat().st_size for f in files)
+        results |= {"tokens": manifest.n_tokens, "shards": len(files), "file_bytes": file_bytes}
+
+        def raw() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            total = sum(np.fromfile(f, dtype=np.uint8).size for f in files)
+            dt = time.perf_counter() - t0
+            return manifest.n_tokens / dt, total / dt / 1e9
+
+        def read(shuffle: bool) -> tuple[float, float]:
+            r = ActivationReader(
+                out, ["L15.mlp_in", "L15.mlp_out"], args.read_batch, shuffle=shuffle,
+                buffer_tokens=args.buffer_tokens, dtype=torch.float32, seed=0,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            rows = 0
+            for batch in r.epoch(0):
+                rows += batch["L15.mlp_in"].shape[0]
+            dt = time.perf_counter() - t0
+            return rows / dt, rows * 2 * d * 2 / dt / 1e9  # fp16 bytes of both hooks delivered
+
+        raw()  # warm the page cache
+        runs: dict[str, list[tuple[float, float]]] = {"raw": [], "shuffled": [], "sequential": []}
+        for rep in range(args.reps):
+            kinds = ["raw", "shuffled", "sequential"]
+            for kind in kinds if rep % 2 == 0 else kinds[::-1]:
+                runs[kind].append(raw() if kind == "raw" else read(kind == "shuffled"))
+    for kind, vals in runs.items():
+        results[f"{kind}_vec_s"] = statistics.median(v[0] for v in vals)
+        results[f"{kind}_GB_s"] = statistics.median(v[1] for v in vals)
+    results["shuffled_vs_raw"] = results["shuffled_GB_s"] / results["raw_GB_s"]
+    results["sequential_vs_raw"] = results["sequential_GB_s"] / results["raw_GB_s"]
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, for CI and busy machines")
+    p.add_argument("--hook", default="L15.resid_post")
+    p.add_argument("--cache-tokens", type=int, help="tokens per caching pass (default 4096)")
+    p.add_argument("--read-tokens", type=int, help="tokens in the read benchmark (default 262144)")
+    p.add_argument("--context-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward")
+    p.add_argument("--read-batch", type=int, default=4096, help="activation vectors per batch")
+    p.add_argument("--buffer-tokens", type=int, default=1 << 18)
+    p.add_argument("--shard-tokens", type=int, default=65536)
+    p.add_argument("--reps", type=int, help="alternating repetitions (default 5, quick 3)")
+    p.add_argument("--device", help="default: cuda when present")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tmp", help="folder for temporary caches (default: system temp)")
+    p.add_argument("--skip-caching", action="store_true")
+    p.add_argument("--skip-reading", action="store_true")
+    args = p.parse_args()
+    args.cache_tokens = args.cache_tokens or (1024 if args.quick else 4096)
+    args.read_tokens = args.read_tokens or (65536 if args.quick else 262144)
+    args.reps = args.reps or (3 if args.quick else 5)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "load_avg_start": os.getloadavg()[0],
+    }
+    if not args.skip_caching:
+        result["caching"] = bench_caching(args)
+    if not args.skip_reading:
+        result["reading"] = bench_reading(args)
+    result["load_avg_end"] = os.getloadavg()[0]
+
+    print(f"\n{result['command']}  (torch {result['torch']}, {result['threads']} threads, "
+          f"load avg {result['load_avg_start']:.1f} -> {result['load_avg_end']:.1f})")  # fmt: skip
+    if "caching" in result:
+        c = result["caching"]
+        print(f"\ncaching {c['hook']} on {c['model']} ({c['device']}), {c['tokens_per_pass']} "
+              f"tokens/pass x {c['reps']} reps, {c['token_source']}")  # fmt: skip
+        print(f"{'':28}{'tok/s (median)':>16}{'runs':>40}")
+        for k, name in (("plain", "plain forward, stopped"), ("cache", "cache_activations")):
+            runs = " ".join(f"{v:.0f}" for v in c[f"{k}_tok_s"])
+            print(f"{name:28}{c[f'{k}_tok_s_median']:>16.0f}{runs:>40}")
+        print(f"{'ratio cache / plain':28}{c['ratio']:>16.3f}   (target >= 0.9)")
+    if "reading" in result:
+        r = result["reading"]
+        print(f"\nreading {r['tokens']:,} tokens x {r['hooks']} hooks (d {r['d']}, fp16 on disk -> "
+              f"fp32 batches of {r['batch_size']}), {r['shards']} shards, "
+              f"{r['file_bytes'] / 1e6:.0f} MB")  # fmt: skip
+        print(f"{'':28}{'vectors/s':>14}{'GB/s':>10}{'vs raw':>10}")
+        for k, name in (
+            ("raw", "np.fromfile, whole files"),
+            ("shuffled", "ActivationReader shuffled"),
+            ("sequential", "ActivationReader in order"),
+        ):
+            ratio = r[f"{k}_GB_s"] / r["raw_GB_s"]
+            print(f"{name:28}{r[f'{k}_vec_s']:>14,.0f}{r[f'{k}_GB_s']:>10.2f}{ratio:>10.2f}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

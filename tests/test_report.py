@@ -1,0 +1,143 @@
+"""End to end: cache -> `interp-bench analyze` -> `interp-bench report`, rendered in Chromium."""
+
+import argparse
+import importlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from interp_bench.config import DictionaryConfig
+from interp_bench.density import model_stream
+from interp_bench.dictionary import SparseDictionary
+from interp_bench.figures import density_histogram, feature_card, recon_error_figure
+from interp_bench.top_examples import AnalysisConfig, analyze, load_feature_index
+
+HOOK = "L1.resid_post"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def main(argv: list[str]) -> int:
+    """`interp_bench.cli.main` for one subcommand (the dispatcher imports every subcommand)."""
+    module = importlib.import_module(f"interp_bench.commands.{argv[0]}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    try:
+        return module.run(parser.parse_args(argv[1:]))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"interp-bench {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+
+
+@pytest.fixture(scope="module")
+def tokens(gpt2_tokenizer):
+    torch.manual_seed(0)
+    t = torch.randint(0, 50000, (12, 32))
+    t[:, 0] = gpt2_tokenizer.bos_token_id
+    return t
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model, tokens):
+    from activation_cache.cache import cache_activations
+
+    root = tmp_path_factory.mktemp("run")
+    cache_activations(tiny_model, tokens, [HOOK], root / "acts", dtype="float32",
+                      shard_tokens=100, progress=False)  # fmt: skip
+    torch.manual_seed(1)
+    cfg = DictionaryConfig(d_in=64, d_sae=96, arch="topk", k=6, hook_in=HOOK)
+    SparseDictionary(cfg).save(root / "sae")
+    return root
+
+
+def test_analyze_command_matches_direct_pass(run_dir, tiny_model, tokens, tmp_path, capsys):
+    """The CLI over cached shards gives the same index as the pass straight from the model."""
+    rc = main(["analyze", "--dictionary", str(run_dir / "sae"), "--activations",
+               str(run_dir / "acts"), "--model", "none", "--top-k", "5", "--window", "4",
+               "--batch-tokens", "50"])  # fmt: skip
+    assert rc == 0, capsys.readouterr()
+    assert "feature index" in capsys.readouterr().out
+    cached = load_feature_index(run_dir / "sae" / "analysis")
+    from interp_bench.dictionary import load_dictionary
+
+    d = load_dictionary(run_dir / "sae")
+    direct = analyze(d, model_stream(tiny_model, tokens, [HOOK], batch_seqs=5), tmp_path,
+                     AnalysisConfig(top_k=5, window=4))  # fmt: skip
+    assert cached.meta["n_tokens"] == direct.meta["n_tokens"] == 12 * 31
+    assert torch.equal(cached.arrays["fire_count"], direct.arrays["fire_count"])
+    assert torch.equal(cached.arrays["top_index"], direct.arrays["top_index"])
+    assert torch.equal(cached.arrays["top_tokens"], direct.arrays["top_tokens"])
+    torch.testing.assert_close(cached.arrays["top_acts"], direct.arrays["top_acts"])
+    # TopK's sparse reconstruction path equals forward()
+    x = torch.cat([b[HOOK] for b in model_stream(tiny_model, tokens, [HOOK])])
+    bos = direct.stream["pos"] == 0
+    want = (d(x) - x).pow(2).sum(-1)
+    torch.testing.assert_close(direct.stream["sq_err"][~bos], want[~bos], rtol=1e-4, atol=1e-5)
+
+
+def test_analyze_bad_input(run_dir, tmp_path, capsys):
+    assert main(["analyze", "--dictionary", str(run_dir / "sae"),
+                 "--activations", str(tmp_path)]) == 2  # fmt: skip
+    assert "interp-bench cache" in capsys.readouterr().err
+    other = DictionaryConfig(d_in=64, d_sae=8, arch="topk", k=2, hook_in="L0.resid_post")
+    SparseDictionary(other).save(tmp_path / "other")
+    assert main(["analyze", "--dictionary", str(tmp_path / "other"), "--activations",
+                 str(run_dir / "acts"), "--model", "none"]) == 2  # fmt: skip
+    assert "L1.resid_post" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def report_html(run_dir, tiny_model, tokens, tmp_path_factory):
+    """An index with token strings and logit effects (from the model), and its report."""
+    from interp_bench.dictionary import load_dictionary
+    from interp_bench.report import write_report
+
+    out = tmp_path_factory.mktemp("index")
+    d = load_dictionary(run_dir / "sae")
+    analyze(d, model_stream(tiny_model, tokens, [HOOK]), out, AnalysisConfig(window=5),
+            model=tiny_model)  # fmt: skip
+    assert main(["report", str(out)]) == 0
+    return write_report(out, out / "report.html")
+
+
+def test_report_is_self_contained(report_html):
+    page = report_html.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "cdn" not in page.lower()
+    data = json.loads(re.search(r'id="data" type="application/json">(.*?)</script>', page,
+                                re.S).group(1))  # fmt: skip
+    live = [f for f in data["features"] if f["n"] > 0]
+    assert live and all(f["t"] and len(f["p"]) == 10 for f in live)
+    assert 'class="card' not in page  # cards only exist once the page's JS has run
+
+
+def _chromium(args, tmp_path, timeout=120):
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
+def test_report_renders_in_chromium(report_html, tmp_path):
+    url = report_html.resolve().as_uri()
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout
+    n_cards = dom.count('class="card')
+    assert n_cards >= 10, dom[-2000:]
+    assert "Latent 0" in dom and "Top activations" in dom and "Promoted tokens" in dom
+    assert "<svg" in dom  # density and activation histograms were drawn
+    shot = tmp_path / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,900", url], tmp_path)
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_figures_build(report_html):
+    index = load_feature_index(report_html.parent)
+    live = int(index.by_density()[0])
+    for fig in (density_histogram(index), feature_card(index, live), recon_error_figure(index)):
+        assert fig.data and fig.to_json()
+    assert "dead" in density_histogram(index).layout.title.text
