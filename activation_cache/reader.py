@@ -5,8 +5,8 @@ time. A window's rows (BOS dropped by default) are copied from the memory-mapped
 buffer with a single strided copy per hook, shuffled by a seeded permutation, and served as
 batches gathered with `index_select`; rows that do not fill a last batch carry over into the next
 window, so every row is served exactly once per epoch and only the epoch's final batch is short.
-The next window loads, shuffles and casts on a background thread while the current one is
-served, so a batch costs the consumer nothing but a slice.
+The next window is copied out of the memory maps and shuffled on a background thread while the
+current one is served, so a batch costs the consumer a slice and a cast.
 
 Everything the order depends on (shard sizes, seed, epoch) is known from the manifest, so
 `batches(epoch, start_batch)` skips whole windows without reading them.
@@ -47,9 +47,8 @@ class ActivationReader:
 
     `shuffle=False` serves every row once in cache order (for analysis; pair with
     `skip_bos=False, with_positions=True` to see every token). Memory: at most two windows of
-    about `buffer_tokens` rows (at least one shard each) in the output dtype, plus one shard
-    being cast. Batches are views of their window's buffer, so holding on to old batches holds
-    their windows.
+    about `buffer_tokens` rows (at least one shard each) in the stored dtype (twice that
+    while a window is being shuffled), plus one batch.
     """
 
     def __init__(
@@ -223,65 +222,60 @@ class ActivationReader:
         t = to_torch(view.array(name), view.dtype(name))
         return t if t.ndim == 2 else t.unsqueeze(1)
 
-    def _kept(self, s: int, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """Shard `s`'s kept rows of `name` as a contiguous tensor: one strided copy + cast."""
-        src = self._source(s, name)
+    def _copy_kept(self, s: int, name: str, dst: torch.Tensor) -> None:
+        """Shard `s`'s kept rows of `name` into `dst`: one strided copy, no cast."""
+        src = self._source(s, name).view(-1, *dst.shape[1:])
         if not self.skip_bos:
-            return src.to(dtype)
-        if self._is_regular(s):
-            d = src.shape[1]
-            return src.view(-1, self.ctx, d)[:, 1:].to(dtype).reshape(-1, d)
-        mask = torch.from_numpy(self._views[s].array("pos") != 0)
-        return src[mask].to(dtype)
+            dst.copy_(src)
+        elif self._is_regular(s):
+            tail = dst.shape[1:]
+            dst.view(-1, self.ctx - 1, *tail).copy_(src.view(-1, self.ctx, *tail)[:, 1:])
+        else:
+            dst.copy_(src[torch.from_numpy(self._views[s].array("pos") != 0)])
 
     def _load(self, w: _Window) -> dict[str, torch.Tensor]:
-        """The window's rows already in serving order and in the output dtype, so serving a
-        batch is a slice: the shuffle and the cast happen here, on the prefetch thread."""
+        """The window's rows in serving order, in the stored dtype: a sequential copy out of the
+        memory maps, then one permuting gather (both on the prefetch thread), so serving a batch
+        is a slice plus the cast to the output dtype."""
         size = len(w.perm)
         self.max_buffer_rows = max(self.max_buffer_rows, size)
-        cuda = self.device.type == "cuda"
-        inv = torch.empty(size, dtype=torch.int64)
-        inv[torch.from_numpy(w.perm)] = torch.arange(size)  # buffer row j goes to inv[j]
         first = self._views[int(w.shards[0])]
-        bufs, dtypes = {}, {}
-        for name in self._names():
-            if name in POSITIONS:
-                dtypes[name], shape = torch.int64, (size,)
-            else:
-                # On CUDA: ship the stored (narrower) dtype over PCIe and cast on the GPU.
-                dtypes[name] = first.dtype(name) if cuda else self.dtype
-                shape = (size, self.dims[name])
-            bufs[name] = torch.empty(shape, dtype=dtypes[name], pin_memory=cuda)
+        perm = None if not self.shuffle else torch.from_numpy(w.perm)
         nc = len(w.carry_row)
-        for s in np.unique(w.carry_shard):
-            sel = np.flatnonzero(w.carry_shard == s)
-            phys = torch.from_numpy(self._physical(int(s), w.carry_row[sel]))
-            dest = inv[torch.from_numpy(sel)]
-            for name, buf in bufs.items():
-                rows = self._source(int(s), name).index_select(0, phys).to(dtypes[name])
-                buf.index_copy_(0, dest, rows.view(-1, *buf.shape[1:]))
-        offset = nc
-        for s in w.shards:
-            s, k = int(s), int(self._rows[s])
-            dest = inv[offset : offset + k]
-            for name, buf in bufs.items():
-                rows = self._kept(s, name, dtypes[name])
-                buf.index_copy_(0, dest, rows.view(-1, *buf.shape[1:]))
-            offset += k
+        bufs = {}
+        for name in self._names():
+            shape = (size,) if name in POSITIONS else (size, self.dims[name])
+            buf = torch.empty(shape, dtype=first.dtype(name))
+            for s in np.unique(w.carry_shard):
+                sel = torch.from_numpy(np.flatnonzero(w.carry_shard == s))
+                phys = torch.from_numpy(self._physical(int(s), w.carry_row[sel.numpy()]))
+                rows = self._source(int(s), name).index_select(0, phys)
+                buf.index_copy_(0, sel, rows.view(-1, *shape[1:]))
+            offset = nc
+            for s in w.shards:
+                k = int(self._rows[s])
+                self._copy_kept(int(s), name, buf[offset : offset + k])
+                offset += k
+            if perm is not None:
+                buf = buf.index_select(0, perm)
+            if self.device.type == "cuda":
+                buf = buf.pin_memory()
+            bufs[name] = buf
         return bufs
 
     def _serve(self, w: _Window, bufs: dict[str, torch.Tensor], skip: int):
-        """Batches are disjoint slices (views) of the window buffer: no copy on CPU."""
         bsz, size = self.batch_size, len(w.perm)
         cuda = self.device.type == "cuda"
         for i in range(skip, w.n_batches):
             rows = slice(i * bsz, min((i + 1) * bsz, size))
             out = {}
             for name, buf in bufs.items():
-                x = buf[rows]
+                # On CUDA the stored (narrower) dtype crosses PCIe and is cast on the GPU.
+                dtype = torch.int64 if name in POSITIONS else self.dtype
                 if cuda:
-                    x = x.to(self.device, non_blocking=True)
-                out[name] = x if name in POSITIONS else x.to(self.dtype)
+                    out[name] = buf[rows].to(self.device, non_blocking=True).to(dtype)
+                else:  # a copy, so a kept batch does not pin its whole window in memory
+                    out[name] = buf[rows].to(dtype, copy=True)
             yield out
 
 

@@ -390,6 +390,9 @@ def run(args: argparse.Namespace) -> dict:
         for r in row["trainers"].values():
             r["ours_speedup"] = ours / r["tokens_per_s"]
         row["flops_per_step"] = flops
+        row["targets"] = (
+            targets(row) if "ours" in row["trainers"] and len(row["trainers"]) > 1 else []
+        )
         result["rows"].append(row)
         del trainers
     info["loadavg_end"] = os.getloadavg()
@@ -446,7 +449,7 @@ def print_table(result: dict) -> None:
             "   (plain B x d_in @ d_in x d_sae, same rotation)"
         )
     for row in result["rows"]:
-        for line in targets(row):
+        for line in row["targets"]:
             print(f"[{row['arch']}] {line}")
 
 
