@@ -1,12 +1,12 @@
 """Stream shuffled batches of cached activations with bounded memory (the training hot path).
 
 An epoch visits this rank's shards in a seeded random order, a window of several shards at a
-time. A window's rows (BOS dropped by default) are copied from the memory-mapped shards into one
-buffer with a single strided copy per hook, shuffled by a seeded permutation, and served as
-batches gathered with `index_select`; rows that do not fill a last batch carry over into the next
-window, so every row is served exactly once per epoch and only the epoch's final batch is short.
-The next window is copied out of the memory maps and shuffled on a background thread while the
-current one is served, so a batch costs the consumer a slice and a cast.
+time. A window's shards are read whole into a reusable staging buffer with plain sequential
+reads (the same work as reading the files raw, done on a background thread while the previous
+window is served); a seeded permutation of the window's rows (BOS rows left out by default) is
+served as batches, each one `index_select` gather plus the cast to the output dtype. Rows that do
+not fill a window's last batch carry over into the next window, so every row is served exactly
+once per epoch and only the epoch's final batch is short.
 
 Everything the order depends on (shard sizes, seed, epoch) is known from the manifest, so
 `batches(epoch, start_batch)` skips whole windows without reading them.
@@ -46,9 +46,8 @@ class ActivationReader:
     """Batches `{hook: Tensor[B, d]}` of the same tokens, shuffled, deterministic per (seed, epoch).
 
     `shuffle=False` serves every row once in cache order (for analysis; pair with
-    `skip_bos=False, with_positions=True` to see every token). Memory: at most two windows of
-    about `buffer_tokens` rows (at least one shard each) in the stored dtype (twice that
-    while a window is being shuffled), plus one batch.
+    `skip_bos=False, with_positions=True` to see every token). Memory: two staging buffers of
+    `buffer_tokens` rows (at least one shard) in the stored dtype, plus the batches in flight.
     """
 
     def __init__(
@@ -107,11 +106,13 @@ class ActivationReader:
         self._rows = np.array(
             [s.n_tokens - (s.seq_end - s.seq_start) * skip_bos for s in infos], dtype=np.int64
         )
+        self._n_phys = np.array([s.n_tokens for s in infos], dtype=np.int64)
         self._regular: dict[int, bool] = {}
         self.n_tokens = int(self._rows.sum())
         if self.n_tokens == 0:
             raise ValueError(f"{self.dir}: no rows to read (context length 1 with skip_bos?)")
-        self.shards_per_window = max(1, buffer_tokens // int(self._rows.max())) if shuffle else 1
+        self.shards_per_window = max(1, buffer_tokens // int(self._n_phys.max())) if shuffle else 1
+        self._staging_rows = batch_size - 1 + self.shards_per_window * int(self._n_phys.max())
         self.max_buffer_rows = 0  # largest window actually loaded (for tests and tuning)
         self._next_epoch = 0
 
@@ -140,18 +141,24 @@ class ActivationReader:
     def batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of `epoch` from `start_batch` on; skipped windows are never read."""
         windows = (w for w in self._plan(epoch) if w.first_batch + w.n_batches > start_batch)
+        # Two staging buffers per iteration: one is served while the next window fills the
+        # other. A buffer is refilled only after its window's last batch has been yielded, and
+        # batches are gathered copies, so nothing yielded ever changes underneath its holder.
+        slots: list[dict[str, torch.Tensor]] = [{}, {}]
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
             current = next(windows, None)
-            pending = pool.submit(self._load, current) if pool and current else None
+            pending = pool.submit(self._load, current, slots[0]) if pool and current else None
+            i = 0
             while current is not None:
-                bufs = pending.result() if pending else self._load(current)
+                bufs, order = pending.result() if pending else self._load(current, slots[i % 2])
                 upcoming = next(windows, None)
-                pending = pool.submit(self._load, upcoming) if pool and upcoming else None
+                pending = None
+                if pool and upcoming:
+                    pending = pool.submit(self._load, upcoming, slots[(i + 1) % 2])
                 skip = max(0, start_batch - current.first_batch)
-                yield from self._serve(current, bufs, skip)
-                del bufs
-                current = upcoming
+                yield from self._serve(current, bufs, order, skip)
+                current, i = upcoming, i + 1
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -197,7 +204,7 @@ class ActivationReader:
     # ---- loading -------------------------------------------------------------------------
 
     def _is_regular(self, s: int) -> bool:
-        """Whole sequences with pos 0..ctx-1: BOS rows can then be skipped with a strided view."""
+        """Whole sequences with pos 0..ctx-1, so kept rows map to file rows by arithmetic."""
         if s not in self._regular:
             pos = self._views[s].array("pos")
             n = len(pos)
@@ -218,65 +225,86 @@ class ActivationReader:
         return self.hooks + (list(POSITIONS) if self.with_positions else [])
 
     def _source(self, s: int, name: str) -> torch.Tensor:
+        """Memory-mapped rows of one shard, for random access (carried rows, statistics)."""
         view = self._views[s]
-        t = to_torch(view.array(name), view.dtype(name))
-        return t if t.ndim == 2 else t.unsqueeze(1)
+        return to_torch(view.array(name), view.dtype(name))
 
-    def _copy_kept(self, s: int, name: str, dst: torch.Tensor) -> None:
-        """Shard `s`'s kept rows of `name` into `dst`: one strided copy, no cast."""
-        src = self._source(s, name).view(-1, *dst.shape[1:])
-        if not self.skip_bos:
-            dst.copy_(src)
-        elif self._is_regular(s):
-            tail = dst.shape[1:]
-            dst.view(-1, self.ctx - 1, *tail).copy_(src.view(-1, self.ctx, *tail)[:, 1:])
-        else:
-            dst.copy_(src[torch.from_numpy(self._views[s].array("pos") != 0)])
+    def _order(self, w: _Window) -> tuple[np.ndarray, int]:
+        """Serving order as staging-buffer rows (carried rows first, then whole shards, BOS
+        rows included but never served), and the staging size."""
+        nc = len(w.carry_row)
+        parts, offset = [np.arange(nc)], nc
+        for s in w.shards:
+            parts.append(offset + self._physical(int(s), np.arange(self._rows[s])))
+            offset += int(self._n_phys[s])
+        return np.concatenate(parts)[w.perm], offset
 
-    def _load(self, w: _Window) -> dict[str, torch.Tensor]:
-        """The window's rows in serving order, in the stored dtype: a sequential copy out of the
-        memory maps, then one permuting gather (both on the prefetch thread), so serving a batch
-        is a slice plus the cast to the output dtype."""
-        size = len(w.perm)
+    def _load(self, w: _Window, slot: dict[str, torch.Tensor]):
+        """Fill a staging buffer with the window's shards, read whole and in the stored dtype
+        (sequential `readinto`, like a raw file read), plus the rows carried in."""
+        order, size = self._order(w)
         self.max_buffer_rows = max(self.max_buffer_rows, size)
         first = self._views[int(w.shards[0])]
-        perm = None if not self.shuffle else torch.from_numpy(w.perm)
-        nc = len(w.carry_row)
         bufs = {}
         for name in self._names():
-            shape = (size,) if name in POSITIONS else (size, self.dims[name])
-            buf = torch.empty(shape, dtype=first.dtype(name))
+            shape = first.shape(name)[1:]
+            if name not in slot:
+                slot[name] = torch.empty((self._staging_rows, *shape), dtype=first.dtype(name))
+            buf = bufs[name] = slot[name][:size]
             for s in np.unique(w.carry_shard):
-                sel = torch.from_numpy(np.flatnonzero(w.carry_shard == s))
-                phys = torch.from_numpy(self._physical(int(s), w.carry_row[sel.numpy()]))
+                sel = np.flatnonzero(w.carry_shard == s)
+                phys = torch.from_numpy(self._physical(int(s), w.carry_row[sel]))
                 rows = self._source(int(s), name).index_select(0, phys)
-                buf.index_copy_(0, sel, rows.view(-1, *shape[1:]))
-            offset = nc
+                buf.index_copy_(0, torch.from_numpy(sel), rows)
+            offset = len(w.carry_row)
             for s in w.shards:
-                k = int(self._rows[s])
-                self._copy_kept(int(s), name, buf[offset : offset + k])
-                offset += k
-            if perm is not None:
-                buf = buf.index_select(0, perm)
-            if self.device.type == "cuda":
-                buf = buf.pin_memory()
-            bufs[name] = buf
-        return bufs
+                n = int(self._n_phys[s])
+                self._views[s].read_into(name, buf[offset : offset + n])
+                offset += n
+        return bufs, torch.from_numpy(order)
 
-    def _serve(self, w: _Window, bufs: dict[str, torch.Tensor], skip: int):
-        bsz, size = self.batch_size, len(w.perm)
+    def _serve(self, w: _Window, bufs: dict[str, torch.Tensor], order: torch.Tensor, skip: int):
+        bsz = self.batch_size
         cuda = self.device.type == "cuda"
+        order_np = order.numpy()
+        # numpy's row gather and fp16 -> fp32 cast run several times faster than torch's
+        # index_select / .float() on CPU (see benchmarks/bench_cache.py), so batches use numpy.
+        arrays = {name: _as_numpy(buf) for name, buf in bufs.items()}
         for i in range(skip, w.n_batches):
-            rows = slice(i * bsz, min((i + 1) * bsz, size))
+            idx = order_np[i * bsz : (i + 1) * bsz]
             out = {}
             for name, buf in bufs.items():
-                # On CUDA the stored (narrower) dtype crosses PCIe and is cast on the GPU.
-                dtype = torch.int64 if name in POSITIONS else self.dtype
-                if cuda:
-                    out[name] = buf[rows].to(self.device, non_blocking=True).to(dtype)
-                else:  # a copy, so a kept batch does not pin its whole window in memory
-                    out[name] = buf[rows].to(dtype, copy=True)
+                x = np.take(arrays[name], idx, axis=0)  # the shuffle: a fresh array
+                if name in POSITIONS:
+                    out[name] = torch.from_numpy(x.astype(np.int64)).to(self.device)
+                elif cuda:  # the stored (narrower) dtype crosses PCIe, the cast runs on the GPU
+                    t = _from_numpy(x, buf.dtype).pin_memory()
+                    out[name] = t.to(self.device, non_blocking=True).to(self.dtype)
+                else:
+                    out[name] = _cast(x, buf.dtype, self.dtype)
             yield out
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _from_numpy(x: np.ndarray, stored: torch.dtype) -> torch.Tensor:
+    t = torch.from_numpy(x)
+    return t.view(torch.bfloat16) if stored == torch.bfloat16 else t
+
+
+def _cast(x: np.ndarray, stored: torch.dtype, dtype: torch.dtype) -> torch.Tensor:
+    """Stored rows (numpy) to a torch tensor of `dtype`, taking numpy's fast paths."""
+    if dtype == stored:
+        return _from_numpy(x, stored)
+    if dtype == torch.float32 and stored == torch.float16:
+        return torch.from_numpy(x.astype(np.float32))
+    if dtype == torch.float32 and stored == torch.bfloat16:
+        y = x.view(np.uint16).astype(np.uint32)
+        y <<= 16  # bf16 is the top half of an fp32
+        return torch.from_numpy(y.view(np.float32))
+    return _from_numpy(x, stored).to(dtype)
 
 
 @dataclass

@@ -214,7 +214,9 @@ def read_header(path: Path) -> tuple[int, dict]:
 
 
 class ShardView:
-    """Memory-mapped, zero-copy numpy views of one shard's tensors."""
+    """One shard's tensors: sequential reads into caller-owned buffers (the hot path: plain
+    `readinto`, no page faults) and short-lived memory maps for random rows. Holds no open file,
+    so a cache may have any number of shards."""
 
     def __init__(self, path: Path, expected_bytes: int | None = None):
         self.path = Path(path)
@@ -225,22 +227,46 @@ class ShardView:
                     f"{self.path}: {size} bytes on disk, manifest says {expected_bytes} "
                     "(truncated or replaced; run `interp-bench inspect` on the cache)"
                 )
-        start, self.header = read_header(self.path)
-        # Copy-on-write mapping: writable views (torch wants them), the file is never modified.
-        self._mm = np.memmap(self.path, dtype=np.uint8, mode="c")
-        self._start = start
+        self._start, self.header = read_header(self.path)
 
-    def array(self, name: str) -> np.ndarray:
-        """Numpy view (bf16 shows as uint16: wrap with `to_torch`)."""
+    def _entry(self, name: str) -> dict:
         if name not in self.header:
             raise ShardError(f"{self.path}: no tensor {name!r} (has {', '.join(self.header)})")
-        e = self.header[name]
-        a, b = e["data_offsets"]
-        raw = self._mm[self._start + a : self._start + b]
-        return raw.view(_ST_TO_NUMPY[e["dtype"]]).reshape(e["shape"])
+        return self.header[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry(name)["shape"])
 
     def dtype(self, name: str) -> torch.dtype:
-        return _ST_DTYPES[self.header[name]["dtype"]]
+        return _ST_DTYPES[self._entry(name)["dtype"]]
+
+    def array(self, name: str) -> np.ndarray:
+        """Memory-mapped numpy view, alive while referenced (bf16 shows as uint16: `to_torch`)."""
+        e = self._entry(name)
+        a, b = e["data_offsets"]
+        # Copy-on-write mapping: writable views (torch wants them); the file is never modified.
+        raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=self._start + a, shape=b - a)
+        return raw.view(_ST_TO_NUMPY[e["dtype"]]).reshape(e["shape"])
+
+    def read_into(self, name: str, dst: torch.Tensor) -> None:
+        """Read a whole tensor into contiguous `dst` (same dtype and shape) with one `readinto`."""
+        e = self._entry(name)
+        a, b = e["data_offsets"]
+        if (
+            not dst.is_contiguous()
+            or dst.dtype != self.dtype(name)
+            or list(dst.shape) != e["shape"]
+        ):
+            raise ValueError(f"{self.path}: {name} does not fit the given buffer")
+        buf = memoryview(dst.view(-1).view(torch.uint8).numpy())
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._start + a)
+            done = 0
+            while done < b - a:
+                n = f.readinto(buf[done:])
+                if not n:
+                    raise ShardError(f"{self.path}: ends inside tensor {name} (truncated)")
+                done += n
 
 
 def to_torch(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

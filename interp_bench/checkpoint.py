@@ -17,16 +17,20 @@ from typing import Any
 import torch
 
 PREFIX = "step_"
+ASIDE = ".tmp-old"  # a checkpoint being replaced by a rewrite of the same step
 
 
 def _step_dirs(ckpt_dir: Path) -> dict[int, Path]:
-    out = {}
+    """Complete checkpoints by step; one moved aside by an interrupted rewrite still counts."""
+    out: dict[int, Path] = {}
+    aside: dict[int, Path] = {}
     if ckpt_dir.is_dir():
         for p in ckpt_dir.iterdir():
-            digits = p.name[len(PREFIX) :]
-            if p.name.startswith(PREFIX) and digits.isdigit() and (p / "state.pt").is_file():
-                out[int(digits)] = p
-    return out
+            name = p.name.removesuffix(ASIDE)
+            digits = name[len(PREFIX) :]
+            if name.startswith(PREFIX) and digits.isdigit() and (p / "state.pt").is_file():
+                (aside if p.name.endswith(ASIDE) else out)[int(digits)] = p
+    return aside | out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -55,22 +59,29 @@ def write(ckpt_dir: Path, step: int, state: dict[str, Any]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # rewrite: move the old one aside so a step folder always exists
+        aside = ckpt_dir / f"{final.name}{ASIDE}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
     return final
 
 
 def prune(ckpt_dir: Path, keep_step: int) -> None:
-    """Remove every checkpoint older than `keep_step` and any leftover `.tmp` folders."""
+    """Remove every checkpoint older than `keep_step` and any unfinished or replaced copies."""
     if not ckpt_dir.is_dir():
         return
-    for step, path in _step_dirs(ckpt_dir).items():
+    live = _step_dirs(ckpt_dir)
+    for step, path in live.items():
         if step < keep_step:
             shutil.rmtree(path, ignore_errors=True)
-    for p in ckpt_dir.glob(f"{PREFIX}*.tmp"):
-        shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_dir.glob(f"{PREFIX}*.tmp*"):
+        if p not in live.values():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def steps(ckpt_dir: Path) -> list[int]:
@@ -87,7 +98,7 @@ def latest_common_step(ckpt_dirs: list[Path]) -> int | None:
 
 
 def read(ckpt_dir: Path, step: int, map_location=None) -> dict[str, Any]:
-    path = ckpt_dir / f"{PREFIX}{step:09d}" / "state.pt"
+    path = _step_dirs(ckpt_dir)[step] / "state.pt"
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

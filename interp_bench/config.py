@@ -65,8 +65,11 @@ class DictionaryConfig(_JsonMixin):
     decode: str = "auto"  # topk decode path: "auto" | "sparse" | "dense"
     # jumprelu
     l0_coefficient: float = 1.0
-    jumprelu_bandwidth: float = 0.05
-    jumprelu_init_threshold: float = 0.01
+    # Inputs are normalised to mean norm sqrt(d_in), so pre-activations are O(1): a threshold
+    # starting at 0.5 with a 0.1-wide STE window gets gradient from the start (0.01, SAELens's
+    # default, left thresholds far below the pre-activations for hundreds of steps).
+    jumprelu_bandwidth: float = 0.1
+    jumprelu_init_threshold: float = 0.5
     # inputs were normalised by the trainer and the scale is already folded into the weights
     normalization_folded: bool = True
 

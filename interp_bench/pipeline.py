@@ -1,13 +1,17 @@
 """The main job: cache a middle layer, train an SAE and a transcoder, evaluate, browse.
 
 Every stage writes into one run folder and skips work already done, so re-running after an
-interruption (or with a larger `--tokens`) only does what is missing:
+interruption only does what is missing:
 
     RUN/demo_cfg.json             this config
     RUN/acts/{train,eval}/        activation cache (resumable shards + manifest)
     RUN/dictionaries/NAME/        cfg.json + sae_weights.safetensors (SAELens layout), metrics
+    RUN/splice.json               spliced-loss results (reused while the weights are unchanged)
     RUN/analysis/NAME/            feature index + report.html
-    RUN/summary.json              the numbers of the summary table
+    RUN/summary.json              the numbers of the summary table, with per-stage timings
+
+Each stage is timed in wall and CPU seconds and, where it streams tokens, tokens per second, so a
+budget can be checked from throughput even on a busy machine.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,7 +42,12 @@ from .trainer import Trainer, evaluate
 
 @dataclass
 class DemoConfig:
-    """Sizes of the main job; `quick()` shrinks them to a few-minute smoke run."""
+    """Sizes of the main job; `quick()` shrinks them to a few-minute smoke run.
+
+    The defaults fit 20 minutes on 2 CPU cores: caching (half the model's depth per token) and
+    the spliced-loss pass (several full-depth forwards per token) dominate; training two
+    dictionaries on 2 x 400k tokens takes a few minutes.
+    """
 
     model: str = "smollm2-135m"
     corpus: str = "shakespeare"
@@ -46,20 +56,59 @@ class DemoConfig:
     train_tokens: int = 400_000  # cached training activations
     eval_tokens: int = 32_768  # cached held-out activations (evaluation, feature index)
     epochs: int = 2  # passes over the cached training tokens
-    splice_tokens: int = 8_192  # held-out tokens for the spliced-loss pass
+    splice_tokens: int = 4_096  # held-out tokens for the spliced-loss pass
     expansion: int = 8
     k: int = 32
-    batch_size: int = 4096
+    batch_size: int = 2048
+    lr: float | None = None  # None -> the trainer's d_sae-scaled default
     cache_dtype: str = "float16"
     seed: int = 0
     device: str | None = None
     out: str = "runs/demo"
+    progress: bool = True
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
-        base = dict(train_tokens=49_152, eval_tokens=8_192, epochs=2, splice_tokens=2_048)
+        base = dict(train_tokens=32_768, eval_tokens=8_192, epochs=2, splice_tokens=1_024)
         base.update(overrides)
         return cls(**base)
+
+
+@dataclass
+class Stage:
+    """Timing of one stage; `skipped` when its results were already in the run folder."""
+
+    name: str
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    tokens: int = 0
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.seconds if self.tokens and self.seconds > 0 else None
+
+
+class _Clock:
+    """Collects `Stage`s; `with clock.stage("cache train", tokens=n) as s:` times one."""
+
+    def __init__(self) -> None:
+        self.stages: list[Stage] = []
+
+    @contextmanager
+    def stage(self, name: str, tokens: int = 0):
+        s = Stage(name, tokens=tokens)
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield s
+        finally:
+            s.seconds = round(time.perf_counter() - w0, 2)
+            s.cpu_seconds = round(time.process_time() - c0, 2)
+            self.stages.append(s)
+
+    def to_list(self) -> list[dict]:
+        return [asdict(s) | {"tokens_per_s": s.tokens_per_s} for s in self.stages]
 
 
 def _n_seq(tokens: int, context_len: int, available: int, what: str) -> int:
@@ -76,25 +125,62 @@ def _say(msg: str) -> None:
     print(f"[interp-bench] {msg}", flush=True)
 
 
+def _weights_key(dict_dir: Path, names: list[str]) -> list[list]:
+    """What identifies the trained weights: size and mtime of every weights file."""
+    out = []
+    for n in names:
+        st = (dict_dir / n / "sae_weights.safetensors").stat()
+        out.append([n, st.st_size, st.st_mtime_ns])
+    return out
+
+
+_FREE = ("device", "log_every", "checkpoint_every")  # may change without retraining
+
+
+def _trained(dict_dir: Path, names: list[str], train_cfg: TrainConfig) -> bool:
+    """True when every dictionary is saved with this training config; ValueError on a mismatch
+    (the folder holds another run: we refuse rather than silently mixing the two)."""
+    if not all((dict_dir / n / "sae_weights.safetensors").exists() for n in names):
+        return False
+    want = json.loads(train_cfg.to_json())
+    for n in names:
+        path = dict_dir / n / "train_cfg.json"
+        have = json.loads(path.read_text()) if path.exists() else {}
+        diff = sorted(k for k in want if k not in _FREE and k in have and have[k] != want[k])
+        if diff:
+            raise ValueError(
+                f"{dict_dir / n} was trained with different {', '.join(diff)}; "
+                "rerun with the original arguments or pick a new --out"
+            )
+    return True
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns (and writes) the summary."""
-    t0 = time.time()
+    t0 = time.perf_counter()
+    clock = _Clock()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_cfg.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
 
-    _say(f"loading model {cfg.model}")
-    model = load_model(cfg.model, device=cfg.device)
+    with clock.stage("load model"):
+        _say(f"loading model {cfg.model}")
+        model = load_model(cfg.model, device=cfg.device)
     layer = cfg.layer if cfg.layer is not None else n_layers(model) // 2
+    if not 0 <= layer < n_layers(model):
+        raise ValueError(
+            f"--layer {layer} out of range: this model has layers 0..{n_layers(model) - 1}"
+        )
     resid, mlp_in, mlp_out = (f"L{layer}.{k}" for k in ("resid_post", "mlp_in", "mlp_out"))
     hooks = [resid, mlp_in, mlp_out]
 
-    _say(f"tokenizing corpus {cfg.corpus}")
-    splits = load_corpus(
-        CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed),
-        model.tokenizer,
-    )
+    with clock.stage("tokenize corpus"):
+        _say(f"tokenizing corpus {cfg.corpus}")
+        splits = load_corpus(
+            CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed),
+            model.tokenizer,
+        )
     n_train = _n_seq(cfg.train_tokens, cfg.context_len, splits.train.shape[0], "training")
     n_eval = _n_seq(cfg.eval_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
     n_splice = _n_seq(cfg.splice_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
@@ -107,10 +193,21 @@ def run_demo(cfg: DemoConfig) -> dict:
     acts = {}
     for split, tokens in (("train", splits.train[:n_train]), ("eval", splits.eval[:n_eval])):
         acts[split] = out / "acts" / split
-        _say(f"caching {hooks} on {tokens.numel():,} {split} tokens -> {acts[split]}")
-        cache_activations(
-            model, tokens, hooks, acts[split], dtype=cfg.cache_dtype, meta={**meta, "split": split}
-        )
+        with clock.stage(f"cache {split}", tokens=tokens.numel()) as st:
+            _say(f"caching {hooks} on {tokens.numel():,} {split} tokens -> {acts[split]}")
+            manifest_path = acts[split] / "manifest.json"
+            st.skipped = manifest_path.exists() and json.loads(manifest_path.read_text()).get(
+                "complete", False
+            )
+            cache_activations(
+                model,
+                tokens,
+                hooks,
+                acts[split],
+                dtype=cfg.cache_dtype,
+                meta={**meta, "split": split},
+                progress=cfg.progress,
+            )
 
     d_model = int(model.cfg.d_model)
     common = dict(
@@ -123,67 +220,116 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
     steps = max(1, train_tokens // cfg.batch_size)
     train_cfg = TrainConfig(
+        lr=cfg.lr,
         tokens=train_tokens,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         warmup_steps=min(100, steps // 10),
+        sparsity_warmup_steps=0,  # TopK has no sparsity penalty to warm up
         checkpoint_every=max(1, steps // 4),
-        log_every=max(1, steps // 50),
+        log_every=max(1, steps // 100),
         dead_tokens=min(10_000_000, max(cfg.batch_size, train_tokens // 4)),
         device=cfg.device,
     )
-    stats = {h: hook_stats(acts["train"], h) for h in hooks}
-    reader = ActivationReader(acts["train"], hooks, cfg.batch_size, seed=cfg.seed)
     dict_dir = out / "dictionaries"
-    trainer = Trainer(dict_cfgs, train_cfg, stats=stats, device=cfg.device, out_dir=dict_dir)
-    names = trainer.names
-    done = all((dict_dir / n / "sae_weights.safetensors").exists() for n in names)
-    if done:
-        _say("dictionaries already trained; loading them")
-        dicts = [load_dictionary(dict_dir / n, device=cfg.device) for n in names]
-    else:
-        _say(f"training {len(dict_cfgs)} dictionaries on {train_tokens:,} tokens ({steps} steps)")
-        dicts = trainer.fit(reader)
+    with clock.stage("train", tokens=train_tokens) as st:
+        stats = {h: hook_stats(acts["train"], h) for h in hooks}
+        trainer = Trainer(dict_cfgs, train_cfg, stats=stats, device=cfg.device, out_dir=dict_dir)
+        names = trainer.names
+        if _trained(dict_dir, names, train_cfg):
+            _say("dictionaries already trained; loading them")
+            st.skipped = True
+            dicts = [load_dictionary(dict_dir / n, device=trainer.device) for n in names]
+        else:
+            _say(
+                f"training {len(dict_cfgs)} dictionaries on {train_tokens:,} tokens "
+                f"({steps} steps of {cfg.batch_size})"
+            )
+            reader = ActivationReader(acts["train"], hooks, cfg.batch_size, seed=cfg.seed)
+            dicts = trainer.fit(reader)
+    if st.skipped:
+        st.tokens = 0
 
-    _say("evaluating on held-out activations")
-    eval_reader = ActivationReader(acts["eval"], hooks, cfg.batch_size, shuffle=False)
-    metrics = evaluate(dicts, eval_reader, max_tokens=cfg.eval_tokens)
-    _say(f"spliced loss on {n_splice * cfg.context_len:,} held-out tokens")
-    splice = spliced_loss(model, dict(zip(names, dicts, strict=True)), splits.eval[:n_splice])
+    eval_rows = n_eval * (cfg.context_len - 1)
+    with clock.stage("evaluate", tokens=eval_rows):
+        _say("evaluating on held-out activations")
+        eval_reader = ActivationReader(acts["eval"], hooks, cfg.batch_size, shuffle=False)
+        metrics = evaluate(dicts, eval_reader, max_tokens=eval_rows)
+
+    splice_path = out / "splice.json"
+    key = {"weights": _weights_key(dict_dir, names), "n_seq": n_splice}
+    cached = json.loads(splice_path.read_text()) if splice_path.exists() else {}
+    with clock.stage("spliced loss", tokens=n_splice * cfg.context_len) as st:
+        if cached.get("key") == key:
+            _say("spliced loss already measured")
+            st.skipped, st.tokens = True, 0
+            splice = cached["results"]
+        else:
+            _say(f"spliced loss on {n_splice * cfg.context_len:,} held-out tokens")
+            results = spliced_loss(
+                model,
+                dict(zip(names, dicts, strict=True)),
+                splits.eval[:n_splice],
+                progress=cfg.progress,
+            )
+            splice = [r.to_dict() for r in results]
+            splice_path.write_text(json.dumps({"key": key, "results": splice}, indent=2) + "\n")
 
     reports = {}
     for name, d in zip(names, dicts, strict=True):
         index_dir = out / "analysis" / name
-        if not (index_dir / "report.html").exists():
-            _say(f"feature index + report for {name}")
-            hooks_needed = [d.cfg.hook_in] + ([d.cfg.hook_out] if d.cfg.hook_out else [])
-            analyze(d, cache_stream(acts["eval"], hooks_needed), index_dir, model=model)
-            write_report(index_dir)
-        reports[name] = index_dir / "report.html"
+        report = index_dir / "report.html"
+        weights = dict_dir / name / "sae_weights.safetensors"
+        with clock.stage(f"analyze {name}", tokens=n_eval * cfg.context_len) as st:
+            if report.exists() and report.stat().st_mtime_ns >= weights.stat().st_mtime_ns:
+                st.skipped, st.tokens = True, 0
+            else:
+                _say(f"feature index + report for {name}")
+                hooks_needed = [d.cfg.hook_in] + ([d.cfg.hook_out] if d.cfg.hook_out else [])
+                analyze(
+                    d,
+                    cache_stream(acts["eval"], hooks_needed),
+                    index_dir,
+                    model=model,
+                    max_tokens=n_eval * cfg.context_len,
+                    progress=cfg.progress,
+                )
+                write_report(index_dir)
+        reports[name] = report
 
     rows = []
     for name, m, s in zip(names, metrics, splice, strict=True):
         rows.append(
             {
                 "name": name,
+                "kind": "transcoder" if s["hook_out"] else "sae",
                 "fvu": m["fvu"],
                 "l0": m["l0"],
                 "dead_frac": m["dead_frac"],
-                "ce_clean": s.ce_clean,
-                "ce_spliced": s.ce_spliced,
-                "ce_recovered": s.ce_recovered,
-                "kl_spliced": s.kl_spliced,
+                "ce_clean": s["ce_clean"],
+                "ce_spliced": s["ce_spliced"],
+                "ce_zero": s["ce_zero"],
+                "ce_mean": s["ce_mean"],
+                "ce_recovered": s["ce_recovered"],
+                "ce_recovered_vs_mean": s["ce_recovered_vs_mean"],
+                "kl_spliced": s["kl_spliced"],
                 "dictionary": str(dict_dir / name),
+                "metrics": str(dict_dir / name / "metrics.jsonl"),
+                "index": str(out / "analysis" / name),
                 "report": str(reports[name]),
             }
         )
     summary = {
         "model": cfg.model,
         "layer": layer,
+        "hooks": hooks,
         "train_tokens_cached": n_train * cfg.context_len,
         "eval_tokens_cached": n_eval * cfg.context_len,
+        "splice_tokens": n_splice * cfg.context_len,
         "trained_tokens": train_tokens,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+        "stages": clock.to_list(),
         "dictionaries": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -192,7 +338,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def format_summary(summary: dict, out: Path) -> str:
-    head = f"{'dictionary':<44} {'FVU':>7} {'L0':>6} {'dead%':>6} {'CE rec.':>8} {'KL':>7}"
+    """The table printed at the end: results, per-stage timings, where each artifact lies."""
+    head = f"{'dictionary':<46} {'FVU':>7} {'L0':>6} {'dead%':>6} {'CE rec.':>8} {'KL':>7}"
     lines = [
         "",
         f"interp-bench demo: {summary['model']} layer {summary['layer']}, "
@@ -202,16 +349,29 @@ def format_summary(summary: dict, out: Path) -> str:
     ]
     for r in summary["dictionaries"]:
         lines.append(
-            f"{r['name']:<44} {r['fvu']:7.3f} {r['l0']:6.1f} {100 * r['dead_frac']:6.2f} "
+            f"{r['name']:<46} {r['fvu']:7.3f} {r['l0']:6.1f} {100 * r['dead_frac']:6.2f} "
             f"{r['ce_recovered']:8.3f} {r['kl_spliced']:7.4f}"
         )
+    ce = summary["dictionaries"][0]["ce_clean"]
+    lines.append(f"(CE clean {ce:.3f} nats; CE rec. = 1 - spliced gap / zero-ablation gap)")
+    stage_head = f"{'stage':<46} {'wall s':>8} {'cpu s':>8} {'tok/s':>9}"
+    lines += ["", stage_head, "-" * len(stage_head)]
+    for s in summary["stages"]:
+        tps = f"{s['tokens_per_s']:9.0f}" if s["tokens_per_s"] else f"{'':>9}"
+        note = "  (done before, skipped)" if s["skipped"] else ""
+        lines.append(f"{s['name']:<46} {s['seconds']:8.1f} {s['cpu_seconds']:8.1f} {tps}{note}")
     lines += [
         "",
         "Artifacts:",
         f"  activations   {out / 'acts'}   (interp-bench inspect {out / 'acts' / 'train'})",
     ]
     for r in summary["dictionaries"]:
-        lines.append(f"  dictionary    {r['dictionary']}   (SAELens: SAE.load_from_disk(path))")
-        lines.append(f"  report        {r['report']}   (open in a browser, works offline)")
-    lines.append(f"  summary       {out / 'summary.json'}")
+        lines.append(f"  {r['kind']:<13} {r['dictionary']}   (SAELens: SAE.load_from_disk(path))")
+        lines.append(f"  {'metrics':<13} {r['metrics']}   (notebooks/01_cache_and_train.ipynb)")
+        lines.append(f"  {'report':<13} {r['report']}   (open in a browser, works offline)")
+    lines.append(f"  {'summary':<13} {out / 'summary.json'}")
+    lines.append(
+        f"  {'notebooks':<13} INTERP_BENCH_RUN={out} jupyter lab notebooks/   "
+        "(browse, steer, transcoders)"
+    )
     return "\n".join(lines)

@@ -102,23 +102,22 @@ class RunningTopK:
         offset: int,
     ) -> None:
         """Merge one chunk's firing entries (row in chunk, latent, key, value)."""
-        d_sae, m = self.key.shape
-        if cols.numel() == 0:
+        m = self.m
+        # Only entries beating their latent's current worst kept key can enter. Late in a long
+        # stream that is a small fraction, so filter before any sorting.
+        passing = keys > self.key[cols, -1]
+        if not bool(passing.any()):
             return
-        sel, rank = per_column_top(cols, keys, m, d_sae)
-        c = cols[sel]
-        cand_key = torch.full((d_sae, m), float("-inf"))
+        rows, cols, keys, vals = rows[passing], cols[passing], keys[passing], vals[passing]
+        f, inv = torch.unique(cols, return_inverse=True)
+        sel, rank = per_column_top(inv, keys, m, f.numel())
+        c = inv[sel]
+        cand_key = torch.full((f.numel(), m), float("-inf"))
         cand_key[c, rank] = keys[sel].float()
-        # Only latents whose best candidate beats their current worst can change: late in a
-        # long stream that is a small fraction, so merge just those rows.
-        f = (cand_key[:, 0] > self.key[:, -1]).nonzero().squeeze(1)
-        if f.numel() == 0:
-            return
-        cand_val = torch.zeros(d_sae, m)
+        cand_val = torch.zeros(f.numel(), m)
         cand_val[c, rank] = vals[sel].float()
-        cand_row = torch.zeros(d_sae, m, dtype=torch.int64)
+        cand_row = torch.zeros(f.numel(), m, dtype=torch.int64)
         cand_row[c, rank] = rows[sel]
-        cand_key, cand_val, cand_row = cand_key[f], cand_val[f], cand_row[f]
 
         top = torch.cat([self.key[f], cand_key], 1).topk(m, dim=1)
         src = top.indices
@@ -316,7 +315,7 @@ def _reconstruct(dictionary, x: Tensor, acts: Tensor, rows, cols, vals) -> Tenso
     if vals.numel() < 0.05 * acts.numel():
         crow = torch.zeros(acts.shape[0] + 1, dtype=torch.int64)
         crow[1:] = torch.bincount(rows, minlength=acts.shape[0]).cumsum(0)
-        f = torch.sparse_csr_tensor(crow, cols, vals, size=acts.shape)
+        f = torch.sparse_csr_tensor(crow, cols, vals, size=acts.shape, check_invariants=False)
         out = (f.to(W_dec.device) @ W_dec) + dictionary.b_dec
     else:
         out = dictionary.decode(acts.to(W_dec.device))

@@ -24,10 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# CSR support is "beta" in torch and warns on first use; the ops used here are stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
 
 def topk_csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     """A ``[B, n_cols]`` CSR matrix with ``values[b, j]`` at column ``indices[b, j]``.
@@ -38,9 +34,11 @@ def topk_csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     """
     b, k = indices.shape
     crow = torch.arange(0, b * k + 1, k, device=indices.device, dtype=torch.int64)
-    return torch.sparse_csr_tensor(
-        crow, indices.reshape(-1), values.reshape(-1), (b, n_cols), check_invariants=False
-    )
+    with warnings.catch_warnings():  # CSR is "beta" in torch and says so; these ops are stable
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(
+            crow, indices.reshape(-1), values.reshape(-1), (b, n_cols), check_invariants=False
+        )
 
 
 class GatherPre(torch.autograd.Function):

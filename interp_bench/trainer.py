@@ -86,6 +86,8 @@ class Trainer:
     ):
         if not dict_cfgs:
             raise ValueError("no dictionaries to train: pass at least one DictionaryConfig")
+        if train_cfg.lr_decay not in ("linear", "cosine"):
+            raise ValueError(f"lr_decay must be 'linear' or 'cosine', got {train_cfg.lr_decay!r}")
         self.cfgs = list(dict_cfgs)
         self.train_cfg = train_cfg
         self.device = torch.device(device or train_cfg.device or _default_device())
@@ -133,6 +135,7 @@ class Trainer:
         self.tokens_seen = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.last_metrics: list[dict[str, float]] = []  # the latest logged metrics
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -306,6 +309,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write every dictionary's checkpoint for the current step, then prune older ones."""
         self._check_weights()
+        if self._last_checkpoint_step() == self.step_idx:
+            return  # resumed at this step and took none since: the checkpoint is current
         if ddp.is_main():
             shared = {
                 "step": self.step_idx,
@@ -456,6 +461,7 @@ class Trainer:
             t0, tok0 = self._clock
             tps = (self.tokens_seen - tok0) / max(now - t0, 1e-9)
             self._clock = (now, self.tokens_seen)
+            self.last_metrics = metrics
             for i, m in enumerate(metrics):
                 m["tokens_per_s"] = tps
                 if logs:
@@ -518,6 +524,7 @@ def evaluate(
     acc = [dict(err=0.0, s=0.0, s2=0.0, l0=0.0, n=0, fired=None) for _ in dicts]
     seen = 0
     for batch in source:
+        seen += next(iter(batch.values())).shape[0]
         for d, a in zip(dicts, acc, strict=True):
             dev = d.W_enc.device
             x = batch[d.cfg.hook_in].to(dev, torch.float32)
@@ -530,7 +537,6 @@ def evaluate(
             a["l0"] += on.sum().item()
             a["n"] += x.shape[0]
             a["fired"] = on.any(0) if a["fired"] is None else a["fired"] | on.any(0)
-        seen += x.shape[0]
         if seen >= max_tokens:
             break
     if seen == 0:
@@ -571,11 +577,6 @@ def _scale(mean_norm: float, d: int) -> float:
     return math.sqrt(d) / mean_norm
 
 
-def _fire_counts(fired: torch.Tensor) -> torch.Tensor:
-    """Per-latent count of tokens fired on; a bool [d_sae] 'fired in batch' counts as one."""
-    return fired.long() if fired.dtype == torch.bool else fired.to(torch.long)
-
-
 def _batches(source, epoch: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
     if hasattr(source, "batches"):
         return iter(source.batches(epoch, start))
@@ -586,10 +587,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after the checkpoint we resume from, so the log reads as one run."""
     if not path.exists():
         return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -24,11 +25,22 @@ def cfgs():
     return [topk_cfg(), relu_cfg()]
 
 
-def _worker(rank: int, tmp: str) -> None:
+def _worker(rank: int, tmp: str, port: int) -> None:
     import torch.distributed as dist
 
+    from interp_bench import ddp
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=WORLD)
+    # The environment torchrun sets; init_from_env is what `interp-bench train` calls.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+    )
+    assert ddp.init_from_env() is None  # gloo on CPU
+    assert ddp.rank() == rank and ddp.world_size() == WORLD
     try:
         half = ROWS // WORLD
         data = [{HOOK: b[HOOK][rank * half : (rank + 1) * half]} for b in planted(STEPS, ROWS)]
@@ -42,7 +54,10 @@ def _worker(rank: int, tmp: str) -> None:
 
 def test_ddp_matches_single_process(tmp_path):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_worker, args=(str(tmp_path), port), nprocs=WORLD, join=True)
 
     single = Trainer(cfgs(), tcfg(batch_size=ROWS, tokens=ROWS * STEPS), out_dir=tmp_path / "one")
     single.fit(planted(STEPS, ROWS))

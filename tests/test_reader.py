@@ -73,7 +73,7 @@ def test_resume_at_batch_skips_windows_without_reading_them(cached):
     r = reader(out, seed=1)
     loads = []
     real = r._load
-    r._load = lambda w: loads.append(w.index) or real(w)
+    r._load = lambda w, slot: loads.append(w.index) or real(w, slot)
     tail = keys(r.batches(epoch=2, start_batch=17))
     assert tail == full[17 * 24 :]
     assert 0 not in loads and len(loads) < 4  # 4 windows per epoch; early ones never read
@@ -85,7 +85,7 @@ def test_buffer_is_bounded(cached):
     r = reader(out, buffer_tokens=130, batch_size=7)
     n = sum(len(b["seq"]) for b in r.epoch(0))
     assert n == r.n_tokens
-    rows_per_shard = 4 * (CTX - 1)
+    rows_per_shard = 4 * CTX  # staged whole, BOS rows included
     assert r.shards_per_window == 2
     assert r.max_buffer_rows <= 2 * rows_per_shard + 7 - 1
     assert r.max_buffer_rows < r.n_tokens / 2

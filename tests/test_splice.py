@@ -213,3 +213,45 @@ def test_real_dictionaries_perfect_relu_and_mixed_pass(tiny_model, tokens):
         (alone,) = spliced_loss(tiny_model, {name: dicts[name]}, tokens, batch_size=6)
         assert alone.ce_spliced == pytest.approx(r.ce_spliced, abs=1e-5)
         assert alone.kl_spliced == pytest.approx(r.kl_spliced, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def bridge_setup(tmp_path_factory, gpt2_tokenizer):
+    """A tiny GPT-2 HF folder (loads as a TransformerBridge), a saved SAE and a text file."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("splice-cli")
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128))
+    hf.save_pretrained(root / "model")
+    gpt2_tokenizer.save_pretrained(root / "model")
+    sae = _real({"d_in": 64, "d_sae": 128, "k": 8, "hook_in": "L1.resid_post"}, seed=3)
+    sae.save(root / "sae")
+    text = " ".join(f"Line {i} of a small held-out corpus about foxes and dogs." for i in range(400))
+    (root / "corpus.txt").write_text(text)
+    return root
+
+
+def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
+    """End to end through `TransformerBridge` (no start_at_layer): table, JSON, exact splice."""
+    import argparse
+
+    from interp_bench.commands import splice as cmd
+
+    root = bridge_setup
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    args = parser.parse_args(
+        ["--dictionary", str(root / "sae"), "--model", str(root / "model"), "--corpus",
+         str(root / "corpus.txt"), "--tokens", "128", "--context-len", "32", "--batch-size", "2",
+         "--out", str(root / "splice.json"), "--device", "cpu"]
+    )  # fmt: skip
+    assert cmd.run(args) == 0
+    assert "L1.resid_post" in capsys.readouterr().out
+    (r,) = json.loads((root / "splice.json").read_text())["results"]
+    assert r["n_tokens"] == 4 * 30 and r["extra"]["share_prefix"] is False
+    assert r["ce_error_added"] == pytest.approx(r["ce_clean"], abs=1e-5)
+    assert r["kl_spliced"] > 0 and r["kl_error_added"] < 1e-6
+    args.dictionary = [str(root / "missing")]
+    with pytest.raises(FileNotFoundError, match="no dictionary"):
+        cmd.run(args)

@@ -305,6 +305,14 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     torch.testing.assert_close(ckpt.read(tmp_path, 5)["x"], torch.ones(3))
     ckpt.prune(tmp_path, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000005"]
+    # Rewriting a step moves the old copy aside first; a crash right then still finds it.
+    ckpt.write(tmp_path, 5, {"x": torch.full((3,), 2.0)})
+    torch.testing.assert_close(ckpt.read(tmp_path, 5)["x"], torch.full((3,), 2.0))
+    (tmp_path / "step_000000005").rename(tmp_path / f"step_000000005{ckpt.ASIDE}")
+    assert ckpt.steps(tmp_path) == [5]
+    torch.testing.assert_close(ckpt.read(tmp_path, 5)["x"], torch.full((3,), 2.0))
+    ckpt.prune(tmp_path, 5)
+    assert ckpt.steps(tmp_path) == [5]
 
 
 def test_resume_uses_step_every_dictionary_has(tmp_path):
@@ -439,6 +447,10 @@ def test_cli_train_sweep_resume_transcoder_and_errors(tmp_path, capsys):
         cli_train([*common, "--hook", HOOK, "--k", "999", "--expansion", "1"])
     with pytest.raises(ValueError, match="both --hook-in and --hook-out"):
         cli_train([*common, "--hook-in", HOOK])
+    with pytest.raises(ValueError, match="lower --batch-size"):
+        cli_train([*common, "--hook", HOOK, "--batch-size", "1M"])
+    with pytest.raises(ValueError, match="different lr.*--no-resume"):
+        cli_train([*common, *sweep, "--lr", "5e-3"])
 
 
 def test_parse_count():

@@ -14,18 +14,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small run in a few minutes")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m, gpt2, an HF folder")
     p.add_argument("--corpus", default="shakespeare", help="shakespeare, a .txt file or folder")
-    p.add_argument("--tokens", type=parse_count, help="training tokens to cache (e.g. 400k, 5M)")
+    p.add_argument("--tokens", type=parse_count, help="training tokens to cache (e.g. 400k, 1M)")
     p.add_argument("--eval-tokens", type=parse_count, help="held-out tokens to cache")
+    p.add_argument("--splice-tokens", type=parse_count, help="held-out tokens for the CE pass")
     p.add_argument("--epochs", type=int, help="passes over the cached training tokens")
     p.add_argument("--layer", type=int, help="layer to study (default: the middle one)")
     p.add_argument("--expansion", type=int, default=8, help="d_sae / d_model")
     p.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
+    p.add_argument("--batch-size", type=int, help="training tokens per step")
+    p.add_argument("--lr", type=float, help="learning rate (default: scaled with d_sae)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", default="runs/demo", help="run folder (re-running resumes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def run(args: argparse.Namespace) -> int:
-    from interp_bench.pipeline import DemoConfig, run_demo
+def config_from_args(args: argparse.Namespace):
+    """The `DemoConfig` these arguments ask for (`--quick` shrinks the defaults only)."""
+    from interp_bench.pipeline import DemoConfig
 
     overrides = {
         "model": args.model,
@@ -33,15 +38,27 @@ def run(args: argparse.Namespace) -> int:
         "layer": args.layer,
         "expansion": args.expansion,
         "k": args.k,
+        "lr": args.lr,
         "device": args.device,
         "out": args.out,
+        "progress": not args.no_progress,
     }
-    if args.tokens:
-        overrides["train_tokens"] = args.tokens
-    if args.eval_tokens:
-        overrides["eval_tokens"] = args.eval_tokens
-    if args.epochs:
-        overrides["epochs"] = args.epochs
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    run_demo(cfg)
+    optional = {
+        "train_tokens": args.tokens,
+        "eval_tokens": args.eval_tokens,
+        "splice_tokens": args.splice_tokens,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
+    overrides |= {k: v for k, v in optional.items() if v is not None}
+    for name in ("train_tokens", "eval_tokens", "splice_tokens", "epochs", "batch_size"):
+        if name in overrides and overrides[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from interp_bench.pipeline import run_demo
+
+    run_demo(config_from_args(args))
     return 0

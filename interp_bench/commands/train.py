@@ -154,6 +154,15 @@ def run(args: argparse.Namespace) -> int:
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
     needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
+    eval_dir = Path(args.eval_activations) if args.eval_activations else None
+    if eval_dir is not None:  # check before training, not after an hour of it
+        eval_hooks = cached_hooks(eval_dir)
+        for h in needed:
+            if eval_hooks.get(h) != hooks[h]:
+                raise ValueError(
+                    f"--eval-activations {eval_dir} has no {h} of width {hooks[h]} "
+                    f"(it holds {', '.join(f'{k} [{v}]' for k, v in sorted(eval_hooks.items()))})"
+                )
 
     ddp_device = ddp.init_from_env()
     device = ddp_device or torch.device(
@@ -185,18 +194,19 @@ def run(args: argparse.Namespace) -> int:
         world_size=ddp.world_size(),
         drop_last=True,  # equal batches on every rank; a ragged last batch is a noisy step
     )
+    if reader.n_batches == 0:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is more than the {reader.n_tokens} cached tokens "
+            "this process reads; lower --batch-size or cache more tokens"
+        )
     stats = {h: hook_stats(cache, h) for h in needed}
     trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)
     dicts = trainer.fit(reader, resume=args.resume)
     if ddp.is_main():
-        for name in trainer.names:
-            print(f"saved {Path(args.out) / name}")
-    if args.eval_activations and ddp.is_main():
-        eval_dir = Path(args.eval_activations)
-        eval_hooks = cached_hooks(eval_dir)
-        for h in needed:
-            if eval_hooks.get(h) != hooks[h]:
-                raise ValueError(f"--eval-activations {eval_dir} lacks {h} (width {hooks[h]})")
+        for name, m in zip(trainer.names, trainer.last_metrics or [{}] * len(cfgs), strict=True):
+            last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
+            print(f"saved {Path(args.out) / name}  {last}")
+    if eval_dir is not None and ddp.is_main():
         held = ActivationReader(
             eval_dir, needed, args.batch_size, seed=0, shuffle=False, device=device
         )

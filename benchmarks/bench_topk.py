@@ -1,0 +1,127 @@
+"""TopK dictionary training step (forward + backward, no optimizer): our sparse path vs our dense
+path vs EleutherAI sparsify's SparseCoder on the same batch, and a plain matmul of the encoder's
+shape as the floor (the one product no TopK implementation can skip).
+
+Timings on a shared machine are noisy, so variants are interleaved round by round and the
+median per variant is reported; compare ratios within one run.
+
+    python benchmarks/bench_topk.py                      # d_in 576, d_sae 4608, k 32, B 4096
+    python benchmarks/bench_topk.py --batch 1024 --rounds 3   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from interp_bench.config import DictionaryConfig
+from interp_bench.dictionary import SparseDictionary
+
+
+def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
+    variants = {}
+    for mode in ("sparse", "dense"):
+        cfg = DictionaryConfig(args.d_in, args.d_sae, arch="topk", k=args.k, decode=mode)
+        m = SparseDictionary(cfg)
+
+        def step(m=m):
+            m.zero_grad(set_to_none=True)
+            m.loss(x, dead_mask=dead).loss.backward()
+
+        variants[f"interp_bench_{mode}"] = step
+
+    W = torch.randn(args.d_in, args.d_sae) / args.d_in**0.5
+    b = torch.zeros(args.d_sae)
+    variants["encoder_matmul_only"] = lambda: torch.addmm(b, x, W)
+
+    try:
+        from sparsify import SparseCoder, SparseCoderConfig
+    except ImportError:
+        print("sparsify not installed: skipping the peer")
+        return variants
+    sc = SparseCoder(args.d_in, SparseCoderConfig(num_latents=args.d_sae, k=args.k))
+
+    def sparsify_step():
+        sc.zero_grad(set_to_none=True)
+        out = sc(x, dead_mask=dead)
+        (out.fvu + out.auxk_loss / 32).backward()
+
+    variants["sparsify_SparseCoder"] = sparsify_step
+    return variants
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--d-in", type=int, default=576)
+    p.add_argument("--d-sae", type=int, default=4608)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dead-fraction", type=float, default=0.0, help="AuxK on this many latents")
+    p.add_argument("--out", default="benchmarks/out/bench_topk.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, args.d_in)
+    dead = None
+    if args.dead_fraction > 0:
+        dead = torch.rand(args.d_sae) < args.dead_fraction
+    variants = make_variants(args, x, dead)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+
+    flop = 2 * args.batch * args.d_in * args.d_sae
+    med = {n: statistics.median(t) for n, t in times.items()}
+    ours = med["interp_bench_sparse"]
+    rows = []
+    print(
+        f"TopK step fwd+bwd, d_in={args.d_in} d_sae={args.d_sae} k={args.k} B={args.batch} "
+        f"threads={args.threads} dead={args.dead_fraction} (median of {args.rounds})"
+    )
+    print(f"{'variant':24s} {'ms/step':>9s} {'enc-GFLOP/s':>12s} {'vs sparse':>10s}")
+    for name, t in med.items():
+        row = {
+            "variant": name,
+            "ms_per_step": round(t * 1e3, 2),
+            "encoder_gflops_per_s": round(flop / t / 1e9, 2),
+            "time_vs_interp_bench_sparse": round(t / ours, 3),
+            "all_ms": [round(v * 1e3, 2) for v in times[name]],
+        }
+        rows.append(row)
+        print(
+            f"{name:24s} {row['ms_per_step']:9.1f} {row['encoder_gflops_per_s']:12.1f} "
+            f"{row['time_vs_interp_bench_sparse']:9.2f}x"
+        )
+    result = {
+        "benchmark": "bench_topk",
+        "args": vars(args),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
+    if "sparsify_SparseCoder" in med:
+        result["speedup_vs_sparsify"] = round(med["sparsify_SparseCoder"] / ours, 3)
+        print(f"speed-up of interp_bench sparse over sparsify: {result['speedup_vs_sparsify']}x")
+    result["speedup_vs_dense"] = round(med["interp_bench_dense"] / ours, 3)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

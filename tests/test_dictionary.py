@@ -1,0 +1,212 @@
+"""SparseDictionary: every architecture learns a planted sparse dictionary; normalisation folding,
+init and input validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp_bench.config import DictionaryConfig, TrainConfig
+from interp_bench.dictionary import SparseDictionary, geometric_median
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny ops on a shared 2-core box run far faster single-threaded (no OpenMP spinning).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+D_IN, N_FEAT, D_SAE = 64, 256, 512
+
+
+def planted(d_out: int | None = None, seed: int = 0):
+    """Sparse codes over N_FEAT unit directions in D_IN dims (about 5 active per token), scaled to
+    mean norm sqrt(d) like the trainer's normalisation. Returns the true dictionaries and a
+    sampler of (x, target)."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.nn.functional.normalize(torch.randn(N_FEAT, D_IN, generator=g), dim=1)
+    Do = torch.nn.functional.normalize(torch.randn(N_FEAT, d_out or 1, generator=g), dim=1)
+
+    def sample(b: int):
+        f = (torch.rand(b, N_FEAT, generator=g) < 5 / N_FEAT) * (torch.rand(b, N_FEAT) + 0.5)
+        x = f @ D
+        x = x * D_IN**0.5 / x.norm(dim=1).mean()
+        if d_out is None:
+            return x, None
+        y = f @ Do
+        return x, y * d_out**0.5 / y.norm(dim=1).mean()
+
+    return D, (Do if d_out else None), sample
+
+
+def train_planted(cfg: DictionaryConfig, steps: int = 250, lr: float = 3e-3):
+    torch.manual_seed(0)
+    D, Do, sample = planted(cfg.d_out)
+    m = SparseDictionary(cfg)
+    m.init_from_data(*sample(2048))
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    last_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+    for s in range(steps):
+        x, y = sample(512)
+        out = m.loss(x, y, dead_mask=(s - last_fired) > 50, sparsity_scale=min(1.0, 4 * s / steps))
+        opt.zero_grad()
+        out.loss.backward()
+        m.post_backward()
+        opt.step()
+        m.post_step()
+        last_fired[out.fired] = s
+    x, y = sample(4096)
+    target = x if y is None else y
+    with torch.no_grad():
+        fvu = ((m(x) - target).pow(2).sum() / (target - target.mean(0)).pow(2).sum()).item()
+        l0 = (m.encode(x) > 0).float().sum(-1).mean().item()
+    truth = D if Do is None else Do
+    return m, fvu, l0, recovered(truth, m.W_dec)
+
+
+def recovered(truth: torch.Tensor, W_dec: torch.Tensor) -> float:
+    """Fraction of true directions whose best-matching decoder row has cosine > 0.9."""
+    W = torch.nn.functional.normalize(W_dec.detach(), dim=1)
+    return (truth @ W.T).max(1).values.gt(0.9).float().mean().item()
+
+
+def test_recovery_metric_is_not_trivial():
+    D, _, _ = planted()
+    assert recovered(D, SparseDictionary(DictionaryConfig(D_IN, D_SAE)).W_dec) < 0.05
+
+
+@pytest.mark.parametrize(
+    "arch,extra,max_fvu,l0_range",
+    [
+        ("topk", {"k": 8}, 0.25, (7.5, 8.0)),
+        ("batchtopk", {"k": 8}, 0.3, (4, 12)),
+        ("jumprelu", {}, 0.3, (3, 40)),
+        ("relu", {"l1_coefficient": 1.0}, 0.25, (3, 200)),
+        ("relu", {"sparsity": "kl", "kl_target": 0.01}, 0.25, (3, 200)),
+    ],
+)
+def test_sae_learns_planted_features(arch, extra, max_fvu, l0_range):
+    cfg = DictionaryConfig(D_IN, D_SAE, arch=arch, **extra)
+    _, fvu, l0, rec = train_planted(cfg)
+    assert fvu < max_fvu
+    assert l0_range[0] <= l0 <= l0_range[1]
+    assert rec > 0.8
+
+
+def test_transcoder_learns_planted_map():
+    cfg = DictionaryConfig(D_IN, D_SAE, arch="topk", k=8, d_out=48, hook_out="L0.mlp_out")
+    _, fvu, l0, rec = train_planted(cfg, steps=300)
+    assert fvu < 0.5 and l0 <= 8
+    assert rec > 0.5
+
+
+def test_skip_transcoder_beats_best_linear_map():
+    _, _, sample = planted(48)
+    x, y = sample(4096)
+    sol = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], 1), y).solution
+    lin = torch.cat([x, torch.ones(len(x), 1)], 1) @ sol
+    lin_fvu = ((lin - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
+    cfg = DictionaryConfig(D_IN, D_SAE, arch="topk", k=8, d_out=48, hook_out="o", skip=True)
+    _, fvu, _, _ = train_planted(cfg, steps=300)
+    assert fvu < 0.7 * lin_fvu
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_fold_scale_makes_weights_act_on_raw_activations(arch, transcoder):
+    torch.manual_seed(1)
+    d_out = 24 if transcoder else None
+    cfg = DictionaryConfig(32, 128, arch=arch, k=8, d_out=d_out, skip=transcoder)
+    m = SparseDictionary(cfg, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    if arch == "batchtopk":
+        m.topk_threshold.fill_(0.3)
+    x = 7.0 * torch.randn(200, 32, dtype=torch.float64) + 3.0
+    s_in, s_out = 0.13, (0.4 if transcoder else 0.13)
+    with torch.no_grad():
+        latents = m.encode(x * s_in)
+        out = m(x * s_in) / s_out
+        m.fold_scale(s_in, s_out)
+        assert torch.allclose(m.encode(x), latents, atol=1e-9)
+        assert torch.allclose(m(x), out, atol=1e-9)
+    assert m.folded_scales == (s_in, s_out)
+
+
+def test_fold_scale_rejects_different_scales_for_sae():
+    with pytest.raises(ValueError, match="in_scale must equal out_scale"):
+        SparseDictionary(DictionaryConfig(8, 16, k=4)).fold_scale(2.0, 3.0)
+
+
+def test_wrong_width_names_expected_size():
+    m = SparseDictionary(DictionaryConfig(32, 64, hook_in="L3.resid_post"))
+    for call in (m.encode, m.forward, m.loss):
+        with pytest.raises(ValueError, match="expects 32"):
+            call(torch.randn(4, 31))
+    t = SparseDictionary(DictionaryConfig(32, 64, d_out=16, hook_out="L3.mlp_out"))
+    with pytest.raises(ValueError, match="expects 16"):
+        t.loss(torch.randn(4, 32), torch.randn(4, 32))
+    with pytest.raises(ValueError, match="needs a target"):
+        t.loss(torch.randn(4, 32))
+
+
+def test_config_validation_and_json_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="unknown arch"):
+        DictionaryConfig(8, 16, arch="gated")
+    with pytest.raises(ValueError, match="k must be"):
+        DictionaryConfig(8, 16, k=17)
+    cfg = DictionaryConfig(8, 16, arch="jumprelu", k=4, hook_in="L1.mlp_in", hook_out="L1.mlp_out")
+    assert DictionaryConfig.from_json(cfg.to_json()) == cfg
+    tc = TrainConfig(lr=1e-3, tokens=1000)
+    tc.to_json(tmp_path / "t.json")
+    assert TrainConfig.from_json(tmp_path / "t.json") == tc
+    assert cfg.is_transcoder and cfg.name == "L1.mlp_in-to-L1.mlp_out-jumprelu-16"
+
+
+def test_init_from_data_and_geometric_median():
+    torch.manual_seed(0)
+    x = torch.randn(500, 8) + 2.0
+    x[:5] += 1000.0  # a few huge outliers (BOS-like) drag the mean, not the median
+    m = SparseDictionary(DictionaryConfig(8, 16, k=4))
+    m.init_from_data(x, method="median")
+    assert (m.b_dec - 2.0).abs().max() < 0.3
+    med = geometric_median(x)
+    assert (x - med).norm(dim=1).sum() <= (x - med - 0.05).norm(dim=1).sum()
+    m.init_from_data(x, method="mean")
+    assert torch.allclose(m.b_dec, x.mean(0))
+    t = SparseDictionary(DictionaryConfig(8, 16, k=4, d_out=4, hook_out="o"))
+    y = torch.randn(500, 4) - 1.0
+    t.init_from_data(x, y)
+    assert torch.allclose(t.b_dec, y.mean(0))
+
+
+def test_decoder_constraints():
+    torch.manual_seed(0)
+    m = SparseDictionary(DictionaryConfig(16, 32, arch="topk", k=4))
+    assert torch.allclose(m.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    m.loss(torch.randn(64, 16)).loss.backward()
+    m.post_backward()
+    assert (m.W_dec.grad * m.W_dec).sum(1).abs().max() < 1e-5
+    with torch.no_grad():
+        m.W_dec.mul_(3.0)
+    m.post_step()
+    assert torch.allclose(m.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    relu = SparseDictionary(DictionaryConfig(16, 32, arch="relu"))
+    assert not relu.unit_decoder  # L1 is weighted by decoder norms instead
+
+
+def test_loss_output_fields():
+    torch.manual_seed(0)
+    m = SparseDictionary(DictionaryConfig(16, 64, arch="topk", k=4))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:40] = True
+    out = m.loss(torch.randn(128, 16), dead_mask=dead)
+    assert out.aux.item() > 0 and out.sparsity.item() == 0
+    assert out.l0 == pytest.approx(4.0, abs=0.5)
+    assert out.fired.dtype == torch.bool and out.fired.shape == (64,)
+    assert out.fvu > 0
+    assert torch.isclose(out.loss, out.mse + m.cfg.auxk_alpha * out.aux)

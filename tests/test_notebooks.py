@@ -1,0 +1,66 @@
+"""The notebooks are committed without outputs and run top to bottom, offline, at small sizes.
+
+They share the small pipeline run of test_pipeline.py (`run_fixture.small_run_dir`), so the
+expensive caching and training happen once per session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from run_fixture import small_run_dir
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = [
+    "01_cache_and_train.ipynb",
+    "02_browse_features.ipynb",
+    "03_steer_generation.ipynb",
+    "04_transcoders.ipynb",
+]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    return small_run_dir(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stripped(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].cell_type == "markdown"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, small_run, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    run_dir, _ = small_run
+    # The kernel inherits this process's environment.
+    monkeypatch.setenv("INTERP_BENCH_RUN", str(run_dir))
+    monkeypatch.setenv("INTERP_BENCH_SMALL", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    client = NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError with the failing cell's traceback
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
+    assert not errors
+    n_figures = sum(
+        "application/vnd.plotly.v1+json" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
+    assert n_figures >= 1, "every notebook draws at least one plotly figure"

@@ -1,0 +1,133 @@
+"""The sparse TopK path computes the same gradients as the dense one; JumpReLU / Step STEs follow
+Rajamanoharan et al. 2024; BatchTopK's inference threshold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp_bench.activations import JumpReLUFn, StepFn, kl_sparsity
+from interp_bench.config import DictionaryConfig
+from interp_bench.dictionary import SparseDictionary
+from interp_bench.topk import GatherPre, SparseDecode, choose_sparse, dense_decode, sparse_decode
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_gather_pre_and_sparse_decode_gradcheck():
+    torch.manual_seed(0)
+    B, d, F, k = 6, 5, 12, 3
+    x = torch.randn(B, d, dtype=D, requires_grad=True)
+    W = torch.randn(d, F, dtype=D, requires_grad=True)
+    b = torch.randn(F, dtype=D, requires_grad=True)
+    idx = torch.randint(0, F, (B, k))
+
+    def enc(x, W, b):
+        pre = (x @ W + b).detach()
+        return GatherPre.apply(x, W, b, pre, idx)
+
+    assert torch.autograd.gradcheck(enc, (x, W, b))
+    vals = torch.randn(B, k, dtype=D, requires_grad=True)
+    Wd = torch.randn(F, 7, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, w: SparseDecode.apply(v, idx, w), (vals, Wd))
+    assert torch.allclose(sparse_decode(vals, idx, Wd), dense_decode(vals, idx, Wd))
+
+
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_sparse_topk_loss_gradients_equal_dense(transcoder):
+    torch.manual_seed(0)
+    d_out = 10 if transcoder else None
+    cfg = DictionaryConfig(16, 96, arch="topk", k=6, d_out=d_out, skip=transcoder, auxk_k=5)
+    dense = SparseDictionary(cfg, dtype=D)
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sparse = SparseDictionary(DictionaryConfig(**{**cfg.to_dict(), "decode": "sparse"}), dtype=D)
+    dense.cfg.decode = "dense"
+    sparse.load_state_dict(dense.state_dict())
+    assert sparse.sparse_decode and not dense.sparse_decode
+    x = torch.randn(40, 16, dtype=D)
+    y = torch.randn(40, 10, dtype=D) if transcoder else None
+    dead = torch.rand(96) < 0.5
+    outs = []
+    for m in (dense, sparse):
+        out = m.loss(x, y, dead_mask=dead)
+        out.loss.backward()
+        outs.append(out)
+    assert outs[0].aux.item() > 0
+    assert torch.allclose(outs[0].loss, outs[1].loss, rtol=1e-12)
+    assert torch.equal(outs[0].fired, outs[1].fired)
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        assert p.grad is not None, name
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
+    with torch.no_grad():
+        assert torch.allclose(dense(x), sparse(x))
+
+
+def test_choose_sparse():
+    assert choose_sparse(32, 4608) and not choose_sparse(64, 128)
+    assert choose_sparse(64, 128, "sparse") and not choose_sparse(1, 4608, "dense")
+
+
+def test_jumprelu_ste_matches_formula():
+    torch.manual_seed(0)
+    eps = 0.1
+    z = torch.tensor([[0.05, 0.28, 0.31, 0.36, 1.0], [0.0, 0.25, 0.34, 0.5, -1.0]], dtype=D)
+    z.requires_grad_(True)
+    theta = torch.full((5,), 0.3, dtype=D, requires_grad=True)
+    g = torch.randn(2, 5, dtype=D)
+    out = JumpReLUFn.apply(z, theta, eps)
+    assert torch.equal(out.detach(), z.detach() * (z.detach() > 0.3))
+    out.backward(g)
+    inside = ((z.detach() - 0.3).abs() < eps / 2).to(D)
+    assert torch.allclose(z.grad, (z.detach() > 0.3).to(D) * g)
+    assert torch.allclose(theta.grad, (-(0.3 / eps) * inside * g).sum(0))
+    # the window is strict: |z - theta| < eps / 2
+    assert inside[0].tolist() == [0, 1, 1, 0, 0] and inside[1].tolist() == [0, 1, 1, 0, 0]
+
+    theta.grad = None
+    z.grad = None
+    StepFn.apply(z, theta, eps).backward(g)
+    assert z.grad is None
+    assert torch.allclose(theta.grad, (-(1 / eps) * inside * g).sum(0))
+
+
+def test_jumprelu_l0_penalty_pushes_thresholds_up():
+    torch.manual_seed(0)
+    m = SparseDictionary(DictionaryConfig(8, 32, arch="jumprelu", jumprelu_bandwidth=2.0))
+    out = m.loss(torch.randn(256, 8), sparsity_scale=1.0)
+    out.sparsity.backward()
+    assert out.sparsity.item() == pytest.approx(m.cfg.l0_coefficient * out.l0, rel=1e-5)
+    assert (m.log_threshold.grad <= 0).all() and (m.log_threshold.grad < 0).any()
+
+
+def test_batchtopk_threshold_and_inference():
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(16, 64, arch="batchtopk", k=4, threshold_ema=0.0)
+    m = SparseDictionary(cfg)
+    x = torch.randn(128, 16)
+    out = m.loss(x)
+    assert out.l0 == pytest.approx(4.0)  # k * B latents in the batch, per token on average
+    acts = m.act.train(m.pre_acts(x), m)
+    assert m.topk_threshold.item() == pytest.approx(acts[acts > 0].min().item())
+    with torch.no_grad():
+        f = m.encode(x)
+    pre = m.pre_acts(x).detach()
+    assert torch.equal(f > 0, pre > m.topk_threshold)
+    assert 2.0 < (f > 0).sum(-1).float().mean() < 6.0
+
+
+def test_kl_penalty_is_zero_at_target_and_positive_elsewhere():
+    rho = 0.05
+    at_target = torch.full((1000, 3), 0.0)
+    at_target[:50] = 50.0  # tanh -> 1 on 5% of tokens
+    assert kl_sparsity(at_target, rho).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_sparsity(torch.full((1000, 3), 2.0), rho).item() > 1.0
