@@ -108,21 +108,31 @@ def dictionaries(model, expansion: int = 8, k: int = 32) -> dict:
     return {"sae": SparseDictionary(sae).eval(), "transcoder": SparseDictionary(tc).eval()}
 
 
-def time_forward(model, tokens: torch.Tensor, batch: int) -> float:
+def clocks() -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds: on a shared machine the second is steadier."""
+    return time.perf_counter(), time.process_time()
+
+
+def rates(n_tokens: int, start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clocks()
+    return n_tokens / (wall - start[0]), n_tokens / (cpu - start[1])
+
+
+def time_forward(model, tokens: torch.Tensor, batch: int) -> tuple[float, float]:
     with torch.inference_mode():
         model(tokens[:1, :16])  # warm-up
-        t0 = time.perf_counter()
+        start = clocks()
         for s in range(0, tokens.shape[0], batch):
             model(tokens[s : s + batch])
-    return tokens.numel() / (time.perf_counter() - t0)
+    return rates(tokens.numel(), start)
 
 
 def time_splice(model, dicts: dict, tokens: torch.Tensor, batch: int, share: bool):
     from interp_bench.splice import spliced_loss
 
-    t0 = time.perf_counter()
+    start = clocks()
     results = spliced_loss(model, dicts, tokens, batch_size=batch, share_prefix=share)
-    return tokens.numel() / (time.perf_counter() - t0), results
+    return rates(tokens.numel(), start), results
 
 
 def main() -> None:
@@ -141,8 +151,10 @@ def main() -> None:
         entry = {
             "case": name,
             "model": model_name,
-            "tokens_per_s": tok_s,
-            "fraction_of_floor": tok_s / floor,
+            "tokens_per_s": tok_s[0],
+            "fraction_of_floor": tok_s[0] / floor[0],
+            "tokens_per_cpu_s": tok_s[1],
+            "fraction_of_floor_cpu": tok_s[1] / floor[1],
             "forwards_ideal": forwards,
         }
         if results:
@@ -150,50 +162,56 @@ def main() -> None:
             entry["ce_recovered"] = {r.name: r.ce_recovered for r in results}
         rows.append(entry)
 
+    def measure(model, model_name, tokens, cases) -> None:
+        """Floor timed before and after the splice runs (averaged) to damp drifting load."""
+        before = time_forward(model, tokens, args.batch)
+        timed = [(label, forwards, *time_splice(model, d, tokens, args.batch, share))
+                 for label, d, share, forwards in cases]  # fmt: skip
+        after = time_forward(model, tokens, args.batch)
+        floor = ((before[0] + after[0]) / 2, (before[1] + after[1]) / 2)
+        row("model forward (floor)", model_name, floor, floor, 1)
+        for label, forwards, tok_s, res in timed:
+            row(label, model_name, tok_s, floor, forwards, res)
+
+    from interp_bench.splice import supports_start_at_layer
+
     model, model_name = load_floor_model()
     tokens, token_source = eval_tokens(model, args.tokens, args.ctx)
     dicts = dictionaries(model)
-    floor = time_forward(model, tokens, args.batch)
-    row("model forward (floor)", model_name, floor, floor, 1)
-    from interp_bench.splice import supports_start_at_layer
-
     share = supports_start_at_layer(model)
-    tok_s, res = time_splice(model, {"sae": dicts["sae"]}, tokens, args.batch, share)
-    row(f"splice 1 SAE (share_prefix={share})", model_name, tok_s, floor, 5.5, res)
-    tok_s, res = time_splice(model, dicts, tokens, args.batch, share)
-    row(f"splice SAE + transcoder (share_prefix={share})", model_name, tok_s, floor, 9.5, res)
-    del model
+    cases = [
+        (f"splice 1 SAE (share_prefix={share})", {"sae": dicts["sae"]}, share, 5.5),
+        (f"splice SAE + transcoder (share_prefix={share})", dicts, share, 9.5),
+    ]
+    measure(model, model_name, tokens, cases)
+    del model, dicts
 
     if not args.skip_shape:
-        shape_name = "random HookedTransformer, SmolLM2 shape"
         ht = smollm2_shaped_hooked_transformer()
         g = torch.Generator().manual_seed(0)
         ht_tokens = torch.randint(0, ht.cfg.d_vocab, tokens.shape, generator=g)
-        ht_floor = time_forward(ht, ht_tokens, args.batch)
-        row("model forward (floor)", shape_name, ht_floor, ht_floor, 1)
         ht_dicts = dictionaries(ht)
-        for share in (False, True):
-            tok_s, res = time_splice(ht, ht_dicts, ht_tokens, args.batch, share)
-            row(
-                f"splice SAE + transcoder (share_prefix={share})",
-                shape_name,
-                tok_s,
-                ht_floor,
-                9.5,
-                res,
-            )
+        cases = [
+            (f"splice SAE + transcoder (share_prefix={sp})", ht_dicts, sp, 5.5 if sp else 9.5)
+            for sp in (False, True)
+        ]
+        measure(ht, "random HookedTransformer, SmolLM2 shape", ht_tokens, cases)
 
     print(
         f"\n{args.tokens} tokens ({token_source}), batch {args.batch} x {args.ctx}, "
         f"{torch.get_num_threads()} threads"
     )
-    head = f"{'case':<44} {'model':<40} {'tok/s':>8} {'x floor':>8} {'ideal':>6} {'exact gap':>10}"
+    head = (
+        f"{'case':<44} {'model':<40} {'tok/s':>8} {'x floor':>8} {'tok/cpu-s':>9} "
+        f"{'x floor':>8} {'ideal':>6} {'exact gap':>10}"
+    )
     print(head + "\n" + "-" * len(head))
     for r in rows:
         gap = f"{r['exactness_gap']:10.2e}" if "exactness_gap" in r else f"{'':>10}"
         print(
             f"{r['case']:<44} {r['model'][:40]:<40} {r['tokens_per_s']:8.1f} "
-            f"{r['fraction_of_floor']:8.3f} {1 / r['forwards_ideal']:6.3f} {gap}"
+            f"{r['fraction_of_floor']:8.3f} {r['tokens_per_cpu_s']:9.1f} "
+            f"{r['fraction_of_floor_cpu']:8.3f} {1 / r['forwards_ideal']:6.3f} {gap}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from interp_bench.activations import make_activation
 from interp_bench.config import DictionaryConfig
-from interp_bench.topk import GatherPre, choose_sparse, dense_decode, sparse_decode
+from interp_bench.topk import TopKLayout, choose_sparse, dense_decode, gather_pre, sparse_decode
 
 
 @dataclass
@@ -177,23 +177,32 @@ class SparseDictionary(nn.Module):
         k = self.cfg.k
         aux_idx = None
 
-        if self.cfg.arch == "topk":
-            sparse = self.sparse_decode
-            if sparse:
-                with torch.no_grad():
-                    pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
-            else:
+        if self.cfg.arch == "topk" and self.sparse_decode:
+            # Hot path: the encoder matmul runs outside autograd and everything after it
+            # touches only the k chosen (and AuxK) latents; see interp_bench/topk.py.
+            with torch.no_grad():
                 pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+            idx = pre.topk(k, dim=-1, sorted=False).indices
+            layout = TopKLayout(idx, self.d_sae)
+            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+            enc_layout = layout
+            if aux_idx is not None:
+                enc_layout = TopKLayout(torch.cat([idx, aux_idx], 1), self.d_sae)
+            b_shift = None if self.is_transcoder else self.b_dec
+            vals_all = gather_pre(
+                x, b_shift, self.W_enc, self.b_enc, pre, enc_layout, sae_in=sae_in
+            ).relu()
+            vals, aux_vals = vals_all[:, :k], vals_all[:, k:]
+            recon = sparse_decode(vals, idx, self.W_dec, layout) + self.b_dec
+        elif self.cfg.arch == "topk":
+            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
             idx = pre.detach().topk(k, dim=-1, sorted=False).indices
             aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
             all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
-            if sparse:
-                vals_all = GatherPre.apply(sae_in, self.W_enc, self.b_enc, pre, all_idx).relu()
-            else:
-                vals_all = pre.gather(1, all_idx).relu()
+            vals_all = pre.gather(1, all_idx).relu()
             vals, aux_vals = vals_all[:, :k], vals_all[:, k:]
-            decode = sparse_decode if sparse else dense_decode
-            recon = decode(vals, idx, self.W_dec) + self.b_dec
+            recon = dense_decode(vals, idx, self.W_dec) + self.b_dec
+        if self.cfg.arch == "topk":
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
             fired[idx[vals > 0]] = True
             l0 = (vals > 0).sum(-1).float().mean()

@@ -3,7 +3,7 @@
 Every stage writes into one run folder and skips work already done, so re-running after an
 interruption only does what is missing:
 
-    RUN/demo_cfg.json             this config
+    RUN/demo_cfg.json             the config of the last complete run
     RUN/acts/{train,eval}/        activation cache (resumable shards + manifest)
     RUN/dictionaries/NAME/        cfg.json + sae_weights.safetensors (SAELens layout), metrics
     RUN/splice.json               spliced-loss results (reused while the weights are unchanged)
@@ -161,7 +161,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     clock = _Clock()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_cfg.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
 
     with clock.stage("load model"):
@@ -332,6 +331,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "stages": clock.to_list(),
         "dictionaries": rows,
     }
+    # Written last, together: a run folder with these two files is complete and consistent.
+    (out / "demo_cfg.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary, out))
     return summary

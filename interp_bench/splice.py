@@ -42,7 +42,14 @@ def supports_start_at_layer(model) -> bool:
 
 @dataclass
 class SpliceResult:
-    """Per-dictionary spliced-loss numbers on held-out text (mean nats per predicted token)."""
+    """Per-dictionary spliced-loss numbers on held-out text, in mean nats per predicted token.
+
+    `ce_*`: next-token cross-entropy clean, with the dictionary spliced in, with the splice hook
+    zero- or mean-ablated, and with the reconstruction error added back (== clean up to float
+    rounding). `ce_recovered`: (zero - spliced) / (zero - clean); `_vs_mean` uses mean ablation.
+    `kl_*`: KL(clean || variant) of the next-token distributions. `l0`, `fvu`: latents active per
+    token and fraction of variance unexplained at the splice hook, same tokens.
+    """
 
     name: str
     hook_in: str

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,20 +56,20 @@ class AnalysisConfig:
     seed: int = 0
 
 
-def per_column_top(cols: Tensor, keys: Tensor, m: int, n_cols: int) -> tuple[Tensor, Tensor]:
-    """For entries (col, key >= 0), the positions of each column's m largest keys, and their rank.
+def per_column_top(cols: Tensor, keys: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Among entries (col, key >= 0), each column's m largest keys.
 
-    One sort on a composite int64 (column, then key descending): the bits of a non-negative
-    float32 order like the float, so the key fits in the low 32 bits.
+    Returns (positions of the kept entries, their rank in their column, the index of their
+    column in `uniq`, `uniq` = the sorted distinct columns). One sort on a composite int64
+    (column, then key descending): the bits of a non-negative float32 order like the float.
     """
     bits = keys.float().view(torch.int32).long()
     order = torch.argsort((cols.long() << 32) | (0x7FFFFFFF - bits))
-    c = cols[order]
-    counts = torch.bincount(c, minlength=n_cols)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(c.numel()) - starts[c]
+    uniq, counts = torch.unique_consecutive(cols[order], return_counts=True)
+    seg = torch.repeat_interleave(torch.arange(uniq.numel()), counts)
+    rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts)[seg]
     keep = rank < m
-    return order[keep], rank[keep]
+    return order[keep], rank[keep], seg[keep], uniq
 
 
 def context_acts(acts: Tensor, seq: Tensor, rows: Tensor, latents: Tensor, window: int) -> Tensor:
@@ -77,19 +78,25 @@ def context_acts(acts: Tensor, seq: Tensor, rows: Tensor, latents: Tensor, windo
     idx = rows[:, None] + torch.arange(-window, window + 1)
     safe = idx.clamp(0, n - 1)
     valid = (idx >= 0) & (idx < n) & (seq[safe] == seq[rows][:, None])
-    vals = acts[safe, latents[:, None]].float()
+    vals = acts.reshape(-1).take(safe * acts.shape[1] + latents[:, None]).float()
     return torch.where(valid, vals, torch.tensor(float("nan")))
 
 
 class RunningTopK:
-    """For every latent, the m firing events with the largest key so far, with context acts."""
+    """For every latent, the m firing events with the largest key so far, with context acts.
+
+    Slots are unordered: a newcomer takes the slot of the entry it evicts, so only newcomers'
+    contexts are ever written (`sorted()` orders them at the end). Keys are >= 0; an empty slot
+    holds -1 and an empty candidate -2, so a newcomer is always real and never ties with one.
+    """
 
     def __init__(self, d_sae: int, m: int, window: int) -> None:
         self.m, self.window = m, window
-        self.key = torch.full((d_sae, m), float("-inf"))
+        self.key = torch.full((d_sae, m), -1.0)
         self.val = torch.zeros(d_sae, m)
         self.idx = torch.full((d_sae, m), -1, dtype=torch.int64)
         self.ctx = torch.full((d_sae, m, 2 * window + 1), float("nan"))
+        self.floor = torch.full((d_sae,), -1.0)  # smallest kept key per latent
 
     def update(
         self,
@@ -103,36 +110,37 @@ class RunningTopK:
     ) -> None:
         """Merge one chunk's firing entries (row in chunk, latent, key, value)."""
         m = self.m
-        # Only entries beating their latent's current worst kept key can enter. Late in a long
+        # Only entries beating their latent's smallest kept key can enter. Late in a long
         # stream that is a small fraction, so filter before any sorting.
-        passing = keys > self.key[cols, -1]
+        passing = keys > self.floor[cols]
         if not bool(passing.any()):
             return
         rows, cols, keys, vals = rows[passing], cols[passing], keys[passing], vals[passing]
-        f, inv = torch.unique(cols, return_inverse=True)
-        sel, rank = per_column_top(inv, keys, m, f.numel())
-        c = inv[sel]
-        cand_key = torch.full((f.numel(), m), float("-inf"))
+        sel, rank, c, f = per_column_top(cols, keys, m)
+        cand_key = torch.full((f.numel(), m), -2.0)
         cand_key[c, rank] = keys[sel].float()
-        cand_val = torch.zeros(f.numel(), m)
-        cand_val[c, rank] = vals[sel].float()
-        cand_row = torch.zeros(f.numel(), m, dtype=torch.int64)
-        cand_row[c, rank] = rows[sel]
-
         top = torch.cat([self.key[f], cand_key], 1).topk(m, dim=1)
-        src = top.indices
-        old = src < m
-        si, ci = src.clamp(max=m - 1), (src - m).clamp(min=0)
-        empty = top.values == float("-inf")
-        self.val[f] = torch.where(old, self.val[f].gather(1, si), cand_val.gather(1, ci))
-        new_idx = torch.where(old, self.idx[f].gather(1, si), cand_row.gather(1, ci) + offset)
-        self.idx[f] = torch.where(empty, -1, new_idx)
-        ctx = self.ctx[f].gather(1, si[..., None].expand(-1, -1, self.ctx.shape[2]))
-        a, b = (~old & ~empty).nonzero(as_tuple=True)
-        if a.numel():
-            ctx[a, b] = context_acts(acts, seq, cand_row[a, ci[a, b]], f[a], self.window)
-        self.ctx[f] = ctx
-        self.key[f] = top.values
+        chosen = torch.zeros(f.numel(), 2 * m, dtype=torch.bool).scatter_(1, top.indices, True)
+        # Evicted old slots and chosen newcomers have equal counts per row: pair them in order.
+        er, es = (~chosen[:, :m]).nonzero(as_tuple=True)
+        nr, nj = chosen[:, m:].nonzero(as_tuple=True)
+        self.floor[f] = top.values[:, -1]
+        if er.numel() == 0:
+            return
+        lookup = torch.full((f.numel(), m), -1, dtype=torch.int64)
+        lookup[c, rank] = sel
+        src = lookup[nr, nj]
+        lat, slot = f[er], es
+        self.key[lat, slot] = keys[src].float()
+        self.val[lat, slot] = vals[src].float()
+        self.idx[lat, slot] = rows[src] + offset
+        self.ctx[lat, slot] = context_acts(acts, seq, rows[src], lat, self.window)
+
+    def sorted(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(val, idx, ctx) with each latent's slots ordered by key, largest first."""
+        order = self.key.argsort(dim=1, descending=True, stable=True)
+        ctx = self.ctx.gather(1, order[..., None].expand(-1, -1, self.ctx.shape[2]))
+        return self.val.gather(1, order), self.idx.gather(1, order), ctx
 
 
 def unembedding(model) -> tuple[Tensor, Tensor | None] | None:
@@ -206,6 +214,7 @@ def analyze(
     gen = torch.Generator().manual_seed(cfg.seed)
     streams: dict[str, list[Tensor]] = {"tokens": [], "seq": [], "pos": []}
     offset = 0
+    t_start = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -227,10 +236,11 @@ def analyze(
             break
         acts = dictionary.encode(x).float().cpu()
         keep = pos != 0 if cfg.skip_bos else torch.ones(n, dtype=torch.bool)
-        rows, cols = (acts > 0).nonzero(as_tuple=True)
+        flat = (acts > 0).view(-1).nonzero().squeeze(1)
+        rows, cols = flat // d_sae, flat % d_sae
         counted = keep[rows]
-        rows, cols = rows[counted], cols[counted]
-        vals = acts[rows, cols]
+        rows, cols, flat = rows[counted], cols[counted], flat[counted]
+        vals = acts.view(-1).take(flat)
         recon_x = _reconstruct(dictionary, x, acts, rows, cols, vals)
         target = chunk[hook_out].to(device=device, dtype=torch.float32) if hook_out else x
         recon.update(recon_x.cpu(), target.cpu(), keep)
@@ -251,6 +261,7 @@ def analyze(
     if density.n_tokens == 0:
         raise ValueError("no tokens to analyse: the activation stream is empty (check --tokens)")
 
+    t_pass = time.perf_counter()
     stream_arrays = {k: torch.cat(v) for k, v in streams.items()} | recon.arrays()
     tokens, seq_all = stream_arrays["tokens"], stream_arrays["seq"]
     arrays: dict[str, Tensor] = {
@@ -261,7 +272,7 @@ def analyze(
         "hist_counts": density.histograms().int(),
     }
     # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
-    arrays |= _examples("top", top.idx, top.val, top.ctx, tokens, seq_all, cfg.window)
+    arrays |= _examples("top", *top.sorted(), tokens, seq_all, cfg.window)
     arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
 
     logits_note = None
@@ -301,6 +312,8 @@ def analyze(
         "hist_edges": [float(e) for e in hist_edges()],
         "logits": logits_note,
         "model": getattr(getattr(model, "cfg", None), "model_name", None),
+        # the pass scales with tokens; finishing (logit effects, contexts, writing) does not
+        "timings": {"pass_s": t_pass - t_start, "finish_s": time.perf_counter() - t_pass},
     }
     return write_feature_index(out_dir, meta, arrays, stream_arrays, recon_info, vocab)
 
@@ -323,7 +336,7 @@ def _reconstruct(dictionary, x: Tensor, acts: Tensor, rows, cols, vals) -> Tenso
     return out if W_skip is None else out + x @ W_skip
 
 
-def _examples(prefix, idx, val, ctx, tokens, seq, window) -> dict[str, Tensor]:
+def _examples(prefix, val, idx, ctx, tokens, seq, window) -> dict[str, Tensor]:
     """Flatten (latent, slot) examples into arrays with their context token ids."""
     flat = idx.reshape(-1)
     ok = flat >= 0
@@ -352,14 +365,14 @@ def _quantile_examples(sample: RunningTopK, cfg: AnalysisConfig, tokens, seq) ->
     bucket = (vals[..., None] >= edges[:, None, 1:q]).sum(-1)
     f, s = valid.nonzero(as_tuple=True)
     col = f * q + bucket[f, s]
-    sel, rank = per_column_top(col, sample.key[f, s], per, d_sae * q)
+    sel, rank, _, _ = per_column_top(col, sample.key[f, s], per)
     idx = torch.full((d_sae * q, per), -1, dtype=torch.int64)
     val = torch.zeros(d_sae * q, per)
     ctx = torch.full((d_sae * q, per, sample.ctx.shape[2]), float("nan"))
     idx[col[sel], rank] = sample.idx[f[sel], s[sel]]
     val[col[sel], rank] = sample.val[f[sel], s[sel]]
     ctx[col[sel], rank] = sample.ctx[f[sel], s[sel]]
-    out = _examples("quantile", idx.view(d_sae, q, per), val.view(d_sae, q, per),
+    out = _examples("quantile", val.view(d_sae, q, per), idx.view(d_sae, q, per),
                     ctx.view(d_sae, q, per, -1), tokens, seq, cfg.window)  # fmt: skip
     out["quantile_edges"] = edges
     return out

@@ -25,86 +25,153 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def topk_csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
-    """A ``[B, n_cols]`` CSR matrix with ``values[b, j]`` at column ``indices[b, j]``.
+class TopKLayout:
+    """Sparse structure of one batch's chosen latents ``indices [B, k]``, built once per step and
+    shared by the backward passes that need it.
 
-    Rows hold exactly k entries, so the row pointer is an arange and nothing needs sorting.
-    Duplicate columns within a row (possible for AuxK indices concatenated with TopK ones)
-    are summed by the sparse kernels, which is what the chain rule wants.
+    ``csr(v)`` is the ``[B, n_cols]`` matrix with ``v[b, j]`` at column ``indices[b, j]``: rows hold
+    exactly k entries, so its row pointer is an arange. ``csr_t(v)`` is its transpose as CSR
+    ``[n_cols, B]``, which needs the entries ordered by latent: one int32 stable sort (a radix
+    sort on CPU) done here, instead of torch's int64 CSC -> CSR conversion on every product.
+    Duplicate columns in a row (AuxK indices next to TopK ones) are summed, as the chain rule
+    wants.
     """
-    b, k = indices.shape
-    crow = torch.arange(0, b * k + 1, k, device=indices.device, dtype=torch.int64)
+
+    def __init__(self, indices: Tensor, n_cols: int) -> None:
+        b, k = indices.shape
+        self.indices, self.n_rows, self.n_cols = indices, b, n_cols
+        self.crow = torch.arange(0, b * k + 1, k, device=indices.device, dtype=torch.int64)
+        self._order: Tensor | None = None
+
+    def _transpose(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._order is None:
+            flat = self.indices.reshape(-1)
+            k = self.indices.shape[1]
+            self._order = flat.to(torch.int32).sort(stable=True).indices
+            counts = torch.bincount(flat, minlength=self.n_cols)
+            self._crow_t = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=flat.device)
+            torch.cumsum(counts, 0, out=self._crow_t[1:])
+            self._col_t = torch.div(self._order, k, rounding_mode="floor")
+        return self._order, self._crow_t, self._col_t
+
+    def csr(self, values: Tensor) -> Tensor:
+        return _csr(
+            self.crow, self.indices.reshape(-1), values.reshape(-1), self.n_rows, self.n_cols
+        )
+
+    def csr_t(self, values: Tensor) -> Tensor:
+        order, crow_t, col_t = self._transpose()
+        return _csr(crow_t, col_t, values.reshape(-1)[order], self.n_cols, self.n_rows)
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n_rows: int, n_cols: int) -> Tensor:
     with warnings.catch_warnings():  # CSR is "beta" in torch and says so; these ops are stable
         warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(
-            crow, indices.reshape(-1), values.reshape(-1), (b, n_cols), check_invariants=False
-        )
+        return torch.sparse_csr_tensor(crow, col, values, (n_rows, n_cols), check_invariants=False)
 
 
 class GatherPre(torch.autograd.Function):
-    """``pre.gather(1, idx)`` where ``pre = x @ W_enc + b_enc`` was computed outside autograd.
+    """``pre.gather(1, idx)`` where ``pre = (x - b_shift) @ W_enc + b_enc`` was computed
+    outside autograd (``layout`` holds ``idx``).
 
-    Backward with ``G`` = the gradient scattered to ``[B, d_sae]`` (as CSR, never dense):
-    grad_W_enc = x^T G, grad_b_enc = column sums of G, grad_x = G W_enc^T.
+    Backward with ``G`` the gradient scattered to ``[B, d_sae]`` (as CSR, never dense):
+    grad_W_enc = (G^T (x - b_shift))^T, grad_b_enc = column sums of G,
+    grad_b_shift = -W_enc @ grad_b_enc (the SAE's b_dec, without a [B, d_in] gradient),
+    grad_x = G W_enc^T only when x itself requires grad.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor):
-        ctx.save_for_backward(x, W_enc, idx)
-        return pre.gather(1, idx)
+    def forward(
+        ctx: Any,
+        sae_in: Tensor,
+        x: Tensor,
+        b_shift: Tensor | None,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        pre: Tensor,
+        layout: TopKLayout,
+    ) -> Tensor:
+        ctx.save_for_backward(sae_in, W_enc)
+        ctx.layout = layout
+        return pre.gather(1, layout.indices)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
-        x, W_enc, idx = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
+        sae_in, W_enc = ctx.saved_tensors
+        layout: TopKLayout = ctx.layout
         grad = grad.contiguous().to(W_enc.dtype)
-        G = topk_csr(idx, grad, d_sae)
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (G @ W_enc.t().contiguous()).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_W = (G.t() @ x.to(W_enc.dtype)).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad.reshape(-1))
-        return grad_x, grad_W, grad_b, None, None
+        need_x, need_shift, need_W, need_b = (ctx.needs_input_grad[i] for i in (1, 2, 3, 4))
+        grad_x = grad_shift = grad_W = grad_b = None
+        if need_b or need_shift:
+            grad_b = torch.zeros(layout.n_cols, dtype=grad.dtype, device=grad.device)
+            grad_b.index_add_(0, layout.indices.reshape(-1), grad.reshape(-1))
+            if need_shift:
+                grad_shift = -(W_enc @ grad_b)
+        if need_W:
+            grad_W = (layout.csr_t(grad) @ sae_in).t()
+        if need_x:
+            grad_x = layout.csr(grad) @ W_enc.t().contiguous()
+        return None, grad_x, grad_shift, grad_W, grad_b if need_b else None, None, None
+
+
+def gather_pre(
+    x: Tensor,
+    b_shift: Tensor | None,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    pre: Tensor,
+    layout: TopKLayout,
+    sae_in: Tensor | None = None,
+) -> Tensor:
+    """Differentiable ``pre[b, idx[b, j]]`` with the sparse encoder backward (see GatherPre).
+    ``sae_in`` (= x - b_shift, without grad) can be passed when the caller already has it."""
+    if sae_in is None:
+        sae_in = x if b_shift is None else x - b_shift.detach()
+    return GatherPre.apply(sae_in.detach(), x, b_shift, W_enc, b_enc, pre, layout)
 
 
 class SparseDecode(torch.autograd.Function):
-    """``sum_j values[b, j] * W_dec[indices[b, j]]`` (no bias) with a sparse backward."""
+    """``sum_j values[b, j] * W_dec[idx[b, j]]`` (no bias) with a sparse backward."""
 
     @staticmethod
-    def forward(ctx: Any, values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    def forward(ctx: Any, values: Tensor, layout: TopKLayout, W_dec: Tensor) -> Tensor:
         values = values.to(W_dec.dtype)
-        ctx.save_for_backward(values, indices, W_dec)
-        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+        ctx.save_for_backward(values, W_dec)
+        ctx.layout = layout
+        return F.embedding_bag(layout.indices, W_dec, per_sample_weights=values, mode="sum")
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):
-        values, indices, W_dec = ctx.saved_tensors
+        values, W_dec = ctx.saved_tensors
+        layout: TopKLayout = ctx.layout
         grad_out = grad_out.contiguous().to(W_dec.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[0]:
             # SDDMM: (grad_out @ W_dec^T) sampled at the active latents only.
-            pattern = topk_csr(indices, torch.ones_like(values), W_dec.shape[0])
+            pattern = layout.csr(torch.ones_like(values))
             grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0)
             grad_values = grad_values.values().view_as(values)
         if ctx.needs_input_grad[2]:
-            grad_W = topk_csr(indices, values, W_dec.shape[0]).t() @ grad_out
+            grad_W = layout.csr_t(values) @ grad_out
         return grad_values, None, grad_W
 
 
-def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """Decode ``[..., k]`` values at ``[..., k]`` latent indices into ``[..., d_out]``."""
+def sparse_decode(
+    values: Tensor, indices: Tensor, W_dec: Tensor, layout: TopKLayout | None = None
+) -> Tensor:
+    """Decode ``[..., k]`` values at ``[..., k]`` latent indices into ``[..., d_out]``.
+    Pass ``layout`` (of the same indices) to share its sort with the encoder's backward."""
     shape = values.shape[:-1]
     k = values.shape[-1]
-    out = SparseDecode.apply(values.reshape(-1, k), indices.reshape(-1, k), W_dec)
+    if layout is None:
+        layout = TopKLayout(indices.reshape(-1, k), W_dec.shape[0])
+    out = SparseDecode.apply(values.reshape(-1, k), layout, W_dec)
     return out.reshape(*shape, W_dec.shape[1])
 
 
 def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """Reference path: scatter to ``[B, d_sae]`` and do the full matmul."""
-    dense = values.new_zeros(*values.shape[:-1], W_dec.shape[0]).scatter(-1, indices, values)
+    dense = values.new_zeros(*values.shape[:-1], W_dec.shape[0]).scatter_add(-1, indices, values)
     return dense @ W_dec
 
 

@@ -227,7 +227,9 @@ def bridge_setup(tmp_path_factory, gpt2_tokenizer):
     gpt2_tokenizer.save_pretrained(root / "model")
     sae = _real({"d_in": 64, "d_sae": 128, "k": 8, "hook_in": "L1.resid_post"}, seed=3)
     sae.save(root / "sae")
-    text = " ".join(f"Line {i} of a small held-out corpus about foxes and dogs." for i in range(400))
+    text = " ".join(
+        f"Line {i} of a small held-out corpus about foxes and dogs." for i in range(400)
+    )
     (root / "corpus.txt").write_text(text)
     return root
 

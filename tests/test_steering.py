@@ -240,3 +240,50 @@ def test_real_topk_dictionary_clamp_delta(tiny_model):
     expected = (5.0 - f[..., latent])[..., None] * d.W_dec[latent].detach()
     expected[0, 0] = 0
     torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
+    """End to end through `TransformerBridge`: generations, effects, JSON and HTML written."""
+    import argparse
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from interp_bench.commands import steer as cmd
+    from interp_bench.config import DictionaryConfig
+    from interp_bench.dictionary import SparseDictionary
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128)).save_pretrained(
+        tmp_path / "model"
+    )
+    gpt2_tokenizer.save_pretrained(tmp_path / "model")
+    SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, hook_in="L0.resid_post")).save(
+        tmp_path / "sae"
+    )
+    (tmp_path / "c.txt").write_text(
+        " ".join(f"Neutral sentence {i} about weather." for i in range(300))
+    )
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = ["--dictionary", str(tmp_path / "sae"), "--latent", "3", "--coefficients", "0,40",
+            "--clamp", "0", "--prompt", "The quick brown fox", "--target", " jumps",
+            "--model", str(tmp_path / "model"), "--corpus", str(tmp_path / "c.txt"),
+            "--neutral-tokens", "64", "--context-len", "32", "--max-new-tokens", "4",
+            "--out", str(tmp_path / "steer"), "--device", "cpu"]  # fmt: skip
+    assert cmd.run(parser.parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    assert "greedy" in out and "sampled" in out
+    result = json.loads((tmp_path / "steer.json").read_text())
+    assert [(r["mode"], r["value"]) for r in result["rows"]] == [
+        ("add", 0),
+        ("add", 40),
+        ("clamp", 0),
+    ]
+    zero, strong = result["rows"][0], result["rows"][1]
+    assert zero["greedy"] == result["clean_greedy"] and zero["neutral_kl"] == pytest.approx(
+        0, abs=1e-7
+    )
+    assert strong["neutral_kl"] > 0 and strong["target_logprob_change"] != 0
+    assert (tmp_path / "steer.html").stat().st_size > 1000
+    with pytest.raises(ValueError, match="out of range"):
+        cmd.run(parser.parse_args([*argv[:3], "999", *argv[4:]]))

@@ -1,5 +1,7 @@
 """Top and quantile examples from the one-pass running selection equal brute force."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from analysis_helpers import StandInDictionary, batches, planted_stream
@@ -11,6 +13,7 @@ from interp_bench.top_examples import (
     load_feature_index,
     logit_effects,
     per_column_top,
+    unembedding,
 )
 
 HOOK = "L0.resid_post"
@@ -47,9 +50,10 @@ def _brute_context(full, acts, g, j, w):
 def test_per_column_top_picks_largest_keys():
     cols = torch.tensor([2, 0, 2, 2, 0, 1])
     keys = torch.tensor([0.5, 0.1, 0.9, 0.2, 0.7, 0.3], dtype=torch.float64)
-    sel, rank = per_column_top(cols, keys, 2, 3)
+    sel, rank, seg, uniq = per_column_top(cols, keys.float(), 2)
     got = sorted(zip(cols[sel].tolist(), rank.tolist(), keys[sel].tolist(), strict=True))
     assert got == [(0, 0, 0.7), (0, 1, 0.1), (1, 0, 0.3), (2, 0, 0.9), (2, 1, 0.5)]
+    assert uniq.tolist() == [0, 1, 2] and torch.equal(uniq[seg], cols[sel])
 
 
 def test_top_examples_match_brute_force(planted):
@@ -150,6 +154,16 @@ def test_logit_effects_and_search(planted):
         index.feature(d.cfg.d_sae)
 
 
+def test_unembedding_applies_the_final_norm_weight():
+    ln = torch.nn.Module()
+    ln.w = torch.tensor([2.0, 0.5])
+    model = SimpleNamespace(W_U=torch.eye(2), ln_final=ln)
+    W_U, w = unembedding(model)
+    assert torch.equal(W_U, torch.eye(2)) and torch.equal(w, ln.w)
+    assert unembedding(SimpleNamespace(W_U=torch.eye(2)))[1] is None
+    assert unembedding(SimpleNamespace()) is None
+
+
 def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
     """Straight from the model: capture a hook, encode, and rank tokens through W_U."""
     torch.manual_seed(0)
@@ -159,10 +173,13 @@ def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
     index = analyze(d, model_stream(tiny_model, tokens, ["L1.resid_post"], batch_seqs=4), tmp_path,
                     AnalysisConfig(top_k=4, window=2), model=tiny_model)  # fmt: skip
     assert index.meta["n_tokens"] == 6 * 23
-    assert index.meta["logits"] == "W_dec * ln_final.w @ W_U"
+    ln_w = getattr(tiny_model.ln_final, "w", None)  # None when the LN weight is folded
+    want_note = "W_dec @ W_U" if ln_w is None else "W_dec * ln_final.w @ W_U"
+    assert index.meta["logits"] == want_note
     card = index.feature(0)
     assert len(card["promoted"]) == 10 and isinstance(card["promoted"][0][0], str)
-    want = ((d.W_dec[0] * tiny_model.ln_final.w) @ tiny_model.W_U).topk(10).indices
+    scale = 1.0 if ln_w is None else ln_w
+    want = ((d.W_dec[0] * scale) @ tiny_model.W_U).topk(10).indices
     assert [t for t, _ in card["promoted"]] == [gpt2_tokenizer.decode([int(i)]) for i in want]
     _, cache = tiny_model.run_with_cache(tokens[:1], names_filter="blocks.1.hook_resid_post")
     x = cache["blocks.1.hook_resid_post"][0]

@@ -9,7 +9,14 @@ import torch
 from interp_bench.activations import JumpReLUFn, StepFn, kl_sparsity
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionary import SparseDictionary
-from interp_bench.topk import GatherPre, SparseDecode, choose_sparse, dense_decode, sparse_decode
+from interp_bench.topk import (
+    SparseDecode,
+    TopKLayout,
+    choose_sparse,
+    dense_decode,
+    gather_pre,
+    sparse_decode,
+)
 
 D = torch.float64
 
@@ -28,16 +35,19 @@ def test_gather_pre_and_sparse_decode_gradcheck():
     x = torch.randn(B, d, dtype=D, requires_grad=True)
     W = torch.randn(d, F, dtype=D, requires_grad=True)
     b = torch.randn(F, dtype=D, requires_grad=True)
+    shift = torch.randn(d, dtype=D, requires_grad=True)
     idx = torch.randint(0, F, (B, k))
+    idx[0, 1] = idx[0, 0]  # a repeated latent in one row (AuxK next to TopK) must add up
+    layout = TopKLayout(idx, F)
 
-    def enc(x, W, b):
-        pre = (x @ W + b).detach()
-        return GatherPre.apply(x, W, b, pre, idx)
+    def enc(x, shift, W, b):
+        pre = ((x - shift) @ W + b).detach()
+        return gather_pre(x, shift, W, b, pre, layout)
 
-    assert torch.autograd.gradcheck(enc, (x, W, b))
+    assert torch.autograd.gradcheck(enc, (x, shift, W, b))
     vals = torch.randn(B, k, dtype=D, requires_grad=True)
     Wd = torch.randn(F, 7, dtype=D, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, w: SparseDecode.apply(v, idx, w), (vals, Wd))
+    assert torch.autograd.gradcheck(lambda v, w: SparseDecode.apply(v, layout, w), (vals, Wd))
     assert torch.allclose(sparse_decode(vals, idx, Wd), dense_decode(vals, idx, Wd))
 
 

@@ -49,8 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=parse_count, default=4096, help="tokens per step per rank")
     p.add_argument("--lr", type=float, help="default: 2e-4 / sqrt(d_sae / 2**14)")
     p.add_argument("--lr-decay", choices=["linear", "cosine"], default="linear")
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--dead-tokens", type=parse_count, help="dead after this many tokens unfired")
+    p.add_argument("--warmup-steps", type=int, help="lr warm-up (default: min(100, 5%% of steps))")
+    p.add_argument(
+        "--sparsity-warmup-steps",
+        type=int,
+        help="L1/L0 coefficient warm-up (default: min(1000, 5%% of steps))",
+    )
+    p.add_argument(
+        "--dead-tokens",
+        type=parse_count,
+        help="dead after this many tokens without firing (default: min(10M, 10%% of --tokens))",
+    )
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps; 0 disables")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
@@ -168,11 +177,18 @@ def run(args: argparse.Namespace) -> int:
     device = ddp_device or torch.device(
         args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
+    steps = max(1, args.tokens // (args.batch_size * ddp.world_size()))
+    short = max(1, steps // 20)  # short runs must not spend themselves warming up
     tc = TrainConfig(
         lr=args.lr,
         batch_size=args.batch_size,
         tokens=args.tokens,
-        warmup_steps=args.warmup_steps,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(100, short),
+        sparsity_warmup_steps=(
+            args.sparsity_warmup_steps
+            if args.sparsity_warmup_steps is not None
+            else min(1000, short)
+        ),
         lr_decay=args.lr_decay,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
