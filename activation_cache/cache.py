@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .hooks import capture, resolve_hooks
+from .hooks import capturing, resolve_hooks
 from .shards import (
     MANIFEST,
     STORAGE_DTYPES,
@@ -176,14 +176,14 @@ def cache_activations(
         disable=not progress,
         dynamic_ncols=True,
     )
-    try:
+    with bar, capturing(model, specs) as capture:
         for index in range(len(manifest.shards), n_shards):
             s0, s1 = index * seqs_per_shard, min((index + 1) * seqs_per_shard, n_seq)
             n = (s1 - s0) * ctx
             bufs = {s.short: torch.empty(n, d, dtype=st_dtype) for s in specs}
             for b0 in range(s0, s1, batch_size):
                 b1 = min(b0 + batch_size, s1)
-                acts = capture(model, tokens[b0:b1].to(device), specs)
+                acts = capture(tokens[b0:b1].to(device))
                 rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
                 for short, act in acts.items():
                     if act.shape[-1] != d:
@@ -198,8 +198,6 @@ def cache_activations(
             sha, size = write_shard(out_dir / name, bufs)
             manifest.shards.append(ShardInfo(name, n, s0, s1, sha, size))
             write_manifest(out_dir, manifest)
-    finally:
-        bar.close()
     manifest.complete = True
     write_manifest(out_dir, manifest)
     return manifest

@@ -10,6 +10,8 @@ its input is exactly that tensor.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -88,11 +90,13 @@ def stop_layer(specs: list[HookSpec]) -> int:
     return max(s.layer for s in specs) + 1
 
 
-def capture(model, tokens: torch.Tensor, specs: list[HookSpec]) -> dict[str, torch.Tensor]:
-    """Run one forward over `tokens` [b, s] and return `{short: [b, s, d]}` for every spec.
+@contextmanager
+def capturing(model, specs: list[HookSpec]) -> Iterator[Callable[[torch.Tensor], dict]]:
+    """Register the hooks once and yield `run(tokens) -> {short: [b, s, d]}`.
 
-    The forward stops after the last needed block. Hooks are keyed by closure, not by
-    `hook.name`, because the bridge's compatibility names are aliases of other hook points.
+    Registering hooks on a bridge costs tens of milliseconds, so a caching loop registers
+    them once for all its batches. Hooks are keyed by closure, not by `hook.name`, because the
+    bridge's compatibility names are aliases of other hook points.
     """
     out: dict[str, torch.Tensor] = {}
 
@@ -103,10 +107,23 @@ def capture(model, tokens: torch.Tensor, specs: list[HookSpec]) -> dict[str, tor
 
         return fn
 
-    fwd_hooks = [(s.tl_name, saver(s.short)) for s in specs]
-    with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-        model(tokens, stop_at_layer=stop_layer(specs))
-    missing = [s.short for s in specs if s.short not in out]
-    if missing:
-        raise RuntimeError(f"hooks did not fire: {missing}")
-    return out
+    stop = stop_layer(specs)
+
+    def run(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        out.clear()
+        with torch.inference_mode():
+            model(tokens, stop_at_layer=stop)
+        missing = [s.short for s in specs if s.short not in out]
+        if missing:
+            raise RuntimeError(f"hooks did not fire: {missing}")
+        return dict(out)
+
+    with model.hooks(fwd_hooks=[(s.tl_name, saver(s.short)) for s in specs]):
+        yield run
+
+
+def capture(model, tokens: torch.Tensor, specs: list[HookSpec]) -> dict[str, torch.Tensor]:
+    """One forward over `tokens` [b, s], stopped after the last needed block:
+    `{short: [b, s, d]}` for every spec."""
+    with capturing(model, specs) as run:
+        return run(tokens)

@@ -113,6 +113,7 @@ class ActivationReader:
             raise ValueError(f"{self.dir}: no rows to read (context length 1 with skip_bos?)")
         self.shards_per_window = max(1, buffer_tokens // int(self._n_phys.max())) if shuffle else 1
         self._staging_rows = batch_size - 1 + self.shards_per_window * int(self._n_phys.max())
+        self._spare: list[dict[str, torch.Tensor]] = []
         self.max_buffer_rows = 0  # largest window actually loaded (for tests and tuning)
         self._next_epoch = 0
 
@@ -144,7 +145,9 @@ class ActivationReader:
         # Two staging buffers per iteration: one is served while the next window fills the
         # other. A buffer is refilled only after its window's last batch has been yielded, and
         # batches are gathered copies, so nothing yielded ever changes underneath its holder.
-        slots: list[dict[str, torch.Tensor]] = [{}, {}]
+        # Staging buffers outlive the iteration (reused next epoch: no fresh page faults), but
+        # an iteration running alongside this one gets its own.
+        slots = [self._spare.pop() if self._spare else {} for _ in range(2)]
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
             current = next(windows, None)
@@ -162,6 +165,7 @@ class ActivationReader:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            self._spare.extend(slots)
 
     def _plan(self, epoch: int) -> Iterator[_Window]:
         n = len(self._views)
@@ -267,8 +271,8 @@ class ActivationReader:
         bsz = self.batch_size
         cuda = self.device.type == "cuda"
         order_np = order.numpy()
-        # numpy's row gather and fp16 -> fp32 cast run several times faster than torch's
-        # index_select / .float() on CPU (see benchmarks/bench_cache.py), so batches use numpy.
+        # The gather is numpy's `take`: single-threaded, and as fast as torch's index_select
+        # with one thread, while torch's thread pool on a busy machine ran it ten times slower.
         arrays = {name: _as_numpy(buf) for name, buf in bufs.items()}
         for i in range(skip, w.n_batches):
             idx = order_np[i * bsz : (i + 1) * bsz]
@@ -294,17 +298,22 @@ def _from_numpy(x: np.ndarray, stored: torch.dtype) -> torch.Tensor:
     return t.view(torch.bfloat16) if stored == torch.bfloat16 else t
 
 
+# Elements per cast call: below torch's parallel grain size (32768), so each call runs on the
+# calling thread. A cast is memory-bound; one thread saturates it, and on a busy machine torch's
+# thread pool made the same cast ten times slower (benchmarks/bench_cache.py).
+_CAST_CHUNK = 32768
+
+
 def _cast(x: np.ndarray, stored: torch.dtype, dtype: torch.dtype) -> torch.Tensor:
-    """Stored rows (numpy) to a torch tensor of `dtype`, taking numpy's fast paths."""
+    """Gathered rows (numpy, stored dtype) as a torch tensor of `dtype`."""
+    src = _from_numpy(x, stored)
     if dtype == stored:
-        return _from_numpy(x, stored)
-    if dtype == torch.float32 and stored == torch.float16:
-        return torch.from_numpy(x.astype(np.float32))
-    if dtype == torch.float32 and stored == torch.bfloat16:
-        y = x.view(np.uint16).astype(np.uint32)
-        y <<= 16  # bf16 is the top half of an fp32
-        return torch.from_numpy(y.view(np.float32))
-    return _from_numpy(x, stored).to(dtype)
+        return src
+    out = torch.empty(src.shape, dtype=dtype)
+    flat_src, flat_out = src.view(-1), out.view(-1)
+    for a in range(0, flat_src.numel(), _CAST_CHUNK):
+        flat_out[a : a + _CAST_CHUNK].copy_(flat_src[a : a + _CAST_CHUNK])
+    return out
 
 
 @dataclass

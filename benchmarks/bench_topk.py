@@ -7,6 +7,7 @@ median per variant is reported; compare ratios within one run.
 
     python benchmarks/bench_topk.py                      # d_in 576, d_sae 4608, k 32, B 4096
     python benchmarks/bench_topk.py --batch 1024 --rounds 3   # quick
+    python benchmarks/bench_topk.py --threads 1 --batchtopk --dead-fraction 0.3
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from interp_bench.dictionary import SparseDictionary
 
 def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
     variants = {}
-    for mode in ("sparse", "dense"):
-        cfg = DictionaryConfig(args.d_in, args.d_sae, arch="topk", k=args.k, decode=mode)
-        m = SparseDictionary(cfg)
+    archs = ["topk", "batchtopk"] if args.batchtopk else ["topk"]
+    for arch in archs:
+        for mode in ("sparse", "dense"):
+            cfg = DictionaryConfig(args.d_in, args.d_sae, arch=arch, k=args.k, decode=mode)
+            m = SparseDictionary(cfg)
 
-        def step(m=m):
-            m.zero_grad(set_to_none=True)
-            m.loss(x, dead_mask=dead).loss.backward()
+            def step(m=m):
+                m.zero_grad(set_to_none=True)
+                m.loss(x, dead_mask=dead).loss.backward()
 
-        variants[f"interp_bench_{mode}"] = step
+            prefix = "interp_bench" if arch == "topk" else "interp_bench_batchtopk"
+            variants[f"{prefix}_{mode}"] = step
 
     W = torch.randn(args.d_in, args.d_sae) / args.d_in**0.5
     b = torch.zeros(args.d_sae)
@@ -65,6 +69,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dead-fraction", type=float, default=0.0, help="AuxK on this many latents")
+    p.add_argument("--batchtopk", action="store_true", help="also time BatchTopK sparse/dense")
     p.add_argument("--out", default="benchmarks/out/bench_topk.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,7 +97,7 @@ def main() -> None:
         f"TopK step fwd+bwd, d_in={args.d_in} d_sae={args.d_sae} k={args.k} B={args.batch} "
         f"threads={args.threads} dead={args.dead_fraction} (median of {args.rounds})"
     )
-    print(f"{'variant':24s} {'ms/step':>9s} {'enc-GFLOP/s':>12s} {'vs sparse':>10s}")
+    print(f"{'variant':30s} {'ms/step':>9s} {'enc-GFLOP/s':>12s} {'vs sparse':>10s}")
     for name, t in med.items():
         row = {
             "variant": name,
@@ -103,7 +108,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{name:24s} {row['ms_per_step']:9.1f} {row['encoder_gflops_per_s']:12.1f} "
+            f"{name:30s} {row['ms_per_step']:9.1f} {row['encoder_gflops_per_s']:12.1f} "
             f"{row['time_vs_interp_bench_sparse']:9.2f}x"
         )
     result = {

@@ -155,18 +155,26 @@ class BatchTopK:
         self.k = cfg.k
         self.ema = cfg.threshold_ema
 
-    def train(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        acts = pre.relu()
-        flat = acts.flatten()
-        n = min(self.k * acts.shape[:-1].numel(), flat.numel())
+    def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """The k * B largest pre-activations: ``(values ReLU'd, indices into pre.flatten())``."""
+        flat = pre.reshape(-1)
+        n = min(self.k * pre.shape[:-1].numel(), flat.numel())
         values, indices = flat.topk(n, sorted=False)
-        out = torch.zeros_like(flat).scatter_(0, indices, values).reshape(acts.shape)
-        with torch.no_grad():
-            positive = values[values > 0]
-            if positive.numel():
-                m = positive.min().to(d.topk_threshold.dtype)
-                d.topk_threshold.mul_(self.ema).add_((1 - self.ema) * m)
-        return out
+        return values.relu(), indices
+
+    @torch.no_grad()
+    def update_threshold(self, values: Tensor, d: SparseDictionary) -> None:
+        """EMA of the smallest positive activation that survived the batch top-k."""
+        positive = values[values > 0]
+        if positive.numel():
+            m = positive.min().to(d.topk_threshold.dtype)
+            d.topk_threshold.mul_(self.ema).add_((1 - self.ema) * m)
+
+    def train(self, pre: Tensor, d: SparseDictionary) -> Tensor:
+        values, indices = self.select(pre)
+        self.update_threshold(values.detach(), d)
+        flat = torch.zeros_like(pre).reshape(-1).scatter(0, indices, values)
+        return flat.reshape(pre.shape)
 
     def infer(self, pre: Tensor, d: SparseDictionary) -> Tensor:
         return pre.relu() * (pre > d.topk_threshold.to(pre.dtype)).to(pre.dtype)

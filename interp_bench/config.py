@@ -70,8 +70,6 @@ class DictionaryConfig(_JsonMixin):
     # default, left thresholds far below the pre-activations for hundreds of steps).
     jumprelu_bandwidth: float = 0.1
     jumprelu_init_threshold: float = 0.5
-    # inputs were normalised by the trainer and the scale is already folded into the weights
-    normalization_folded: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 from interp_bench.activations import make_activation
 from interp_bench.config import DictionaryConfig
-from interp_bench.topk import TopKLayout, choose_sparse, dense_decode, gather_pre, sparse_decode
+from interp_bench.topk import (
+    SparseDecode,
+    TopKLayout,
+    choose_sparse,
+    dense_decode,
+    gather_pre,
+    sparse_decode,
+)
 
 
 @dataclass
@@ -97,7 +104,10 @@ class SparseDictionary(nn.Module):
 
     @property
     def sparse_decode(self) -> bool:
-        return self.cfg.arch == "topk" and choose_sparse(self.cfg.k, self.d_sae, self.cfg.decode)
+        """Whether training decodes through the active latents only (topk / batchtopk)."""
+        if self.cfg.arch not in ("topk", "batchtopk"):
+            return False
+        return choose_sparse(self.cfg.k, self.d_sae, self.cfg.decode)
 
     # ----------------------------------------------------------------- inference
     def _check(self, x: Tensor, width: int, what: str) -> None:
@@ -173,57 +183,18 @@ class SparseDictionary(nn.Module):
         self._check(target, self.d_out, "target")
         x = x.reshape(-1, self.d_in).to(self.W_enc.dtype)
         target = target.reshape(-1, self.d_out).to(self.W_dec.dtype)
-        sae_in = self._sae_in(x)
-        k = self.cfg.k
-        aux_idx = None
-
-        if self.cfg.arch == "topk" and self.sparse_decode:
-            # Hot path: the encoder matmul runs outside autograd and everything after it
-            # touches only the k chosen (and AuxK) latents; see interp_bench/topk.py.
-            with torch.no_grad():
-                pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
-            idx = pre.topk(k, dim=-1, sorted=False).indices
-            layout = TopKLayout(idx, self.d_sae)
-            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-            enc_layout = layout
-            if aux_idx is not None:
-                enc_layout = TopKLayout(torch.cat([idx, aux_idx], 1), self.d_sae)
-            b_shift = None if self.is_transcoder else self.b_dec
-            vals_all = gather_pre(
-                x, b_shift, self.W_enc, self.b_enc, pre, enc_layout, sae_in=sae_in
-            ).relu()
-            vals, aux_vals = vals_all[:, :k], vals_all[:, k:]
-            recon = sparse_decode(vals, idx, self.W_dec, layout) + self.b_dec
-        elif self.cfg.arch == "topk":
-            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
-            idx = pre.detach().topk(k, dim=-1, sorted=False).indices
-            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-            all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
-            vals_all = pre.gather(1, all_idx).relu()
-            vals, aux_vals = vals_all[:, :k], vals_all[:, k:]
-            recon = dense_decode(vals, idx, self.W_dec) + self.b_dec
-        if self.cfg.arch == "topk":
-            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-            fired[idx[vals > 0]] = True
-            l0 = (vals > 0).sum(-1).float().mean()
-            sparsity = recon.new_zeros(())
+        if self.sparse_decode:
+            forward = self._sparse_topk if self.cfg.arch == "topk" else self._sparse_batchtopk
         else:
-            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
-            acts = self.act.train(pre, self)
-            recon = acts @ self.W_dec + self.b_dec
-            active = acts > 0
-            fired = active.any(0)
-            l0 = active.sum(-1).float().mean()
-            sparsity = self.act.sparsity_loss(pre, acts, self)
-            aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-            if aux_idx is not None:
-                aux_vals = pre.gather(1, aux_idx).relu()
+            forward = self._dense_topk if self.cfg.arch == "topk" else self._dense
+        recon, sparsity, l0, fired, aux_terms = forward(x, dead_mask)
 
         if self.W_skip is not None:
             recon = recon + x @ self.W_skip
         err = target - recon
         mse = err.pow(2).sum(-1).mean()
-        if aux_idx is not None:
+        if aux_terms is not None:
+            aux_vals, aux_idx, aux_scale = aux_terms
             e_hat = sparse_decode(aux_vals, aux_idx, self.W_dec)
             aux = aux_scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
         else:
@@ -233,6 +204,82 @@ class SparseDictionary(nn.Module):
             var = (target - target.mean(0)).pow(2).sum(-1).mean()
             fvu = (mse / var.clamp_min(1e-12)).item()
         return LossOutput(loss, mse, aux, sparsity, float(l0), fired, fvu)
+
+    # Training forwards: each returns (recon without skip, sparsity penalty, l0, fired, aux)
+    # with aux = (values [B, k_aux], indices [B, k_aux], scale) for AuxK, or None.
+    def _sparse_topk(self, x: Tensor, dead_mask: Tensor | None):
+        """Hot path: the encoder matmul runs outside autograd; everything after it touches
+        only the k chosen (and AuxK) latents. See interp_bench/topk.py."""
+        k = self.cfg.k
+        sae_in = self._sae_in(x).detach()
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+        idx = pre.topk(k, dim=-1, sorted=False).indices
+        layout = TopKLayout(idx, self.d_sae)
+        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+        # One backward for TopK and AuxK latents: their gradients share the encoder product.
+        enc_layout = (
+            layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), self.d_sae)
+        )
+        b_shift = None if self.is_transcoder else self.b_dec
+        vals_all = gather_pre(x, b_shift, self.W_enc, self.b_enc, pre, enc_layout, sae_in)
+        vals_all = vals_all.relu()
+        vals = vals_all[:, :k]
+        recon = sparse_decode(vals, idx, self.W_dec, layout) + self.b_dec
+        aux = None if aux_idx is None else (vals_all[:, k:], aux_idx, aux_scale)
+        return recon, *self._topk_stats(vals, idx), aux
+
+    def _dense_topk(self, x: Tensor, dead_mask: Tensor | None):
+        """Reference TopK path (autograd through dense products), also the fallback for large k."""
+        k = self.cfg.k
+        pre = torch.addmm(self.b_enc, self._sae_in(x), self.W_enc)
+        idx = pre.detach().topk(k, dim=-1, sorted=False).indices
+        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+        all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
+        vals_all = pre.gather(1, all_idx).relu()
+        vals = vals_all[:, :k]
+        recon = dense_decode(vals, idx, self.W_dec) + self.b_dec
+        aux = None if aux_idx is None else (vals_all[:, k:], aux_idx, aux_scale)
+        return recon, *self._topk_stats(vals, idx), aux
+
+    def _topk_stats(self, vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=vals.device)
+        fired[idx[vals > 0]] = True
+        return vals.new_zeros(()), (vals > 0).sum(-1).float().mean(), fired
+
+    def _sparse_batchtopk(self, x: Tensor, dead_mask: Tensor | None):
+        """BatchTopK through the active latents only: a variable number per token, as CSR."""
+        sae_in = self._sae_in(x).detach()
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, sae_in, self.W_enc)
+            _, flat_idx = self.act.select(pre)
+        layout = TopKLayout.from_flat(flat_idx, len(x), self.d_sae)
+        b_shift = None if self.is_transcoder else self.b_dec
+        args = (x, b_shift, self.W_enc, self.b_enc, pre)
+        vals = gather_pre(*args, layout, sae_in).relu()  # [nnz], row-major
+        self.act.update_threshold(vals.detach(), self)
+        recon = SparseDecode.apply(vals, layout, self.W_dec) + self.b_dec
+        active = vals > 0
+        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+        fired[layout.col[active]] = True
+        l0 = active.sum().float() / len(x)
+        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+        aux = None
+        if aux_idx is not None:
+            aux_vals = gather_pre(*args, TopKLayout(aux_idx, self.d_sae), sae_in).relu()
+            aux = (aux_vals, aux_idx, aux_scale)
+        return recon, recon.new_zeros(()), l0, fired, aux
+
+    def _dense(self, x: Tensor, dead_mask: Tensor | None):
+        """ReLU, JumpReLU, and BatchTopK's reference path: dense latents [B, d_sae]."""
+        pre = torch.addmm(self.b_enc, self._sae_in(x), self.W_enc)
+        acts = self.act.train(pre, self)
+        recon = acts @ self.W_dec + self.b_dec
+        active = acts > 0
+        sparsity = self.act.sparsity_loss(pre, acts, self)
+        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
+        aux = None if aux_idx is None else (pre.gather(1, aux_idx).relu(), aux_idx, aux_scale)
+        return recon, sparsity, active.sum(-1).float().mean(), active.any(0), aux
 
     # ----------------------------------------------------------------- constraints and init
     @property

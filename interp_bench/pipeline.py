@@ -69,7 +69,9 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
-        base = dict(train_tokens=32_768, eval_tokens=8_192, epochs=2, splice_tokens=1_024)
+        base = dict(
+            train_tokens=32_768, eval_tokens=8_192, epochs=2, splice_tokens=1_024, batch_size=1024
+        )
         base.update(overrides)
         return cls(**base)
 

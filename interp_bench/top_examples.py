@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,8 +329,10 @@ def _reconstruct(dictionary, x: Tensor, acts: Tensor, rows, cols, vals) -> Tenso
     if vals.numel() < 0.05 * acts.numel():
         crow = torch.zeros(acts.shape[0] + 1, dtype=torch.int64)
         crow[1:] = torch.bincount(rows, minlength=acts.shape[0]).cumsum(0)
-        f = torch.sparse_csr_tensor(crow, cols, vals, size=acts.shape, check_invariants=False)
-        out = (f.to(W_dec.device) @ W_dec) + dictionary.b_dec
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            f = torch.sparse_csr_tensor(crow, cols, vals, size=acts.shape, check_invariants=False)
+            out = (f.to(W_dec.device) @ W_dec) + dictionary.b_dec
     else:
         out = dictionary.decode(acts.to(W_dec.device))
     W_skip = getattr(dictionary, "W_skip", None)

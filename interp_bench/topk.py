@@ -26,11 +26,14 @@ from torch import Tensor
 
 
 class TopKLayout:
-    """Sparse structure of one batch's chosen latents ``indices [B, k]``, built once per step and
-    shared by the backward passes that need it.
+    """Sparse structure of one batch's chosen latents, built once per step and shared by the
+    backward passes that need it. Two shapes:
 
-    ``csr(v)`` is the ``[B, n_cols]`` matrix with ``v[b, j]`` at column ``indices[b, j]``: rows hold
-    exactly k entries, so its row pointer is an arange. ``csr_t(v)`` is its transpose as CSR
+    - ``TopKLayout(indices [B, k], n_cols)``: k latents per row (TopK, AuxK); values ``[B, k]``.
+    - ``TopKLayout.from_flat(flat_indices, B, n_cols)``: any number per row (BatchTopK), given as
+      indices into the flattened ``[B, n_cols]``; values ``[nnz]`` in row-major order.
+
+    ``csr(v)`` is the ``[B, n_cols]`` matrix holding ``v``. ``csr_t(v)`` is its transpose as CSR
     ``[n_cols, B]``, which needs the entries ordered by latent: one int32 stable sort (a radix
     sort on CPU) done here, instead of torch's int64 CSC -> CSR conversion on every product.
     Duplicate columns in a row (AuxK indices next to TopK ones) are summed, as the chain rule
@@ -39,25 +42,47 @@ class TopKLayout:
 
     def __init__(self, indices: Tensor, n_cols: int) -> None:
         b, k = indices.shape
-        self.indices, self.n_rows, self.n_cols = indices, b, n_cols
+        self.indices: Tensor | None = indices
+        self.n_rows, self.n_cols = b, n_cols
+        self.col = indices.reshape(-1)
         self.crow = torch.arange(0, b * k + 1, k, device=indices.device, dtype=torch.int64)
+        self._rows: Tensor | None = None  # row of each entry; only built for variable rows
         self._order: Tensor | None = None
+
+    @classmethod
+    def from_flat(cls, flat_indices: Tensor, n_rows: int, n_cols: int) -> TopKLayout:
+        flat = flat_indices.sort().values
+        self = cls.__new__(cls)
+        self.indices, self.n_rows, self.n_cols = None, n_rows, n_cols
+        self.flat = flat
+        self._rows = torch.div(flat, n_cols, rounding_mode="floor")
+        self.col = flat - self._rows * n_cols
+        self.crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=flat.device)
+        torch.cumsum(torch.bincount(self._rows, minlength=n_rows), 0, out=self.crow[1:])
+        self._order = None
+        return self
+
+    def gather(self, pre: Tensor) -> Tensor:
+        """The entries of a dense ``[B, n_cols]`` tensor at this layout's positions."""
+        if self.indices is not None:
+            return pre.gather(1, self.indices)
+        return pre.reshape(-1)[self.flat]
 
     def _transpose(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._order is None:
-            flat = self.indices.reshape(-1)
-            k = self.indices.shape[1]
-            self._order = flat.to(torch.int32).sort(stable=True).indices
-            counts = torch.bincount(flat, minlength=self.n_cols)
-            self._crow_t = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=flat.device)
+            self._order = self.col.to(torch.int32).sort(stable=True).indices
+            counts = torch.bincount(self.col, minlength=self.n_cols)
+            self._crow_t = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
             torch.cumsum(counts, 0, out=self._crow_t[1:])
-            self._col_t = torch.div(self._order, k, rounding_mode="floor")
+            if self._rows is None:
+                k = self.indices.shape[1]
+                self._col_t = torch.div(self._order, k, rounding_mode="floor")
+            else:
+                self._col_t = self._rows[self._order]
         return self._order, self._crow_t, self._col_t
 
     def csr(self, values: Tensor) -> Tensor:
-        return _csr(
-            self.crow, self.indices.reshape(-1), values.reshape(-1), self.n_rows, self.n_cols
-        )
+        return _csr(self.crow, self.col, values.reshape(-1), self.n_rows, self.n_cols)
 
     def csr_t(self, values: Tensor) -> Tensor:
         order, crow_t, col_t = self._transpose()
@@ -93,7 +118,7 @@ class GatherPre(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(sae_in, W_enc)
         ctx.layout = layout
-        return pre.gather(1, layout.indices)
+        return layout.gather(pre)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
@@ -104,7 +129,7 @@ class GatherPre(torch.autograd.Function):
         grad_x = grad_shift = grad_W = grad_b = None
         if need_b or need_shift:
             grad_b = torch.zeros(layout.n_cols, dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, layout.indices.reshape(-1), grad.reshape(-1))
+            grad_b.index_add_(0, layout.col, grad.reshape(-1))
             if need_shift:
                 grad_shift = -(W_enc @ grad_b)
         if need_W:
@@ -138,7 +163,9 @@ class SparseDecode(torch.autograd.Function):
         values = values.to(W_dec.dtype)
         ctx.save_for_backward(values, W_dec)
         ctx.layout = layout
-        return F.embedding_bag(layout.indices, W_dec, per_sample_weights=values, mode="sum")
+        return F.embedding_bag(
+            layout.col, W_dec, layout.crow[:-1], per_sample_weights=values.reshape(-1), mode="sum"
+        )
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):

@@ -136,11 +136,13 @@ def test_resume_after_sigkill(tiny_model, tmp_path):
         from activation_cache.tokenizers import gpt2_tokenizer
         from activation_cache import cache as cache_mod
         from test_cache import make_tokens, HOOKS
-        real = cache_mod.capture
-        def slow(*a, **k):
-            time.sleep(0.03)
-            return real(*a, **k)
-        cache_mod.capture = slow
+        from contextlib import contextmanager
+        real = cache_mod.capturing
+        @contextmanager
+        def slow(*a):
+            with real(*a) as run:
+                yield lambda t: time.sleep(0.03) or run(t)
+        cache_mod.capturing = slow
         model = make_tiny_model(gpt2_tokenizer())
         cache_mod.cache_activations(model, make_tokens(60), HOOKS, {str(out)!r},
             dtype="float32", batch_size=2, shard_tokens=64, progress=False)
@@ -204,7 +206,7 @@ def test_refuses_different_arguments_and_rerun_is_noop(tiny_model, tmp_path, mon
     def boom(*a, **k):
         raise AssertionError("a complete cache must not run the model again")
 
-    monkeypatch.setattr(cache_mod, "capture", boom)
+    monkeypatch.setattr(cache_mod, "capturing", boom)
     capsys.readouterr()
     cache_activations(tiny_model, tokens, "L1.resid_post", tmp_path, batch_size=2, progress=False)
     assert "already complete" in capsys.readouterr().out

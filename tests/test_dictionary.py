@@ -210,3 +210,27 @@ def test_loss_output_fields():
     assert out.fired.dtype == torch.bool and out.fired.shape == (64,)
     assert out.fvu > 0
     assert torch.isclose(out.loss, out.mse + m.cfg.auxk_alpha * out.aux)
+
+
+def test_metrics_evaluate_streams_like_one_batch():
+    from interp_bench.metrics import evaluate, fvu, l0
+
+    torch.manual_seed(0)
+    m = SparseDictionary(DictionaryConfig(16, 64, arch="topk", k=4))
+    with torch.no_grad():
+        m.W_dec[:10] = 0  # latents 0..9 decode to nothing; kill them in the encoder too
+        m.W_enc[:, :10] = 0
+        m.b_enc[:10] = -100.0
+    x = torch.randn(300, 16)
+    stats = evaluate(m, (x[i : i + 64] for i in range(0, 300, 64)))
+    with torch.no_grad():
+        assert stats.fvu == pytest.approx(fvu(m(x), x), rel=1e-6)
+        assert stats.l0 == pytest.approx(l0(m.encode(x)))
+    assert stats.n_tokens == 300 and stats.dead_fraction >= 10 / 64
+    assert stats.density.shape == (64,) and stats.density[:10].eq(0).all()
+    t = SparseDictionary(DictionaryConfig(16, 64, arch="relu", d_out=8, hook_in="a", hook_out="b"))
+    y = torch.randn(300, 8)
+    s2 = evaluate(t, [{"a": x, "b": y}], max_tokens=100)
+    assert s2.n_tokens == 100 and s2.dense_fraction > 0
+    with pytest.raises(ValueError, match="no held-out tokens"):
+        evaluate(m, [])

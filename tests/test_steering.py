@@ -139,7 +139,7 @@ def test_batched_rows_equal_single_rows(tiny_model, sae):
 
 def test_sampled_generation_is_deterministic_under_seed(tiny_model, sae):
     hooks = steering_hooks(tiny_model, sae, [Steer(1, "add", 4.0)])
-    kw = {"hooks": hooks, "max_new_tokens": 10, "temperature": 1.0, "n_rows": 2}
+    kw = {"hooks": hooks, "max_new_tokens": 6, "temperature": 1.0, "n_rows": 2}
     a = generate(tiny_model, PROMPT, seed=11, **kw)
     b = generate(tiny_model, PROMPT, seed=11, **kw)
     c = generate(tiny_model, PROMPT, seed=12, **kw)

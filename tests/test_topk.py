@@ -51,11 +51,12 @@ def test_gather_pre_and_sparse_decode_gradcheck():
     assert torch.allclose(sparse_decode(vals, idx, Wd), dense_decode(vals, idx, Wd))
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("transcoder", [False, True])
-def test_sparse_topk_loss_gradients_equal_dense(transcoder):
+def test_sparse_loss_gradients_equal_dense(arch, transcoder):
     torch.manual_seed(0)
     d_out = 10 if transcoder else None
-    cfg = DictionaryConfig(16, 96, arch="topk", k=6, d_out=d_out, skip=transcoder, auxk_k=5)
+    cfg = DictionaryConfig(16, 96, arch=arch, k=6, d_out=d_out, skip=transcoder, auxk_k=5)
     dense = SparseDictionary(cfg, dtype=D)
     with torch.no_grad():
         for p in dense.parameters():
@@ -74,12 +75,14 @@ def test_sparse_topk_loss_gradients_equal_dense(transcoder):
         outs.append(out)
     assert outs[0].aux.item() > 0
     assert torch.allclose(outs[0].loss, outs[1].loss, rtol=1e-12)
-    assert torch.equal(outs[0].fired, outs[1].fired)
+    assert torch.equal(outs[0].fired, outs[1].fired) and outs[0].l0 == outs[1].l0
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         assert p.grad is not None, name
         assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12), name
     with torch.no_grad():
         assert torch.allclose(dense(x), sparse(x))
+    if arch == "batchtopk":
+        assert dense.topk_threshold.item() == sparse.topk_threshold.item() > 0
 
 
 def test_choose_sparse():
