@@ -37,7 +37,10 @@ test: lint
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cache.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_topk.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_train.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_analysis.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_splice.py
 
 clean:
 	rm -rf $(VENV) runs

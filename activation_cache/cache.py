@@ -190,8 +190,7 @@ def cache_activations(
                         raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
                     bufs[short][rows].copy_(act.reshape(-1, d))
                 bar.update((b1 - b0) * ctx)
-            shard_tokens_ = tokens[s0:s1]
-            bufs["tokens"] = shard_tokens_.reshape(-1).to(torch.int32)
+            bufs["tokens"] = tokens[s0:s1].reshape(-1).to(torch.int32)
             bufs["seq"] = torch.arange(s0, s1, dtype=torch.int64).repeat_interleave(ctx)
             bufs["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
             name = shard_name(index)

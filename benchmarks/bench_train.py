@@ -301,7 +301,7 @@ def machine_info() -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=1_048_576, help="training tokens, TopK row")
+    p.add_argument("--tokens", type=int, default=786_432, help="training tokens, TopK row")
     p.add_argument(
         "--dense-tokens",
         type=int,

@@ -25,6 +25,7 @@ from interp_bench.topk import (
     choose_sparse,
     dense_decode,
     gather_pre,
+    single_thread,
     sparse_decode,
 )
 
@@ -242,10 +243,13 @@ class SparseDictionary(nn.Module):
         aux = None if aux_idx is None else (vals_all[:, k:], aux_idx, aux_scale)
         return recon, *self._topk_stats(vals, idx), aux
 
+    @torch.no_grad()
     def _topk_stats(self, vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=vals.device)
-        fired[idx[vals > 0]] = True
-        return vals.new_zeros(()), (vals > 0).sum(-1).float().mean(), fired
+        with single_thread():  # O(B * k) bookkeeping
+            active = vals > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=vals.device)
+            fired[idx[active]] = True
+            return vals.new_zeros(()), active.sum(-1).float().mean(), fired
 
     def _sparse_batchtopk(self, x: Tensor, dead_mask: Tensor | None):
         """BatchTopK through the active latents only: a variable number per token, as CSR."""
@@ -284,7 +288,7 @@ class SparseDictionary(nn.Module):
     # ----------------------------------------------------------------- constraints and init
     @property
     def unit_decoder(self) -> bool:
-        """Whether training keeps decoder rows at unit norm (TopK, BatchTopK, JumpReLU, KL)."""
+        """Whether training keeps decoder rows at unit norm (TopK, BatchTopK, ReLU with KL)."""
         return bool(self.act.unit_decoder)
 
     @torch.no_grad()

@@ -57,7 +57,7 @@ def feature_card(index: FeatureIndex, i: int, n_examples: int = 10) -> go.Figure
             "direct logit effect",
             "top-activating contexts",
         ),  # fmt: skip
-        vertical_spacing=0.12,
+        vertical_spacing=0.16,
     )
     e, c = card["hist"]["edges"], card["hist"]["counts"]
     if c:
@@ -71,6 +71,7 @@ def feature_card(index: FeatureIndex, i: int, n_examples: int = 10) -> go.Figure
         colors = ["#e45756"] * len(supp) + ["#54a24b"] * len(prom)
         fig.add_bar(x=vals, y=toks, orientation="h", marker_color=colors, row=1, col=2,
                     showlegend=False)  # fmt: skip
+        fig.update_yaxes(dtick=1, tickfont_size=9, row=1, col=2)
     w = index.window
     z, text, hover = [], [], []
     for ex in top:
@@ -85,15 +86,16 @@ def feature_card(index: FeatureIndex, i: int, n_examples: int = 10) -> go.Figure
             text[-1], z[-1], strict=True)])  # fmt: skip
     if z:
         fig.add_heatmap(z=z, text=text, texttemplate="%{text}", hovertext=hover,
-                        hoverinfo="text", colorscale="Oranges", zmin=0,
+                        hoverinfo="text", colorscale="Oranges", zmin=0, textfont_size=11,
                         zmax=max(card["max_act"], 1e-9), showscale=False, row=2, col=1,
-                        y=[f"{ex['act']:.3g}" for ex in top], xgap=1, ygap=1)  # fmt: skip
+                        y=[f"#{r + 1}  {ex['act']:.3g}" for r, ex in enumerate(top)],
+                        xgap=1, ygap=1)  # fmt: skip
         fig.update_yaxes(autorange="reversed", type="category", row=2, col=1)
         fig.update_xaxes(showticklabels=False, row=2, col=1)
     fig.update_layout(
         title=f"Latent {i}: density {card['density']:.3g}, mean act {card['mean_act']:.3g}, "
         f"max {card['max_act']:.3g}",
-        height=300 + 32 * max(len(z), 1),
+        height=360 + 34 * max(len(z), 1),
         template="plotly_white",
     )
     return fig

@@ -200,6 +200,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             st.skipped = manifest_path.exists() and json.loads(manifest_path.read_text()).get(
                 "complete", False
             )
+            st.tokens = 0 if st.skipped else st.tokens
             cache_activations(
                 model,
                 tokens,

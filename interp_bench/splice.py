@@ -60,13 +60,13 @@ class SpliceResult:
     ce_spliced: float
     ce_zero: float
     ce_mean: float
-    ce_error_added: float
+    ce_error_added: float | None
     ce_recovered: float
     ce_recovered_vs_mean: float
     kl_spliced: float
     kl_zero: float
     kl_mean: float
-    kl_error_added: float
+    kl_error_added: float | None
     l0: float
     fvu: float
     extra: dict = field(default_factory=dict)
@@ -209,6 +209,7 @@ def spliced_loss(
     batch_size: int = 8,
     share_prefix: bool | None = None,
     means: dict[str, Tensor] | None = None,
+    error_added: bool = True,
     progress: bool = False,
 ) -> list[SpliceResult]:
     """Spliced, ablated and clean next-token loss of every dictionary in one pass over `tokens`.
@@ -216,7 +217,8 @@ def spliced_loss(
     `dictionaries`: a list, or a mapping name -> dictionary. `tokens`: `[n_seq, ctx]` int64 with
     BOS first. `share_prefix`: re-run each variant from the spliced block on instead of from the
     embedding (default: when the model supports it). `means`: precomputed mean activations per
-    short hook name for mean ablation (default: a first pass over `tokens`).
+    short hook name for mean ablation (default: a first pass over `tokens`). `error_added`: run
+    the exactness check (one forward per dictionary; its fields are None when off).
     """
     named = _dictionary_list(dictionaries)
     if not named:
@@ -281,8 +283,9 @@ def spliced_loss(
             recon = _reconstruct(d, x_in).to(x_out.dtype)
             recon_stats[name].add(d, x_in, x_out, recon)
             per_dict[name]["spliced"].add(_variant(model, ref, p_out, recon), ref)
-            exact = recon + (x_out - recon)
-            per_dict[name]["error_added"].add(_variant(model, ref, p_out, exact), ref)
+            if error_added:
+                exact = recon + (x_out - recon)
+                per_dict[name]["error_added"].add(_variant(model, ref, p_out, exact), ref)
 
     seconds = time.perf_counter() - t0
     ce_clean = clean.ce / n_pred
@@ -302,13 +305,13 @@ def spliced_loss(
                 ce_spliced=ce["s"],
                 ce_zero=ce["z"],
                 ce_mean=ce["m"],
-                ce_error_added=ce["e"],
+                ce_error_added=ce["e"] if error_added else None,
                 ce_recovered=_recovered(ce["z"], ce["s"], ce_clean),
                 ce_recovered_vs_mean=_recovered(ce["m"], ce["s"], ce_clean),
                 kl_spliced=spliced.kl / n_pred,
                 kl_zero=zero.kl / n_pred,
                 kl_mean=mean.kl / n_pred,
-                kl_error_added=exact.kl / n_pred,
+                kl_error_added=exact.kl / n_pred if error_added else None,
                 l0=recon_stats[name].l0,
                 fvu=recon_stats[name].fvu,
                 extra={"seconds": seconds, "share_prefix": share_prefix},
@@ -331,10 +334,11 @@ def format_table(results: Sequence[SpliceResult]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in results:
+        exact = f"{r.ce_error_added:9.4f}" if r.ce_error_added is not None else f"{'-':>9}"
         lines.append(
             f"{r.name[:32]:<32} {r.splice_hook:<14} {r.ce_clean:9.4f} {r.ce_spliced:9.4f} "
             f"{r.ce_zero:9.4f} {r.ce_mean:9.4f} {r.ce_recovered:7.3f} "
-            f"{r.ce_recovered_vs_mean:7.3f} {r.kl_spliced:8.4f} {r.ce_error_added:9.4f} "
+            f"{r.ce_recovered_vs_mean:7.3f} {r.kl_spliced:8.4f} {exact} "
             f"{r.l0:7.1f} {r.fvu:7.4f}"
         )
     return "\n".join(lines)

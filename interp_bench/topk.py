@@ -17,12 +17,30 @@ So after the encoder's forward matmul every remaining op costs O(B * k * d), not
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the O(B * k) index bookkeeping (sorts, counts, scans) on one thread: each op takes
+    about a millisecond, and an OpenMP team on a busy machine can stall far longer than that
+    waiting for a descheduled worker. The O(B * k * d) products stay multi-threaded."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class TopKLayout:
@@ -51,14 +69,14 @@ class TopKLayout:
 
     @classmethod
     def from_flat(cls, flat_indices: Tensor, n_rows: int, n_cols: int) -> TopKLayout:
-        flat = flat_indices.sort().values
         self = cls.__new__(cls)
         self.indices, self.n_rows, self.n_cols = None, n_rows, n_cols
-        self.flat = flat
-        self._rows = torch.div(flat, n_cols, rounding_mode="floor")
-        self.col = flat - self._rows * n_cols
-        self.crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=flat.device)
-        torch.cumsum(torch.bincount(self._rows, minlength=n_rows), 0, out=self.crow[1:])
+        with single_thread():
+            self.flat = flat = flat_indices.sort().values
+            self._rows = torch.div(flat, n_cols, rounding_mode="floor")
+            self.col = flat - self._rows * n_cols
+            self.crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=flat.device)
+            torch.cumsum(torch.bincount(self._rows, minlength=n_rows), 0, out=self.crow[1:])
         self._order = None
         return self
 
@@ -70,23 +88,29 @@ class TopKLayout:
 
     def _transpose(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._order is None:
-            self._order = self.col.to(torch.int32).sort(stable=True).indices
-            counts = torch.bincount(self.col, minlength=self.n_cols)
-            self._crow_t = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
-            torch.cumsum(counts, 0, out=self._crow_t[1:])
-            if self._rows is None:
-                k = self.indices.shape[1]
-                self._col_t = torch.div(self._order, k, rounding_mode="floor")
-            else:
-                self._col_t = self._rows[self._order]
+            with single_thread():
+                self._build_transpose()
         return self._order, self._crow_t, self._col_t
+
+    def _build_transpose(self) -> None:
+        self._order = self.col.to(torch.int32).sort(stable=True).indices
+        counts = torch.bincount(self.col, minlength=self.n_cols)
+        self._crow_t = torch.zeros(self.n_cols + 1, dtype=torch.int64, device=self.col.device)
+        torch.cumsum(counts, 0, out=self._crow_t[1:])
+        if self._rows is None:
+            k = self.indices.shape[1]
+            self._col_t = torch.div(self._order, k, rounding_mode="floor")
+        else:
+            self._col_t = self._rows[self._order]
 
     def csr(self, values: Tensor) -> Tensor:
         return _csr(self.crow, self.col, values.reshape(-1), self.n_rows, self.n_cols)
 
     def csr_t(self, values: Tensor) -> Tensor:
         order, crow_t, col_t = self._transpose()
-        return _csr(crow_t, col_t, values.reshape(-1)[order], self.n_cols, self.n_rows)
+        with single_thread():
+            values = values.reshape(-1)[order]
+        return _csr(crow_t, col_t, values, self.n_cols, self.n_rows)
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, n_rows: int, n_cols: int) -> Tensor:
@@ -129,7 +153,8 @@ class GatherPre(torch.autograd.Function):
         grad_x = grad_shift = grad_W = grad_b = None
         if need_b or need_shift:
             grad_b = torch.zeros(layout.n_cols, dtype=grad.dtype, device=grad.device)
-            grad_b.index_add_(0, layout.col, grad.reshape(-1))
+            with single_thread():
+                grad_b.index_add_(0, layout.col, grad.reshape(-1))
             if need_shift:
                 grad_shift = -(W_enc @ grad_b)
         if need_W:

@@ -67,6 +67,14 @@ def test_shuffle_mixes_shards_and_is_deterministic(cached):
     assert keys(iter(r)) == a and keys(iter(r)) == keys(r.epoch(1))  # iterating advances epochs
 
 
+def test_concurrent_iterations_do_not_share_buffers(cached):
+    out, _, _ = cached
+    r = reader(out, seed=5, buffer_tokens=64)
+    for a, b in zip(r.epoch(0), r.epoch(0), strict=True):
+        assert torch.equal(a["L1.resid_post"], b["L1.resid_post"])
+    assert keys(r.epoch(0)) == keys(reader(out, seed=5, buffer_tokens=64).epoch(0))
+
+
 def test_resume_at_batch_skips_windows_without_reading_them(cached):
     out, _, _ = cached
     full = keys(reader(out, seed=1).batches(epoch=2))

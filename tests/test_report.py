@@ -1,16 +1,15 @@
 """End to end: cache -> `interp-bench analyze` -> `interp-bench report`, rendered in Chromium."""
 
-import argparse
-import importlib
 import json
 import re
 import shutil
 import subprocess
-import sys
+from urllib.parse import quote
 
 import pytest
 import torch
 
+from interp_bench.cli import main
 from interp_bench.config import DictionaryConfig
 from interp_bench.density import model_stream
 from interp_bench.dictionary import SparseDictionary
@@ -19,18 +18,6 @@ from interp_bench.top_examples import AnalysisConfig, analyze, load_feature_inde
 
 HOOK = "L1.resid_post"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def main(argv: list[str]) -> int:
-    """`interp_bench.cli.main` for one subcommand (the dispatcher imports every subcommand)."""
-    module = importlib.import_module(f"interp_bench.commands.{argv[0]}")
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    try:
-        return module.run(parser.parse_args(argv[1:]))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"interp-bench {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +75,11 @@ def test_analyze_bad_input(run_dir, tmp_path, capsys):
     assert main(["analyze", "--dictionary", str(tmp_path / "other"), "--activations",
                  str(run_dir / "acts"), "--model", "none"]) == 2  # fmt: skip
     assert "L1.resid_post" in capsys.readouterr().err
+    assert main(["analyze", "--dictionary", str(run_dir / "sae"), "--activations",
+                 str(run_dir / "acts"), "--model", "none", "--tokens", "100",
+                 "--out", str(tmp_path / "short")]) == 0  # fmt: skip
+    short = load_feature_index(tmp_path / "short")
+    assert short.meta["n_stream"] == 100 and short.meta["n_tokens"] == 100 - 4  # 4 BOS
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +105,13 @@ def test_report_is_self_contained(report_html):
     live = [f for f in data["features"] if f["n"] > 0]
     assert live and all(f["t"] and len(f["p"]) == 10 for f in live)
     assert 'class="card' not in page  # cards only exist once the page's JS has run
+    index = load_feature_index(report_html.parent)
+    for f in live[:10]:  # the page's records are the index's cards, compacted
+        card = index.feature(f["i"])
+        assert [e[2] for e in f["t"]] == [e["token_ids"] for e in card["top"][:8]]
+        assert [e[1] for e in f["t"]] == [e["center"] for e in card["top"][:8]]
+        assert max(max(e[3]) for e in f["t"]) == 100  # context acts in % of the max
+        assert all(data["vocab"][str(t)] == index.token_str(t) for e in f["t"] for t in e[2])
 
 
 def _chromium(args, tmp_path, timeout=120):
@@ -130,6 +129,15 @@ def test_report_renders_in_chromium(report_html, tmp_path):
     assert n_cards >= 10, dom[-2000:]
     assert "Latent 0" in dom and "Top activations" in dom and "Promoted tokens" in dom
     assert "<svg" in dom  # density and activation histograms were drawn
+    # search by token (the activating token of a dense latent's best example) and by id
+    index = load_feature_index(report_html.parent)
+    card = index.feature(int(index.by_density()[0]))
+    token = card["top"][0]["tokens"][card["top"][0]["center"]]
+    dom = _chromium(["--dump-dom", url + "#q=" + quote(token)], tmp_path).stdout
+    found = {int(i) for i in re.findall(r"Latent (\d+)<", dom)}
+    assert card["id"] in found and found <= set(index.search_token(token))
+    dom = _chromium(["--dump-dom", url + "#q=3"], tmp_path).stdout
+    assert re.findall(r"Latent (\d+)<", dom) == ["3"]
     shot = tmp_path / "shot.png"
     _chromium([f"--screenshot={shot}", "--window-size=1200,900", url], tmp_path)
     assert shot.exists() and shot.stat().st_size > 10_000
@@ -140,4 +148,6 @@ def test_figures_build(report_html):
     live = int(index.by_density()[0])
     for fig in (density_histogram(index), feature_card(index, live), recon_error_figure(index)):
         assert fig.data and fig.to_json()
+    rows = feature_card(index, live).data[-1].y  # one heatmap row per top example
+    assert len(rows) == len(set(rows)) == min(10, len(index.feature(live)["top"]))
     assert "dead" in density_histogram(index).layout.title.text

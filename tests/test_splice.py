@@ -260,3 +260,12 @@ def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
     args.dictionary = [str(root / "missing")]
     with pytest.raises(FileNotFoundError, match="no dictionary"):
         cmd.run(args)
+
+
+def test_error_added_check_can_be_skipped(tiny_model, tokens):
+    d = random_dict(64, 32, "L0.resid_post", seed=9)
+    (full,) = spliced_loss(tiny_model, [d], tokens[:2])
+    (fast,) = spliced_loss(tiny_model, [d], tokens[:2], error_added=False)
+    assert fast.ce_error_added is None and fast.kl_error_added is None
+    assert fast.ce_spliced == full.ce_spliced and fast.ce_zero == full.ce_zero
+    assert "-" in format_table([fast])

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--coefficients",
         type=_floats,
-        help="add the decoder direction at these coefficients (default 0,2,4,8 unless --clamp)",
+        help="add the decoder direction at these coefficients (default 0,2,4,8 unless --clamp; "
+        "negatives as --coefficients=-4,0,4)",
     )
     p.add_argument("--clamp", type=_floats, help="also clamp the latent to these values, e.g. 0,10")
     p.add_argument("--target", help="text whose log-probability after the prompt is measured")
