@@ -49,6 +49,7 @@ def _tl_name(model, layer: int, kind: str) -> str:
     for pattern in _CANDIDATES[kind]:
         name = pattern.format(L=layer)
         if name in names:
+            _check_folded(model, kind, name)
             return name
     if kind == "mlp_in" and getattr(model.cfg, "normalization_type", "LN") is None:
         name = f"blocks.{layer}.hook_mlp_in"
@@ -58,6 +59,18 @@ def _tl_name(model, layer: int, kind: str) -> str:
         f"this model has no hook for {kind} at layer {layer} "
         f"(looked for {', '.join(p.format(L=layer) for p in _CANDIDATES[kind])})"
     )
+
+
+def _check_folded(model, kind: str, name: str) -> None:
+    """An unfolded LN/RMS norm applies its weight after `hook_normalized`, so that hook is not
+    what the MLP reads; folding moves the weight into the MLP and makes it exact."""
+    norm = getattr(model.cfg, "normalization_type", None)
+    if kind == "mlp_in" and name.endswith("ln2.hook_normalized") and norm in ("LN", "RMS"):
+        raise ValueError(
+            f"mlp_in on a model with unfolded {norm} norms is not what the MLP reads; load it "
+            "with HookedTransformer.from_pretrained(..., fold_ln=True) (load_model does) or call "
+            "model.process_weights_(fold_ln=True) first"
+        )
 
 
 def resolve_hooks(model, hooks: list[str] | str) -> list[HookSpec]:

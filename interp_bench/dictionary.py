@@ -40,6 +40,7 @@ class LossOutput:
     sparsity: Tensor  # L1 / KL / L0 penalty before sparsity_scale
     l0: float  # mean active latents per token
     fired: Tensor  # bool [d_sae]: latents active on at least one token of the batch
+    fire_counts: Tensor  # long [d_sae]: tokens of the batch each latent fired on
     fvu: float  # fraction of variance unexplained on this batch
 
 
@@ -188,7 +189,7 @@ class SparseDictionary(nn.Module):
             forward = self._sparse_topk if self.cfg.arch == "topk" else self._sparse_batchtopk
         else:
             forward = self._dense_topk if self.cfg.arch == "topk" else self._dense
-        recon, sparsity, l0, fired, aux_terms = forward(x, dead_mask)
+        recon, sparsity, l0, counts, aux_terms = forward(x, dead_mask)
 
         if self.W_skip is not None:
             recon = recon + x @ self.W_skip
@@ -204,9 +205,9 @@ class SparseDictionary(nn.Module):
         with torch.no_grad():
             var = (target - target.mean(0)).pow(2).sum(-1).mean()
             fvu = (mse / var.clamp_min(1e-12)).item()
-        return LossOutput(loss, mse, aux, sparsity, float(l0), fired, fvu)
+        return LossOutput(loss, mse, aux, sparsity, float(l0), counts > 0, counts, fvu)
 
-    # Training forwards: each returns (recon without skip, sparsity penalty, l0, fired, aux)
+    # Training forwards: each returns (recon without skip, sparsity penalty, l0, fire counts, aux)
     # with aux = (values [B, k_aux], indices [B, k_aux], scale) for AuxK, or None.
     def _sparse_topk(self, x: Tensor, dead_mask: Tensor | None):
         """Hot path: the encoder matmul runs outside autograd; everything after it touches
@@ -247,9 +248,8 @@ class SparseDictionary(nn.Module):
     def _topk_stats(self, vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with single_thread():  # O(B * k) bookkeeping
             active = vals > 0
-            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=vals.device)
-            fired[idx[active]] = True
-            return vals.new_zeros(()), active.sum(-1).float().mean(), fired
+            counts = torch.bincount(idx[active], minlength=self.d_sae)
+            return vals.new_zeros(()), active.sum(-1).float().mean(), counts
 
     def _sparse_batchtopk(self, x: Tensor, dead_mask: Tensor | None):
         """BatchTopK through the active latents only: a variable number per token, as CSR."""
@@ -264,15 +264,14 @@ class SparseDictionary(nn.Module):
         self.act.update_threshold(vals.detach(), self)
         recon = SparseDecode.apply(vals, layout, self.W_dec) + self.b_dec
         active = vals > 0
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
-        fired[layout.col[active]] = True
+        counts = torch.bincount(layout.col[active], minlength=self.d_sae)
         l0 = active.sum().float() / len(x)
         aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
         aux = None
         if aux_idx is not None:
             aux_vals = gather_pre(*args, TopKLayout(aux_idx, self.d_sae), sae_in).relu()
             aux = (aux_vals, aux_idx, aux_scale)
-        return recon, recon.new_zeros(()), l0, fired, aux
+        return recon, recon.new_zeros(()), l0, counts, aux
 
     def _dense(self, x: Tensor, dead_mask: Tensor | None):
         """ReLU, JumpReLU, and BatchTopK's reference path: dense latents [B, d_sae]."""
@@ -283,7 +282,7 @@ class SparseDictionary(nn.Module):
         sparsity = self.act.sparsity_loss(pre, acts, self)
         aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
         aux = None if aux_idx is None else (pre.gather(1, aux_idx).relu(), aux_idx, aux_scale)
-        return recon, sparsity, active.sum(-1).float().mean(), active.any(0), aux
+        return recon, sparsity, active.sum(-1).float().mean(), active.sum(0), aux
 
     # ----------------------------------------------------------------- constraints and init
     @property
@@ -300,11 +299,12 @@ class SparseDictionary(nn.Module):
     def remove_parallel_grad(self) -> None:
         """Drop the part of W_dec's gradient along each (unit) decoder row, so Adam moves rows
         along the sphere and the renormalisation after the step changes little."""
-        g = self.W_dec.grad
+        g, W = self.W_dec.grad, self.W_dec
         if g is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        g.sub_((g * w).sum(1, keepdim=True) * w)
+        # g -= (g.W / |W|^2) W row by row, in place: no [d_sae, d_out] temporaries.
+        along = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-24)
+        g.addcmul_(along.unsqueeze(1), W, value=-1)
 
     def post_backward(self) -> None:
         """Call after ``loss.backward()``, before the optimizer step."""

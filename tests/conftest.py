@@ -19,7 +19,9 @@ def gpt2_tokenizer():
     return gpt2_tokenizer()
 
 
-def make_tiny_model(tokenizer, n_layers: int = 2, d_model: int = 64, seed: int = 0):
+def make_tiny_model(
+    tokenizer, n_layers: int = 2, d_model: int = 64, seed: int = 0, normalization: str = "LNPre"
+):
     """A randomly initialised GPT-2-class HookedTransformer (GELU MLP, learned positions).
 
     Layer norms are folded ("LNPre"), as `HookedTransformer.from_pretrained("gpt2")` gives by
@@ -36,7 +38,7 @@ def make_tiny_model(tokenizer, n_layers: int = 2, d_model: int = 64, seed: int =
         n_ctx=256,
         d_vocab=len(tokenizer),
         act_fn="gelu_new",
-        normalization_type="LNPre",
+        normalization_type=normalization,
         positional_embedding_type="standard",
         default_prepend_bos=True,
         model_name="tiny-gpt2",

@@ -119,3 +119,21 @@ def test_forward_stops_after_last_needed_block(request, which, tokens):
         assert calls == [1]
     finally:
         model.reset_hooks()
+
+
+def test_mlp_in_on_unfolded_norms_names_the_fix(gpt2_tokenizer, tokens):
+    """With an unfolded LN, `ln2.hook_normalized` is before the norm's weight, so it is refused;
+    after folding it is exactly what the MLP reads."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(gpt2_tokenizer, n_layers=1, d_model=32, normalization="LN")
+    with torch.no_grad():
+        model.blocks[0].ln2.w.uniform_(0.5, 1.5)
+    assert resolve_hooks(model, ["L0.resid_post"])  # other kinds are unaffected
+    with pytest.raises(ValueError, match="fold_ln=True"):
+        resolve_hooks(model, ["L0.mlp_in"])
+    model.process_weights_(fold_ln=True)
+    acts = capture(model, tokens, resolve_hooks(model, ["L0.mlp_in", "L0.mlp_out"]))
+    with torch.inference_mode():
+        out = model.blocks[0].mlp(acts["L0.mlp_in"])
+    torch.testing.assert_close(out, acts["L0.mlp_out"], rtol=1e-5, atol=1e-5)

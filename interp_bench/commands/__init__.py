@@ -1,3 +1,3 @@
-"""One module per `interp-bench` subcommand, each with `HELP`, `add_arguments(p)` and `run(args)`."""
+"""One module per `interp-bench` subcommand: each has `HELP`, `add_arguments(p)`, `run(args)`."""
 
 NAMES = ("cache", "inspect", "train", "analyze", "splice", "steer", "report", "demo")

@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=parse_count, default=10**7, help="training tokens (50M, 1k)")
     p.add_argument("--out", required=True, help="output dir; one subfolder per dictionary")
     p.add_argument("--batch-size", type=parse_count, default=4096, help="tokens per step per rank")
-    p.add_argument("--lr", type=float, help="default: 2e-4 / sqrt(d_sae / 2**14)")
+    p.add_argument("--lr", type=float, help="default: 1e-3 / sqrt(d_sae / 2**14)")
     p.add_argument("--lr-decay", choices=["linear", "cosine"], default="linear")
     p.add_argument("--warmup-steps", type=int, help="lr warm-up (default: min(100, 5%% of steps))")
     p.add_argument(
