@@ -63,6 +63,10 @@ class DictionaryConfig(_JsonMixin):
     auxk_k: int | None = None  # None -> d_in // 2 (Gao et al. 2024)
     threshold_ema: float = 0.99  # batchtopk: EMA decay of the inference threshold
     decode: str = "auto"  # topk decode path: "auto" | "sparse" | "dense"
+    # Dtype of the encoder product that only *chooses* the TopK/BatchTopK latents during sparse
+    # training; the chosen values are recomputed exactly in fp32. "auto" = bf16 on CPUs with AMX
+    # (about 4x the fp32 matmul rate there), else fp32.
+    select: str = "auto"  # "auto" | "bf16" | "fp32"
     # jumprelu
     l0_coefficient: float = 1.0
     # Inputs are normalised to mean norm sqrt(d_in), so pre-activations are O(1): a threshold
@@ -82,6 +86,8 @@ class DictionaryConfig(_JsonMixin):
             raise ValueError(f"sparsity must be 'l1' or 'kl', got {self.sparsity!r}")
         if self.decode not in ("auto", "sparse", "dense"):
             raise ValueError(f"decode must be auto, sparse or dense, got {self.decode!r}")
+        if self.select not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"select must be auto, bf16 or fp32, got {self.select!r}")
 
     @property
     def is_transcoder(self) -> bool:

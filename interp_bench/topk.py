@@ -103,6 +103,13 @@ class TopKLayout:
         else:
             self._col_t = self._rows[self._order]
 
+    def exact(self, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+        """``(sae_in @ W_enc + b_enc)`` at this layout's positions, computed only there (SDDMM):
+        exact values when the dense product was taken in lower precision to choose them."""
+        pattern = self.csr(b_enc[self.col])
+        out = torch.sparse.sampled_addmm(pattern, sae_in, W_enc).values()
+        return out if self.indices is None else out.view_as(self.indices)
+
     def csr(self, values: Tensor) -> Tensor:
         return _csr(self.crow, self.col, values.reshape(-1), self.n_rows, self.n_cols)
 
@@ -121,7 +128,8 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, n_rows: int, n_cols: int) ->
 
 class GatherPre(torch.autograd.Function):
     """``pre.gather(1, idx)`` where ``pre = (x - b_shift) @ W_enc + b_enc`` was computed
-    outside autograd (``layout`` holds ``idx``).
+    outside autograd (``layout`` holds ``idx``); if ``pre`` is in a lower precision than
+    ``W_enc`` (it only chose the latents), the chosen entries are recomputed exactly.
 
     Backward with ``G`` the gradient scattered to ``[B, d_sae]`` (as CSR, never dense):
     grad_W_enc = (G^T (x - b_shift))^T, grad_b_enc = column sums of G,
@@ -142,6 +150,8 @@ class GatherPre(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(sae_in, W_enc)
         ctx.layout = layout
+        if pre.dtype != W_enc.dtype:  # chosen in low precision: recompute the chosen values
+            return layout.exact(sae_in, W_enc, b_enc)
         return layout.gather(pre)
 
     @staticmethod
@@ -225,6 +235,13 @@ def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """Reference path: scatter to ``[B, d_sae]`` and do the full matmul."""
     dense = values.new_zeros(*values.shape[:-1], W_dec.shape[0]).scatter_add(-1, indices, values)
     return dense @ W_dec
+
+
+def select_in_bf16(mode: str, device: torch.device) -> bool:
+    """Whether to take the selection product in bf16 (see ``DictionaryConfig.select``)."""
+    if mode != "auto":
+        return mode == "bf16"
+    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
 
 
 def choose_sparse(k: int, d_sae: int, mode: str = "auto") -> bool:

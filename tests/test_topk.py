@@ -144,3 +144,55 @@ def test_kl_penalty_is_zero_at_target_and_positive_elsewhere():
     at_target[:50] = 50.0  # tanh -> 1 on 5% of tokens
     assert kl_sparsity(at_target, rho).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_sparsity(torch.full((1000, 3), 2.0), rho).item() > 1.0
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_exact_values_at_layout_equal_dense_product(flat):
+    torch.manual_seed(0)
+    B, d, F = 8, 16, 40
+    x, W, b = torch.randn(B, d), torch.randn(d, F), torch.randn(F)
+    pre = torch.addmm(b, x, W)
+    if flat:
+        layout = TopKLayout.from_flat(torch.randperm(B * F)[:30], B, F)
+    else:
+        idx = torch.randint(0, F, (B, 5))
+        idx[0, 1] = idx[0, 0]  # repeated latents (AuxK next to TopK) are read twice
+        layout = TopKLayout(idx, F)
+    torch.testing.assert_close(layout.exact(x, W, b), layout.gather(pre), rtol=1e-5, atol=1e-5)
+
+
+# Seeds for which bf16 and fp32 products choose the same latents (TopK, BatchTopK and AuxK): in
+# general a near-tie at the k-th latent can flip, which is the only effect of bf16 selection.
+@pytest.mark.parametrize("arch,seed", [("topk", 1), ("batchtopk", 3)])
+def test_bf16_selection_gives_fp32_values_and_gradients(arch, seed):
+    """Choosing latents from a bf16 product changes nothing else: the chosen values, the loss
+    and the gradients are the fp32 ones."""
+    torch.manual_seed(seed)
+    cfg = DictionaryConfig(16, 96, arch=arch, k=6, decode="sparse", auxk_k=5, select="fp32")
+    ref = SparseDictionary(cfg)
+    x = torch.randn(40, 16)
+    dead = torch.rand(96) < 0.5
+    low = SparseDictionary(DictionaryConfig(**{**cfg.to_dict(), "select": "bf16"}))
+    low.load_state_dict(ref.state_dict())
+    pre, pre_bf16 = ref._selection_pre(x), low._selection_pre(x)  # b_dec is 0 at init
+    assert pre.dtype == torch.float32 and pre_bf16.dtype == torch.bfloat16
+    dead_idx = dead.nonzero().flatten()
+    p, q = pre[:, dead_idx], pre_bf16[:, dead_idx]  # AuxK's choice among dead latents
+    assert torch.equal(p.topk(5).indices.sort(-1).values, q.topk(5).indices.sort(-1).values)
+    if arch == "topk":
+        assert torch.equal(
+            pre.topk(6).indices.sort(-1).values, pre_bf16.topk(6).indices.sort(-1).values
+        )
+    else:
+        assert torch.equal(
+            ref.act.select(pre)[1].sort().values, ref.act.select(pre_bf16)[1].sort().values
+        )
+    outs = []
+    for m in (ref, low):
+        out = m.loss(x, dead_mask=dead)
+        out.loss.backward()
+        outs.append(out)
+    assert outs[0].aux.item() > 0
+    torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=1e-6, atol=1e-6)
+    for p, q in zip(ref.parameters(), low.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
