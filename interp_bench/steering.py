@@ -374,31 +374,25 @@ def sweep_figure(result: SweepResult):
         if not rows:
             continue
         xs = [r.value for r in rows]
-        if result.target:
+        curves = [
+            ("target_logprob_change", f"Δ log p({result.target!r})", "#1f77b4", False),
+            ("neutral_kl", "KL on neutral text", "#d62728", True),
+        ]
+        for field_name, label, color, right_axis in curves:
+            ys = [getattr(r, field_name) for r in rows]
+            if ys[0] is None:  # no target given / no neutral text
+                continue
             fig.add_trace(
                 go.Scatter(
                     x=xs,
-                    y=[r.target_logprob_change for r in rows],
-                    name=f"{mode}: Δ log p({result.target!r})",
+                    y=ys,
+                    name=f"{mode}: {label}",
                     mode="lines+markers",
-                    line={"dash": dash, "color": "#1f77b4"},
+                    line={"dash": dash, "color": color},
                 ),
                 row=1,
                 col=1,
-                secondary_y=False,
-            )
-        if rows[0].neutral_kl is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=[r.neutral_kl for r in rows],
-                    name=f"{mode}: KL on neutral text",
-                    mode="lines+markers",
-                    line={"dash": dash, "color": "#d62728"},
-                ),
-                row=1,
-                col=1,
-                secondary_y=True,
+                secondary_y=right_axis,
             )
     fig.update_xaxes(title_text="coefficient (x scale)", row=1, col=1)
     fig.update_yaxes(title_text="Δ log p(target) [nats]", row=1, col=1, secondary_y=False)

@@ -18,6 +18,7 @@ So after the encoder's forward matmul every remaining op costs O(B * k * d), not
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -241,7 +242,13 @@ def select_in_bf16(mode: str, device: torch.device) -> bool:
     """Whether to take the selection product in bf16 (see ``DictionaryConfig.select``)."""
     if mode != "auto":
         return mode == "bf16"
-    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+    return device.type == "cpu" and _cpu_has_amx()
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    """AMX tiles make bf16 products about 4x faster than fp32 on this CPU (asked once)."""
+    return bool(torch.cpu._is_amx_tile_supported())
 
 
 def choose_sparse(k: int, d_sae: int, mode: str = "auto") -> bool:

@@ -1,33 +1,36 @@
-"""Planted data for the analysis tests: a stand-in dictionary and a ragged sequential stream."""
+"""Planted data for the analysis tests: ReLU dictionaries with known weights and a ragged
+sequential stream."""
 
 import torch
 
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionary import SparseDictionary
 
 
-class StandInDictionary(torch.nn.Module):
-    """A ReLU SAE with known random weights and the `SparseDictionary` methods analysis uses."""
+def relu_dictionary(W_enc, b_enc, W_dec, hook_in, hook_out=None) -> SparseDictionary:
+    """A real ReLU `SparseDictionary` with the given weights and b_dec = 0 (so the SAE's
+    subtraction of b_dec before encoding changes nothing): relu(x @ W_enc + b_enc) @ W_dec."""
+    (d_in, d_sae), d_out = W_enc.shape, W_dec.shape[1]
+    cfg = DictionaryConfig(
+        d_in=d_in, d_sae=d_sae, d_out=d_out, arch="relu", hook_in=hook_in, hook_out=hook_out
+    )
+    d = SparseDictionary(cfg)
+    with torch.no_grad():
+        d.W_enc.copy_(W_enc)
+        d.b_enc.copy_(b_enc)
+        d.W_dec.copy_(W_dec)
+        d.b_dec.zero_()
+    return d
 
-    def __init__(self, d_in=16, d_sae=24, seed=0, hook_in="L0.resid_post", bias=None):
-        super().__init__()
-        self.cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, arch="relu", hook_in=hook_in)
-        g = torch.Generator().manual_seed(seed)
-        self.W_enc = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
-        # by default thresholds from common to rare (some latents never fire)
-        self.b_enc = (
-            torch.linspace(-1.0, -7.0, d_sae) if bias is None else torch.full((d_sae,), bias)
-        )
-        self.W_dec = torch.randn(d_sae, d_in, generator=g) / d_sae**0.5
-        self.b_dec = torch.zeros(d_in)
 
-    def encode(self, x):
-        return torch.relu(x @ self.W_enc + self.b_enc)
-
-    def decode(self, f):
-        return f @ self.W_dec + self.b_dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
+def stand_in_dictionary(d_in=16, d_sae=24, seed=0, hook_in="L0.resid_post", bias=None):
+    """A ReLU SAE with known random weights; by default its encoder biases run from common to
+    rare latents (some never fire)."""
+    g = torch.Generator().manual_seed(seed)
+    W_enc = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    b_enc = torch.linspace(-1.0, -7.0, d_sae) if bias is None else torch.full((d_sae,), bias)
+    W_dec = torch.randn(d_sae, d_in, generator=g) / d_sae**0.5
+    return relu_dictionary(W_enc, b_enc, W_dec, hook_in)
 
 
 def planted_stream(n_seq=30, d=16, seed=1, hook="L0.resid_post", vocab=50):

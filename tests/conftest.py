@@ -53,3 +53,13 @@ def make_tiny_model(
 @pytest.fixture(scope="session")
 def tiny_model(gpt2_tokenizer):
     return make_tiny_model(gpt2_tokenizer)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensor ops on a shared 2-core machine run far faster on one thread (no OpenMP team
+    spinning); the thread count is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from analysis_helpers import StandInDictionary, batches, planted_stream
+from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
 from interp_bench.density import (
     HIST_BINS,
@@ -21,7 +21,7 @@ HOOK = "L0.resid_post"
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    d = StandInDictionary()
+    d = stand_in_dictionary()
     full = planted_stream()
     index = analyze(d, batches(full), tmp_path_factory.mktemp("idx"))
     return d, full, index
@@ -81,7 +81,8 @@ def test_dead_and_dense_counts():
 def test_recon_error_matches_brute_force(planted):
     d, full, index = planted
     x = full[HOOK]
-    sq = (d(x) - x).pow(2).sum(-1)
+    with torch.no_grad():
+        sq = (d(x) - x).pow(2).sum(-1)
     rel = sq / x.pow(2).sum(-1)
     bos = full["pos"] == 0
     st = index.stream

@@ -9,14 +9,7 @@ import torch
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionary import SparseDictionary, geometric_median
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny ops on a shared 2-core box run far faster single-threaded (no OpenMP spinning).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D_IN, N_FEAT, D_SAE = 64, 256, 512

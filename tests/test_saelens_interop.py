@@ -16,12 +16,7 @@ sae_lens = pytest.importorskip("sae_lens")
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_dictionary(arch: str, transcoder: bool = False, skip: bool = False):

@@ -2,55 +2,28 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from analysis_helpers import relu_dictionary
 
 from interp_bench.splice import format_table, spliced_loss
 
 
-class StandIn(torch.nn.Module):
-    """The dictionary contract (encode/decode/forward on raw activations, W_enc/W_dec, cfg) with a
-    ReLU encoder: enough to test splicing without depending on the trainer's architectures."""
-
-    def __init__(self, W_enc, b_enc, W_dec, b_dec, hook_in, hook_out=None):
-        super().__init__()
-        self.W_enc, self.b_enc = torch.nn.Parameter(W_enc), torch.nn.Parameter(b_enc)
-        self.W_dec, self.b_dec = torch.nn.Parameter(W_dec), torch.nn.Parameter(b_dec)
-        self.cfg = SimpleNamespace(hook_in=hook_in, hook_out=hook_out, skip=False)
-        self.is_transcoder = hook_out is not None
-
-    def encode(self, x):
-        return torch.relu(x @ self.W_enc + self.b_enc)
-
-    def decode(self, f):
-        return f @ self.W_dec + self.b_dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
-
-
-def perfect_sae(d: int, hook: str) -> StandIn:
+def perfect_sae(d: int, hook: str):
     """relu(x) - relu(-x) == x exactly: latents [x+, x-], decoder [I; -I]."""
     eye = torch.eye(d)
-    return StandIn(
-        torch.cat([eye, -eye], 1),
-        torch.zeros(2 * d),
-        torch.cat([eye, -eye], 0),
-        torch.zeros(d),
-        hook,
-    )
+    enc, dec = torch.cat([eye, -eye], 1), torch.cat([eye, -eye], 0)
+    return relu_dictionary(enc, torch.zeros(2 * d), dec, hook)
 
 
-def random_dict(d_in: int, d_sae: int, hook_in: str, hook_out=None, seed=0, d_out=None) -> StandIn:
+def random_dict(d_in: int, d_sae: int, hook_in: str, hook_out=None, seed=0, d_out=None):
     g = torch.Generator().manual_seed(seed)
     d_out = d_out or d_in
-    return StandIn(
+    return relu_dictionary(
         torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
         torch.zeros(d_sae),
         torch.randn(d_sae, d_out, generator=g) / d_sae**0.5,
-        torch.zeros(d_out),
         hook_in,
         hook_out,
     )

@@ -1,10 +1,10 @@
 """Steering on the tiny model: exact deltas, no-op cases, determinism, measured effects."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
+from analysis_helpers import relu_dictionary
 
 from interp_bench.steering import (
     Steer,
@@ -19,27 +19,12 @@ from interp_bench.steering import (
 )
 
 
-class StandIn(torch.nn.Module):
-    """The dictionary contract with a ReLU encoder and random weights (see tests/test_splice.py)."""
-
-    def __init__(self, d_in, d_sae, hook_in, hook_out=None, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W_enc = torch.nn.Parameter(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
-        self.b_enc = torch.nn.Parameter(torch.full((d_sae,), 0.1))
-        self.W_dec = torch.nn.Parameter(torch.randn(d_sae, d_in, generator=g))
-        self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
-        self.cfg = SimpleNamespace(hook_in=hook_in, hook_out=hook_out, skip=False)
-        self.is_transcoder = hook_out is not None
-
-    def encode(self, x):
-        return torch.relu(x @ self.W_enc + self.b_enc)
-
-    def decode(self, f):
-        return f @ self.W_dec + self.b_dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))
+def stand_in(d_in, d_sae, hook_in, hook_out=None, seed=0):
+    """A ReLU dictionary with known random weights and encoder bias 0.1 (latents fire often)."""
+    g = torch.Generator().manual_seed(seed)
+    W_enc = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    return relu_dictionary(W_enc, torch.full((d_sae,), 0.1), W_dec, hook_in, hook_out)
 
 
 PROMPT = "The quick brown fox jumps over"
@@ -47,12 +32,12 @@ PROMPT = "The quick brown fox jumps over"
 
 @pytest.fixture(scope="module")
 def sae():
-    return StandIn(64, 48, "L0.resid_post")
+    return stand_in(64, 48, "L0.resid_post")
 
 
 @pytest.fixture(scope="module")
 def transcoder():
-    return StandIn(64, 48, "L1.mlp_in", "L1.mlp_out", seed=1)
+    return stand_in(64, 48, "L1.mlp_in", "L1.mlp_out", seed=1)
 
 
 def _activation(model, name, tokens, hooks=()):

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from analysis_helpers import StandInDictionary, batches, planted_stream
+from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
 from interp_bench.density import model_stream
 from interp_bench.top_examples import (
@@ -22,7 +22,7 @@ CFG = AnalysisConfig(top_k=5, window=3, reservoir=12, n_quantiles=3, per_quantil
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    d = StandInDictionary()
+    d = stand_in_dictionary()
     full = planted_stream()
     out = tmp_path_factory.mktemp("idx")
     analyze(d, batches(full), out, CFG)
@@ -30,7 +30,7 @@ def planted(tmp_path_factory):
 
 
 def _brute(d, full):
-    acts = d.encode(full[HOOK])
+    acts = d.encode(full[HOOK]).detach()
     fire = (acts > 0) & (full["pos"] != 0)[:, None]
     return acts, fire
 
@@ -116,8 +116,9 @@ def test_quantile_examples_come_from_their_buckets(planted):
 
 def test_sampling_is_uniform_over_firing_events():
     """Bucket 0 of a latent with 400 firings is drawn from all of its low events, not the first."""
-    d = StandInDictionary(d_in=4, d_sae=1, bias=-10.0)
-    d.W_enc = torch.ones(4, 1)
+    d = stand_in_dictionary(d_in=4, d_sae=1, bias=-10.0)
+    with torch.no_grad():
+        d.W_enc.fill_(1.0)
     n = 4000
     x = torch.zeros(n, 4)
     x[torch.arange(1, n, 10)] = torch.linspace(3.0, 4.0, 400)[:, None]  # fires on every 10th
@@ -169,7 +170,7 @@ def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
     torch.manual_seed(0)
     tokens = torch.randint(0, 50000, (6, 24))
     tokens[:, 0] = gpt2_tokenizer.bos_token_id
-    d = StandInDictionary(d_in=64, d_sae=40, hook_in="L1.resid_post", bias=0.0)
+    d = stand_in_dictionary(d_in=64, d_sae=40, hook_in="L1.resid_post", bias=0.0)
     index = analyze(d, model_stream(tiny_model, tokens, ["L1.resid_post"], batch_seqs=4), tmp_path,
                     AnalysisConfig(top_k=4, window=2), model=tiny_model)  # fmt: skip
     assert index.meta["n_tokens"] == 6 * 23
@@ -183,7 +184,7 @@ def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
     assert [t for t, _ in card["promoted"]] == [gpt2_tokenizer.decode([int(i)]) for i in want]
     _, cache = tiny_model.run_with_cache(tokens[:1], names_filter="blocks.1.hook_resid_post")
     x = cache["blocks.1.hook_resid_post"][0]
-    acts = d.encode(x)
+    acts = d.encode(x).detach()
     j = int(acts[1:].sum(0).argmax())
     top = index.feature(j)["top"]
     in_first = [e for e in top if e["index"] < 24]
@@ -192,7 +193,7 @@ def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
 
 
 def test_empty_stream_is_a_clear_error(tmp_path):
-    d = StandInDictionary()
+    d = stand_in_dictionary()
     with pytest.raises(ValueError, match="empty"):
         analyze(d, [], tmp_path)
     with pytest.raises(FileNotFoundError, match="analyze"):

@@ -456,7 +456,7 @@ def test_cli_train_sweep_resume_transcoder_and_errors(tmp_path, capsys):
 
 
 def test_parse_count():
-    from interp_bench.commands.train import parse_count
+    from interp_bench.commands.counts import parse_count
 
     assert parse_count("50M") == 50_000_000
     assert parse_count("1k") == 1000

@@ -12,7 +12,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cache import parse_count
+    from .counts import parse_count
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
     p.add_argument("--activations", required=True, help="activation cache dir, e.g. RUN/acts/eval")

@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from .counts import parse_count
+
 HELP = "Cache activations at hook points (e.g. L15.resid_post) as resumable safetensors shards."
-
-_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-
-
-def parse_count(text: str) -> int:
-    """'1M' -> 1_000_000, '50k' -> 50_000, '4096'."""
-    s = text.strip().lower().replace("_", "")
-    try:
-        if s and s[-1] in _SUFFIX:
-            return int(float(s[:-1]) * _SUFFIX[s[-1]])
-        return int(float(s))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a count: {text!r} (use e.g. 1M, 50k, 4096)"
-        ) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

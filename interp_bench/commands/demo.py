@@ -2,7 +2,7 @@
 
 import argparse
 
-from .cache import parse_count
+from .counts import parse_count
 
 HELP = (
     "Run the main job: cache a middle layer, train a TopK SAE and a transcoder, evaluate "

@@ -13,7 +13,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cache import parse_count
+    from .counts import parse_count
 
     p.add_argument(
         "--dictionary", action="append", required=True, help="dictionary folder (repeatable)"

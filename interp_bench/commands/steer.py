@@ -32,7 +32,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cache import parse_count
+    from .counts import parse_count
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
     p.add_argument("--latent", type=int, required=True, help="latent index to steer with")

@@ -1,0 +1,20 @@
+"""Token and width counts on the command line: `50M`, `1k`, `2.5B`, `4096`."""
+
+from __future__ import annotations
+
+import argparse
+
+_SUFFIX = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """'50M' -> 50_000_000, '1k' -> 1000, '2.5B' -> 2_500_000_000, '4096' -> 4096."""
+    s = text.strip().lower().replace("_", "")
+    try:
+        if s and s[-1] in _SUFFIX:
+            return int(float(s[:-1]) * _SUFFIX[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a count: {text!r} (use e.g. 50M, 1k, 4096)"
+        ) from None
