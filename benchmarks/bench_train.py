@@ -51,7 +51,18 @@ class OursAdapter:
 
     name = "ours"
 
-    def __init__(self, arch: str, d_in: int, d_sae: int, *, k: int, batch_size: int, tokens: int):
+    def __init__(
+        self,
+        arch: str,
+        d_in: int,
+        d_sae: int,
+        *,
+        k: int,
+        batch_size: int,
+        tokens: int,
+        overrides: dict | None = None,
+    ):
+        """``overrides``: TrainConfig fields set after the warm-up caps (sweep_train uses it)."""
         from interp_bench.config import DictionaryConfig, TrainConfig
         from interp_bench.trainer import Trainer
 
@@ -62,6 +73,10 @@ class OursAdapter:
         steps = train_cfg.total_steps
         train_cfg.warmup_steps = min(train_cfg.warmup_steps, steps // 10)
         train_cfg.sparsity_warmup_steps = min(train_cfg.sparsity_warmup_steps, steps // 10)
+        for key, value in (overrides or {}).items():
+            if not hasattr(train_cfg, key):
+                raise ValueError(f"TrainConfig has no field {key!r}")
+            setattr(train_cfg, key, value)
         self.trainer = Trainer([cfg], train_cfg, device="cpu")
         self.config = {"dictionary": cfg.to_dict(), "train": train_cfg.to_dict()}
         self._folded = None
