@@ -8,6 +8,8 @@ median per variant is reported; compare ratios within one run.
     python benchmarks/bench_topk.py                      # d_in 576, d_sae 4608, k 32, B 4096
     python benchmarks/bench_topk.py --batch 1024 --rounds 3   # quick
     python benchmarks/bench_topk.py --threads 1 --batchtopk --dead-fraction 0.3
+
+Rows named part_* time one kernel of the sparse step next to the plain torch op it replaces.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionary import SparseDictionary
+from interp_bench.topk import TopKLayout, topk_rows
 
 
 def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
@@ -43,6 +46,7 @@ def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
     W = torch.randn(args.d_in, args.d_sae) / args.d_in**0.5
     b = torch.zeros(args.d_sae)
     variants["encoder_matmul_only"] = lambda: torch.addmm(b, x, W)
+    variants.update(kernel_variants(args, x, W, b))
 
     try:
         from sparsify import SparseCoder, SparseCoderConfig
@@ -58,6 +62,23 @@ def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
 
     variants["sparsify_SparseCoder"] = sparsify_step
     return variants
+
+
+def kernel_variants(args, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
+    """Two kernels of the sparse step against the plain torch op they replace: choosing the
+    latents (``topk_rows`` vs ``torch.topk`` on the bf16 selection product) and the weight
+    gradient ``S^T @ dense`` (embedding-bag vs a CSR sparse-dense product)."""
+    pre = torch.addmm(b, x, W).to(torch.bfloat16)
+    layout = TopKLayout(topk_rows(pre, args.k)[1], args.d_sae)
+    values = torch.randn(args.batch, args.k)
+    order, crow_t, col_t = layout._transpose()
+    csr_t = torch.sparse_csr_tensor(crow_t, col_t, values.reshape(-1)[order], (args.d_sae, len(x)))
+    return {
+        "part_select_torch_topk": lambda: pre.topk(args.k, dim=-1, sorted=False),
+        "part_select_topk_rows": lambda: topk_rows(pre, args.k),
+        "part_grad_W_csr_matmul": lambda: csr_t @ x,
+        "part_grad_W_embedding_bag": lambda: layout.t_matmul(values, x),
+    }
 
 
 def main() -> None:

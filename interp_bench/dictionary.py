@@ -28,6 +28,7 @@ from interp_bench.topk import (
     select_in_bf16,
     single_thread,
     sparse_decode,
+    topk_rows,
 )
 
 
@@ -70,7 +71,9 @@ class SparseDictionary(nn.Module):
             W_enc /= W_enc.norm(dim=0, keepdim=True)
         else:
             W_enc = W_dec.t().clone()
-        self.W_enc = nn.Parameter(W_enc.contiguous())
+        # Stored latent-major as W_enc_t [d_sae, d_in] (W_enc is its transposed view): the
+        # sparse paths read and write one latent's encoder row at a time.
+        self.W_enc_t = nn.Parameter(W_enc.t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_out, **kw))
@@ -84,6 +87,11 @@ class SparseDictionary(nn.Module):
         self.folded_scales: tuple[float, float] = (1.0, 1.0)
 
     # ----------------------------------------------------------------- properties
+    @property
+    def W_enc(self) -> Tensor:
+        """Encoder weights ``[d_in, d_sae]`` (SAELens's shape), a view of ``W_enc_t``."""
+        return self.W_enc_t.t()
+
     @property
     def d_in(self) -> int:
         return self.cfg.d_in
@@ -143,8 +151,9 @@ class SparseDictionary(nn.Module):
         """Reconstruction (SAE) or prediction of the output hook (transcoder), ``[..., d_out]``."""
         pre = self.pre_acts(x)
         if self.cfg.arch == "topk" and self.sparse_decode:
-            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            out = sparse_decode(values.relu(), indices, self.W_dec) + self.b_dec
+            values, indices = topk_rows(pre.reshape(-1, self.d_sae), self.cfg.k)
+            out = sparse_decode(values.relu(), indices, self.W_dec).view(*pre.shape[:-1], -1)
+            out = out + self.b_dec
         else:
             out = self.act.infer(pre, self) @ self.W_dec + self.b_dec
         if self.W_skip is not None:
@@ -216,7 +225,7 @@ class SparseDictionary(nn.Module):
         k = self.cfg.k
         sae_in = self._sae_in(x).detach()
         pre = self._selection_pre(sae_in)
-        idx = pre.topk(k, dim=-1, sorted=False).indices
+        idx = topk_rows(pre, k)[1]
         layout = TopKLayout(idx, self.d_sae)
         aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
         # One backward for TopK and AuxK latents: their gradients share the encoder product.
@@ -311,9 +320,10 @@ class SparseDictionary(nn.Module):
         g, W = self.W_dec.grad, self.W_dec
         if g is None:
             return
-        # g -= (g.W / |W|^2) W row by row, in place: no [d_sae, d_out] temporaries.
-        along = torch.linalg.vecdot(g, W) / torch.linalg.vecdot(W, W).clamp_min(1e-24)
-        g.addcmul_(along.unsqueeze(1), W, value=-1)
+        # g -= (g.W / |W|^2) W row by row, in place.
+        along = torch.linalg.vecdot(g, W).unsqueeze(1)
+        along /= torch.linalg.vector_norm(W, dim=1, keepdim=True).square().clamp_min(1e-24)
+        g.addcmul_(along, W, value=-1)
 
     def post_backward(self) -> None:
         """Call after ``loss.backward()``, before the optimizer step."""

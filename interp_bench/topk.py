@@ -6,10 +6,12 @@ With k << d_sae the dense route wastes two products of the encoder's size: the d
 
 - :class:`GatherPre` reads the chosen pre-activations ``pre[b, idx[b, j]]`` (``pre`` itself is
   computed without autograd) and back-propagates into ``W_enc``/``b_enc``/``x`` only at the
-  chosen latents, as a CSR ``[B, d_sae]`` matrix with k entries per row times a dense matrix.
+  chosen latents, as a sparse ``[B, d_sae]`` matrix with k entries per row times a dense one.
 - :class:`SparseDecode` is ``F.embedding_bag`` (fused gather + weighted sum, no ``[B, k, d]``
   intermediate) forward; backward gets the value gradients as a sampled dense-dense product
-  (SDDMM) and the decoder gradient as CSR^T @ grad_out.
+  (SDDMM) and the decoder gradient as S^T @ grad_out, again an embedding-bag.
+- :func:`topk_rows` chooses the latents: torch.topk, with the row first narrowed to the few
+  column groups that can hold its top k.
 
 So after the encoder's forward matmul every remaining op costs O(B * k * d), not O(B * d_sae * d).
 ``benchmarks/bench_topk.py`` measures this against the dense path and sparsify.
@@ -52,11 +54,12 @@ class TopKLayout:
     - ``TopKLayout.from_flat(flat_indices, B, n_cols)``: any number per row (BatchTopK), given as
       indices into the flattened ``[B, n_cols]``; values ``[nnz]`` in row-major order.
 
-    ``csr(v)`` is the ``[B, n_cols]`` matrix holding ``v``. ``csr_t(v)`` is its transpose as CSR
-    ``[n_cols, B]``, which needs the entries ordered by latent: one int32 stable sort (a radix
-    sort on CPU) done here, instead of torch's int64 CSC -> CSR conversion on every product.
-    Duplicate columns in a row (AuxK indices next to TopK ones) are summed, as the chain rule
-    wants.
+    With ``S`` the ``[B, n_cols]`` sparse matrix holding values ``v``: ``matmul(v, M)`` is
+    ``S @ M`` and ``t_matmul(v, M)`` is ``S^T @ M``, both as ``F.embedding_bag`` (a weighted sum
+    of gathered rows per bag): no sparse tensor to build, and no slower than torch's CSR product
+    (``benchmarks/bench_topk.py``, part_* rows). ``S^T`` needs the entries ordered by latent: one
+    int32 stable sort (a radix sort on CPU) done once here. Duplicate columns in a row (AuxK
+    indices next to TopK ones) are summed, as the chain rule wants.
     """
 
     def __init__(self, indices: Tensor, n_cols: int) -> None:
@@ -114,11 +117,24 @@ class TopKLayout:
     def csr(self, values: Tensor) -> Tensor:
         return _csr(self.crow, self.col, values.reshape(-1), self.n_rows, self.n_cols)
 
-    def csr_t(self, values: Tensor) -> Tensor:
+    def matmul(self, values: Tensor, dense: Tensor) -> Tensor:
+        """``S @ dense`` for ``dense [n_cols, d]``: row b sums its entries' rows of ``dense``."""
+        return _bag_sum(self.col, dense, self.crow, values.reshape(-1))
+
+    def t_matmul(self, values: Tensor, dense: Tensor) -> Tensor:
+        """``S^T @ dense`` for ``dense [B, d]``: latent j sums the rows of the tokens it is
+        active on, weighted by its values (empty for latents active nowhere)."""
         order, crow_t, col_t = self._transpose()
         with single_thread():
             values = values.reshape(-1)[order]
-        return _csr(crow_t, col_t, values, self.n_cols, self.n_rows)
+        return _bag_sum(col_t, dense, crow_t, values)
+
+
+def _bag_sum(rows: Tensor, dense: Tensor, crow: Tensor, weights: Tensor) -> Tensor:
+    """``out[i] = sum_{e in crow[i]:crow[i+1]} weights[e] * dense[rows[e]]``."""
+    return F.embedding_bag(
+        rows, dense.contiguous(), crow[:-1], per_sample_weights=weights, mode="sum"
+    )
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, n_rows: int, n_cols: int) -> Tensor:
@@ -168,10 +184,10 @@ class GatherPre(torch.autograd.Function):
                 grad_b.index_add_(0, layout.col, grad.reshape(-1))
             if need_shift:
                 grad_shift = -(W_enc @ grad_b)
-        if need_W:
-            grad_W = (layout.csr_t(grad) @ sae_in).t()
+        if need_W:  # [d_sae, d_in], transposed: the layout W_enc is stored in
+            grad_W = layout.t_matmul(grad, sae_in).t()
         if need_x:
-            grad_x = layout.csr(grad) @ W_enc.t().contiguous()
+            grad_x = layout.matmul(grad, W_enc.t())
         return None, grad_x, grad_shift, grad_W, grad_b if need_b else None, None, None
 
 
@@ -199,9 +215,7 @@ class SparseDecode(torch.autograd.Function):
         values = values.to(W_dec.dtype)
         ctx.save_for_backward(values, W_dec)
         ctx.layout = layout
-        return F.embedding_bag(
-            layout.col, W_dec, layout.crow[:-1], per_sample_weights=values.reshape(-1), mode="sum"
-        )
+        return layout.matmul(values, W_dec)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor):
@@ -215,7 +229,7 @@ class SparseDecode(torch.autograd.Function):
             grad_values = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.t(), beta=0.0)
             grad_values = grad_values.values().view_as(values)
         if ctx.needs_input_grad[2]:
-            grad_W = layout.csr_t(values) @ grad_out
+            grad_W = layout.t_matmul(values, grad_out)
         return grad_values, None, grad_W
 
 
@@ -236,6 +250,27 @@ def dense_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
     """Reference path: scatter to ``[B, d_sae]`` and do the full matmul."""
     dense = values.new_zeros(*values.shape[:-1], W_dec.shape[0]).scatter_add(-1, indices, values)
     return dense @ W_dec
+
+
+def topk_rows(pre: Tensor, k: int, group: int = 4) -> tuple[Tensor, Tensor]:
+    """``pre.topk(k, dim=-1, sorted=False)`` of a 2-D tensor, exact, about 1.2x faster on CPU
+    (``benchmarks/bench_topk.py``, part_select rows).
+
+    Split each row's columns into interleaved groups ``{c, c + G, c + 2G, ...}`` (G = n / group)
+    and take each group's max (an elementwise max over ``group`` contiguous slices, which
+    vectorises well). The row's top k lie in the k groups with the largest maxima: an entry in any
+    other group is beaten by k group maxima. So the top k of those ``k * group`` candidates are
+    the row's top k; the group maxima's own top k is found the same way while it is large.
+    """
+    b, n = pre.shape
+    if n % group or n // group < 8 * k:
+        return pre.topk(k, dim=-1, sorted=False)
+    g = n // group
+    groups = pre.view(b, group, g)
+    _, best = topk_rows(groups.amax(1), k, group)  # [b, k] group ids
+    cand = groups.gather(2, best.unsqueeze(1).expand(b, group, k)).view(b, group * k)
+    values, j = cand.topk(k, dim=-1, sorted=False)  # j = slice * k + position in best
+    return values, best.gather(1, j % k) + (j // k) * g
 
 
 def select_in_bf16(mode: str, device: torch.device) -> bool:

@@ -179,8 +179,10 @@ class Trainer:
             params = [p for p in d.parameters() if p.grad is not None]
             ddp.all_reduce_mean_([p.grad for p in params])
             d.post_backward()  # unit-norm decoders: drop the gradient along each row
-            max_norm = tc.grad_clip if tc.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grads = [p.grad for p in params]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+            if tc.grad_clip > 0:  # clip_grad_norm_ would scale every gradient even by 1.0
+                torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
             fired.append(out.fired)
             counts.append(out.fire_counts)
             row = torch.stack(

@@ -16,6 +16,7 @@ from interp_bench.topk import (
     dense_decode,
     gather_pre,
     sparse_decode,
+    topk_rows,
 )
 
 D = torch.float64
@@ -139,6 +140,29 @@ def test_kl_penalty_is_zero_at_target_and_positive_elsewhere():
     at_target[:50] = 50.0  # tanh -> 1 on 5% of tokens
     assert kl_sparsity(at_target, rho).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_sparsity(torch.full((1000, 3), 2.0), rho).item() > 1.0
+
+
+@pytest.mark.parametrize(
+    "n,k,dtype,ties",
+    [
+        (1024, 8, torch.float32, False),  # two levels of group maxima
+        (4608, 32, torch.bfloat16, False),  # bench_train's shape
+        (2048, 16, torch.bfloat16, True),  # bf16 with heavy ties
+        (1030, 8, torch.float32, False),  # not divisible by the group: plain topk
+        (512, 1, torch.float32, True),
+    ],
+)
+def test_topk_rows_equals_torch_topk(n, k, dtype, ties):
+    torch.manual_seed(0)
+    pre = torch.randn(64, n)
+    if ties:
+        pre = pre.mul(2).round()  # few distinct values: many equal candidates at the k-th place
+    pre = pre.to(dtype)
+    values, idx = topk_rows(pre, k)
+    ref = pre.topk(k, dim=-1).values
+    assert torch.equal(values.sort(-1).values, ref.sort(-1).values)
+    assert torch.equal(pre.gather(1, idx), values)
+    assert all(len(set(row.tolist())) == k for row in idx)  # k distinct latents per row
 
 
 @pytest.mark.parametrize("flat", [False, True])
