@@ -42,6 +42,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_analysis.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_splice.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_train.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/seeds_train.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/profile_step.py
 
 clean:

@@ -107,3 +107,23 @@ def test_evaluate_metrics_on_a_known_reconstruction():
     ev = bench.evaluate(Mean(x.mean(0)), x, batch_size=50)
     assert ev["fvu"] == pytest.approx(1.0, rel=1e-5)
     assert ev["l0"] == 0.0 and ev["dead_frac"] == 1.0
+
+
+def test_evaluate_separates_massive_activation_tokens():
+    """fvu_typical leaves out tokens above 10x the median norm; fvu counts them."""
+    bench = _load("bench_train")
+    x = _data()
+    x[[3, 17]] *= 100.0  # two massive-activation tokens
+    typical = torch.ones(len(x), dtype=torch.bool)
+    typical[[3, 17]] = False
+    mean_t = x[typical].mean(0)
+
+    class ExactOnOutliers:  # reconstructs the outliers exactly, ordinary tokens by their mean
+        def evaluate(self, xb):
+            big = xb.norm(dim=1, keepdim=True) > 10 * x.norm(dim=1).median()
+            return torch.where(big, xb, mean_t.expand_as(xb)), torch.ones(len(xb), D_SAE)
+
+    ev = bench.evaluate(ExactOnOutliers(), x, batch_size=50)
+    assert ev["outlier_tokens"] == 2
+    assert ev["fvu_typical"] == pytest.approx(1.0, rel=1e-5)
+    assert ev["fvu"] < 0.05  # the two outliers hold almost all of the variance
