@@ -73,23 +73,25 @@ def test_recovery_metric_is_not_trivial():
     assert recovered(D, SparseDictionary(DictionaryConfig(D_IN, D_SAE)).W_dec) < 0.05
 
 
-# Thresholds sit below what each architecture reached on this problem at 800 steps (topk fvu
-# 0.14 / recovery 1.0, batchtopk 0.22 / 0.68, jumprelu 0.26 / 0.19, relu-L1 0.44 / 0.40); a fresh
-# dictionary recovers none of the planted directions. ReLU+KL reconstructs well but recovers
-# no directions here (dense, L0 ~100), so it is checked for reconstruction and sparsity only.
+# Thresholds sit below what each architecture reached on this problem (topk fvu 0.14 / recovery
+# 1.0 and batchtopk 0.22 / 0.68 at 800 steps; jumprelu 0.24 / 0.92 and relu-L1 0.32 / 0.99 at 1600
+# steps, with sparsity coefficients that bring L0 near the true ~5); a fresh dictionary recovers
+# none of the planted directions. JumpReLU and ReLU+L1 need the longer run: at 800 steps they
+# recovered 0.58 and 0.40. ReLU+KL reconstructs well but recovers no directions here (dense, L0
+# ~100), so it is checked for reconstruction and sparsity only.
 @pytest.mark.parametrize(
-    "arch,extra,max_fvu,l0_range,min_rec",
+    "arch,extra,steps,max_fvu,l0_range,min_rec",
     [
-        ("topk", {"k": 8}, 0.2, (7.5, 8.0), 0.9),
-        ("batchtopk", {"k": 8}, 0.3, (4, 12), 0.5),
-        ("jumprelu", {}, 0.35, (3, 40), 0.1),
-        ("relu", {"l1_coefficient": 3.0}, 0.6, (3, 80), 0.25),
-        ("relu", {"sparsity": "kl", "kl_target": 0.01}, 0.2, (3, 200), 0.0),
+        ("topk", {"k": 8}, 800, 0.2, (7.5, 8.0), 0.9),
+        ("batchtopk", {"k": 8}, 800, 0.3, (4, 12), 0.5),
+        ("jumprelu", {"l0_coefficient": 3.0}, 1600, 0.3, (2, 8), 0.8),
+        ("relu", {"l1_coefficient": 3.0}, 1600, 0.4, (3, 30), 0.9),
+        ("relu", {"sparsity": "kl", "kl_target": 0.01}, 800, 0.2, (3, 200), 0.0),
     ],
 )
-def test_sae_learns_planted_features(arch, extra, max_fvu, l0_range, min_rec):
+def test_sae_learns_planted_features(arch, extra, steps, max_fvu, l0_range, min_rec):
     cfg = DictionaryConfig(D_IN, D_SAE, arch=arch, **extra)
-    _, fvu, l0, rec = train_planted(cfg, steps=800)
+    _, fvu, l0, rec = train_planted(cfg, steps=steps)
     assert fvu < max_fvu
     assert l0_range[0] <= l0 <= l0_range[1]
     assert rec >= min_rec
