@@ -53,6 +53,12 @@ class DictionaryConfig(_JsonMixin):
     model_name: str = ""
     k: int = 32  # topk / batchtopk: active latents per token
     skip: bool = False  # linear skip connection W_skip [d_in, d_out]
+    # "tied": W_enc = W_dec^T (needs d_out == d_in); "random": unit-norm random columns;
+    # "standardized": random, then each latent scaled and shifted so its pre-activation has mean 0
+    # and variance 1 on the first batch, so every latent starts with an equal chance to be chosen.
+    # "auto" = tied for an SAE, standardized for a transcoder (on the demo's transcoder: 35% of
+    # latents never fire against 50% with "random", at a lower FVU; benchmarks/sweep_transcoder.py).
+    encoder_init: str = "auto"
     # relu
     sparsity: str = "l1"  # "l1" (decoder-norm weighted) | "kl" (KL(rho || rho_hat) per latent)
     l1_coefficient: float = 5.0
@@ -88,6 +94,22 @@ class DictionaryConfig(_JsonMixin):
             raise ValueError(f"decode must be auto, sparse or dense, got {self.decode!r}")
         if self.select not in ("auto", "bf16", "fp32"):
             raise ValueError(f"select must be auto, bf16 or fp32, got {self.select!r}")
+        if self.encoder_init not in ("auto", "tied", "random", "standardized"):
+            raise ValueError(
+                "encoder_init must be auto, tied, random or standardized, "
+                f"got {self.encoder_init!r}"
+            )
+        if self.encoder_init == "tied" and self.out_dim != self.d_in:
+            raise ValueError(
+                f"encoder_init='tied' needs d_out == d_in (got {self.out_dim} != {self.d_in}); "
+                "use 'standardized' or 'random'"
+            )
+
+    @property
+    def resolved_encoder_init(self) -> str:
+        if self.encoder_init != "auto":
+            return self.encoder_init
+        return "standardized" if self.is_transcoder else "tied"
 
     @property
     def is_transcoder(self) -> bool:

@@ -66,11 +66,11 @@ class SparseDictionary(nn.Module):
 
         W_dec = torch.randn(d_sae, d_out, **kw)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        if self.is_transcoder:
+        if cfg.resolved_encoder_init == "tied":
+            W_enc = W_dec.t().clone()
+        else:
             W_enc = torch.randn(d_in, d_sae, **kw)
             W_enc /= W_enc.norm(dim=0, keepdim=True)
-        else:
-            W_enc = W_dec.t().clone()
         # Stored latent-major as W_enc_t [d_sae, d_in] (W_enc is its transposed view): the
         # sparse paths read and write one latent's encoder row at a time.
         self.W_enc_t = nn.Parameter(W_enc.t().contiguous())
@@ -338,7 +338,8 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def init_from_data(self, x: Tensor, target: Tensor | None = None, method: str = "mean") -> None:
         """Set ``b_dec`` to the mean (or geometric median) of the reconstruction target, so the
-        encoder starts from centred inputs. ``x`` / ``target`` are a sample batch (normalised the
+        encoder starts from centred inputs, and standardise the encoder where
+        ``cfg.encoder_init`` asks for it. ``x`` / ``target`` are a sample batch (normalised the
         same way as training batches)."""
         self._check(x, self.d_in, "input")
         y = x if target is None else target
@@ -350,6 +351,13 @@ class SparseDictionary(nn.Module):
             self.b_dec.copy_(geometric_median(y))
         elif method != "zero":
             raise ValueError(f"init method must be mean, median or zero, got {method!r}")
+        if self.cfg.resolved_encoder_init == "standardized":
+            # A random encoder on anisotropic inputs gives a few latents far larger
+            # pre-activations than the rest; TopK then never picks the rest and they die.
+            pre = self._sae_in(x.reshape(-1, self.d_in)) @ self.W_enc
+            std = pre.std(0).clamp_min(1e-6)
+            self.W_enc.div_(std)
+            self.b_enc.copy_(-pre.mean(0) / std)
 
     @torch.no_grad()
     def fold_scale(self, in_scale: float, out_scale: float | None = None) -> SparseDictionary:

@@ -157,6 +157,25 @@ def _trained(dict_dir: Path, names: list[str], train_cfg: TrainConfig) -> bool:
     return True
 
 
+def demo_train_config(cfg: DemoConfig, n_train: int) -> TrainConfig:
+    """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes,
+    warm-up and dead-latent window scaled to the run's length."""
+    train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
+    steps = max(1, train_tokens // cfg.batch_size)
+    return TrainConfig(
+        lr=cfg.lr,
+        tokens=train_tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        warmup_steps=min(100, steps // 10),
+        sparsity_warmup_steps=0,  # TopK has no sparsity penalty to warm up
+        checkpoint_every=max(1, steps // 4),
+        log_every=max(1, steps // 100),
+        dead_tokens=min(10_000_000, max(cfg.batch_size, train_tokens // 4)),
+        device=cfg.device,
+    )
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns (and writes) the summary."""
     t0 = time.perf_counter()
@@ -219,20 +238,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         DictionaryConfig(hook_in=resid, **common),
         DictionaryConfig(hook_in=mlp_in, hook_out=mlp_out, d_out=d_model, **common),
     ]
-    train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
-    steps = max(1, train_tokens // cfg.batch_size)
-    train_cfg = TrainConfig(
-        lr=cfg.lr,
-        tokens=train_tokens,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        warmup_steps=min(100, steps // 10),
-        sparsity_warmup_steps=0,  # TopK has no sparsity penalty to warm up
-        checkpoint_every=max(1, steps // 4),
-        log_every=max(1, steps // 100),
-        dead_tokens=min(10_000_000, max(cfg.batch_size, train_tokens // 4)),
-        device=cfg.device,
-    )
+    train_cfg = demo_train_config(cfg, n_train)
+    train_tokens, steps = train_cfg.tokens, train_cfg.total_steps
     dict_dir = out / "dictionaries"
     with clock.stage("train", tokens=train_tokens) as st:
         stats = {h: hook_stats(acts["train"], h) for h in hooks}

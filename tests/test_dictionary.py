@@ -235,3 +235,21 @@ def test_metrics_evaluate_streams_like_one_batch():
     assert s2.n_tokens == 100 and s2.dense_fraction > 0
     with pytest.raises(ValueError, match="no held-out tokens"):
         evaluate(m, [])
+
+
+def test_standardized_encoder_init_equalises_latents():
+    """A transcoder's encoder starts with every latent's pre-activation at mean 0, variance 1 on
+    the init batch, however anisotropic the input."""
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(16, 64, arch="topk", k=4, d_out=8, hook_out="L0.mlp_out")
+    assert cfg.resolved_encoder_init == "standardized"
+    m = SparseDictionary(cfg)
+    x = torch.randn(4000, 16) * torch.logspace(-2, 1, 16) + 3.0  # scales differ 1000x
+    m.init_from_data(x, torch.randn(4000, 8))
+    pre = m.pre_acts(x)
+    torch.testing.assert_close(pre.mean(0), torch.zeros(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pre.std(0), torch.ones(64), atol=1e-4, rtol=0)
+    sae = DictionaryConfig(16, 64, arch="topk", k=4)
+    assert sae.resolved_encoder_init == "tied"
+    with pytest.raises(ValueError, match="encoder_init='tied' needs d_out == d_in"):
+        DictionaryConfig(16, 64, d_out=8, hook_out="o", encoder_init="tied")
