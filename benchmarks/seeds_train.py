@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                     **bt.evaluate(t, data.eval),
                 }
             )
+    _, data_facts = bt.outliers(data.eval)
+    print(
+        f"\nheld-out: {data.eval.shape[0]:,} tokens; {data_facts['outlier_tokens']} above "
+        f"{bt.OUTLIER_NORM:g}x the median norm hold {data_facts['outlier_variance_share']:.0%} of "
+        f"the variance; largest norm {data_facts['max_norm_over_median']:.0f}x the median"
+    )
     summary = {}
     print(f"\nTopK k={args.k}, d_sae {d_sae}, {steps} steps x {args.batch_size} tokens")
     head = "".join(f"{f'seed {s}':>9}" for s in seeds)
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": bt.machine_info(),
         "config": {"steps": steps, "batch_size": args.batch_size, "k": args.k, "d_sae": d_sae},
         "seeds": seeds,
+        "held_out": data_facts,
         "rows": rows,
         "summary": summary,
         "ratios": ratios,

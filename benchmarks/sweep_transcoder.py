@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = {h: hook_stats(acts / "train", h) for h in hooks}
     train_cfg = demo_train_config(demo, manifest.n_sequences)
     train_cfg.checkpoint_every = 0
+    n_eval = read_manifest(acts / "eval").n_tokens
     rows = []
     for overrides in settings:
         cfg = DictionaryConfig(
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         reader = ActivationReader(acts / "train", hooks, demo.batch_size, seed=demo.seed)
         dicts = trainer.fit(reader)
         eval_reader = ActivationReader(acts / "eval", hooks, demo.batch_size, shuffle=False)
-        n_eval = read_manifest(acts / "eval").n_tokens
         metrics = evaluate(dicts, eval_reader, max_tokens=n_eval)[0]
         rows.append({"overrides": overrides, **metrics, "seconds": time.perf_counter() - t0})
     print(

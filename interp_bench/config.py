@@ -148,8 +148,8 @@ class TrainConfig(_JsonMixin):
     log_every: int = 50  # steps between JSONL metric lines
     dead_tokens: int = 10_000_000  # latent is dead after not firing on this many tokens
     sparsity_warmup_steps: int = 1000  # l1 / l0 / kl coefficient warm-up -> sparsity_scale
-    # Adam's betas, lower than the usual (0.9, 0.999): a few massive-activation tokens (norms up
-    # to ~100x the median in SmolLM2's residual stream) give rare gradient spikes, and a slow
+    # Adam's betas, lower than the usual (0.9, 0.999): a few massive-activation tokens (norms
+    # tens of times the median in SmolLM2's residual stream) give rare gradient spikes, and a slow
     # second-moment average keeps the step size small for long after each one. On bench_train's
     # data and budget (0.8, 0.95) gave lower held-out FVU than (0.9, 0.999) (sweep_train,
     # seeds_train; benchmarks/RESULTS.md).

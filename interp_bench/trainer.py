@@ -177,9 +177,9 @@ class Trainer:
                 )
             out.loss.backward()
             params = [p for p in d.parameters() if p.grad is not None]
-            ddp.all_reduce_mean_([p.grad for p in params])
-            d.post_backward()  # unit-norm decoders: drop the gradient along each row
             grads = [p.grad for p in params]
+            ddp.all_reduce_mean_(grads)
+            d.post_backward()  # unit-norm decoders: drop the gradient along each row (in place)
             grad_norm = torch.nn.utils.get_total_norm(grads)
             if tc.grad_clip > 0:  # clip_grad_norm_ would scale every gradient even by 1.0
                 torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
