@@ -78,9 +78,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionary import SparseDictionary
-    from interp_bench.top_examples import AnalysisConfig, analyze
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
     model, model_name = load_floor_model()
     d_model = model.cfg.d_model

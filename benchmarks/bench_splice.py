@@ -92,7 +92,7 @@ def eval_tokens(model, n_tokens: int, ctx: int) -> tuple[torch.Tensor, str]:
 
 def dictionaries(model, expansion: int = 8, k: int = 32) -> dict:
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionary import SparseDictionary
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
     d, layer = model.cfg.d_model, model.cfg.n_layers // 2
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def time_forward(model, tokens: torch.Tensor, batch: int) -> tuple[float, float]
 
 
 def time_splice(model, dicts: dict, tokens: torch.Tensor, batch: int, share: bool):
-    from interp_bench.splice import spliced_loss
+    from interp_bench.analysis.splice import spliced_loss
 
     start = clocks()
     results = spliced_loss(model, dicts, tokens, batch_size=batch, share_prefix=share)
@@ -173,7 +173,7 @@ def main() -> None:
         for label, forwards, tok_s, res in timed:
             row(label, model_name, tok_s, floor, forwards, res)
 
-    from interp_bench.splice import supports_start_at_layer
+    from interp_bench.analysis.splice import supports_start_at_layer
 
     model, model_name = load_floor_model()
     tokens, token_source = eval_tokens(model, args.tokens, args.ctx)

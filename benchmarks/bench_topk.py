@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionary import SparseDictionary
-from interp_bench.topk import TopKLayout, topk_rows
+from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries.topk import TopKLayout, topk_rows
 
 
 def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):

@@ -47,7 +47,7 @@ CACHE_EVAL_TOKENS = 32768  # held-out tokens cached once (BOS rows are skipped w
 
 
 class OursAdapter:
-    """interp_bench.trainer.Trainer with one dictionary; defaults except the issue's settings."""
+    """Our Trainer with one dictionary; defaults except the issue's settings."""
 
     name = "ours"
 
@@ -64,7 +64,7 @@ class OursAdapter:
     ):
         """``overrides``: TrainConfig fields set after the warm-up caps (sweep_train uses it)."""
         from interp_bench.config import DictionaryConfig, TrainConfig
-        from interp_bench.trainer import Trainer
+        from interp_bench.training.trainer import Trainer
 
         cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, arch=arch, k=k, hook_in=HOOK)
         train_cfg = TrainConfig(batch_size=batch_size, tokens=tokens, checkpoint_every=0)

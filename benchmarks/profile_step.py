@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.trainer import Trainer
+from interp_bench.training.trainer import Trainer
 
 OUT = Path(__file__).resolve().parent / "out"
 HOOK = "L15.resid_post"

@@ -2,7 +2,7 @@
 
 TopK transcoders on SmolLM2 leave many latents that never fire (half of them in the demo with a
 random encoder). This retrains the demo's transcoder, with the demo's training settings
-(`interp_bench.pipeline.demo_train_config`), on the activations a demo run cached, once per
+(`interp_bench.commands.pipeline.demo_train_config`), on the activations a demo run cached, once per
 setting, and reports held-out FVU, L0 and the never-firing fraction on the eval split.
 
     interp-bench demo --out runs/demo                                   # caches the activations
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activation_cache.reader import ActivationReader, hook_stats  # noqa: E402
 from activation_cache.shards import read_manifest  # noqa: E402
+from interp_bench.commands.pipeline import DemoConfig, demo_train_config  # noqa: E402
 from interp_bench.config import DictionaryConfig  # noqa: E402
-from interp_bench.pipeline import DemoConfig, demo_train_config  # noqa: E402
-from interp_bench.trainer import Trainer, evaluate  # noqa: E402
+from interp_bench.training.trainer import Trainer, evaluate  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_SETTINGS = [{"encoder_init": "random"}, {"encoder_init": "standardized"}]

@@ -4,7 +4,7 @@ import argparse
 import importlib
 import sys
 
-from .commands import NAMES
+from interp_bench.commands import NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:

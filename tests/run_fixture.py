@@ -21,7 +21,7 @@ SMALL = dict(
 
 
 def small_config(out: Path):
-    from interp_bench.pipeline import DemoConfig
+    from interp_bench.commands.pipeline import DemoConfig
 
     return DemoConfig(out=str(out), **SMALL)
 
@@ -29,7 +29,7 @@ def small_config(out: Path):
 @functools.cache
 def small_run_dir(base: str) -> tuple[Path, dict]:
     """(run folder, summary) of the small run under the session's base temp dir."""
-    from interp_bench.pipeline import run_demo
+    from interp_bench.commands.pipeline import run_demo
 
     out = Path(base) / "small_run"
     return out, run_demo(small_config(out))

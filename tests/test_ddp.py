@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_trainer import HOOK, planted, relu_cfg, tcfg, topk_cfg  # noqa: E402
 
-from interp_bench.trainer import Trainer, run_names  # noqa: E402
+from interp_bench.training.trainer import Trainer, run_names  # noqa: E402
 
 WORLD = 2
 STEPS = 12
@@ -28,7 +28,7 @@ def cfgs():
 def _worker(rank: int, tmp: str, port: int) -> None:
     import torch.distributed as dist
 
-    from interp_bench import ddp
+    from interp_bench.training import ddp
 
     torch.set_num_threads(1)
     # The environment torchrun sets; init_from_env is what `interp-bench train` calls.

@@ -6,15 +6,15 @@ import pytest
 import torch
 from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
-from interp_bench.density import (
+from interp_bench.analysis.density import (
     HIST_BINS,
     DensityStats,
     density_summary,
     hist_edges,
     whole_sequences,
 )
-from interp_bench.recon_error import context_window, recon_summary
-from interp_bench.top_examples import analyze
+from interp_bench.analysis.recon_error import context_window, recon_summary
+from interp_bench.analysis.top_examples import analyze
 
 HOOK = "L0.resid_post"
 

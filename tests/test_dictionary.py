@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionary import SparseDictionary, geometric_median
+from interp_bench.dictionaries.dictionary import SparseDictionary, geometric_median
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,7 +214,7 @@ def test_loss_output_fields():
 
 
 def test_metrics_evaluate_streams_like_one_batch():
-    from interp_bench.metrics import evaluate, fvu, l0
+    from interp_bench.dictionaries.evaluate import evaluate, fvu, l0
 
     torch.manual_seed(0)
     m = SparseDictionary(DictionaryConfig(16, 64, arch="topk", k=4))

@@ -11,7 +11,7 @@ from run_fixture import SMALL, small_config, small_run_dir
 
 from interp_bench.cli import build_parser
 from interp_bench.commands.demo import config_from_args
-from interp_bench.pipeline import DemoConfig, format_summary
+from interp_bench.commands.pipeline import DemoConfig, format_summary
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +52,8 @@ def test_summary_numbers_are_sensible(small_run):
 def test_artifacts_exist_and_load(small_run):
     from sae_lens import SAE
 
-    from interp_bench.dictionary import load_dictionary
-    from interp_bench.top_examples import load_feature_index
+    from interp_bench.analysis.top_examples import load_feature_index
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     out, summary = small_run
     for split in ("train", "eval"):
@@ -79,7 +79,7 @@ def test_artifacts_exist_and_load(small_run):
 
 @pytest.mark.slow
 def test_second_run_skips_done_work(small_run):
-    from interp_bench.pipeline import run_demo
+    from interp_bench.commands.pipeline import run_demo
 
     out, summary = small_run
     files = [
@@ -102,7 +102,7 @@ def test_second_run_skips_done_work(small_run):
 
 @pytest.mark.slow
 def test_rerun_with_other_training_settings_refuses(small_run):
-    from interp_bench.pipeline import run_demo
+    from interp_bench.commands.pipeline import run_demo
 
     out, _ = small_run
     cfg = small_config(out)

@@ -9,12 +9,12 @@ from urllib.parse import quote
 import pytest
 import torch
 
+from interp_bench.analysis.density import model_stream
+from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
+from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
 from interp_bench.cli import main
 from interp_bench.config import DictionaryConfig
-from interp_bench.density import model_stream
-from interp_bench.dictionary import SparseDictionary
-from interp_bench.figures import density_histogram, feature_card, recon_error_figure
-from interp_bench.top_examples import AnalysisConfig, analyze, load_feature_index
+from interp_bench.dictionaries.dictionary import SparseDictionary
 
 HOOK = "L1.resid_post"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,7 +49,7 @@ def test_analyze_command_matches_direct_pass(run_dir, tiny_model, tokens, tmp_pa
     assert rc == 0, capsys.readouterr()
     assert "feature index" in capsys.readouterr().out
     cached = load_feature_index(run_dir / "sae" / "analysis")
-    from interp_bench.dictionary import load_dictionary
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     d = load_dictionary(run_dir / "sae")
     direct = analyze(d, model_stream(tiny_model, tokens, [HOOK], batch_seqs=5), tmp_path,
@@ -85,8 +85,8 @@ def test_analyze_bad_input(run_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def report_html(run_dir, tiny_model, tokens, tmp_path_factory):
     """An index with token strings and logit effects (from the model), and its report."""
-    from interp_bench.dictionary import load_dictionary
-    from interp_bench.report import write_report
+    from interp_bench.analysis.report import write_report
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     out = tmp_path_factory.mktemp("index")
     d = load_dictionary(run_dir / "sae")

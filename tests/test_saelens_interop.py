@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionary import SparseDictionary, load_dictionary
+from interp_bench.dictionaries.dictionary import SparseDictionary, load_dictionary
 
 sae_lens = pytest.importorskip("sae_lens")
 

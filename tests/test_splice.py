@@ -7,7 +7,7 @@ import pytest
 import torch
 from analysis_helpers import relu_dictionary
 
-from interp_bench.splice import format_table, spliced_loss
+from interp_bench.analysis.splice import format_table, spliced_loss
 
 
 def perfect_sae(d: int, hook: str):
@@ -151,7 +151,7 @@ def test_bad_input_is_a_clear_error(tiny_model, tokens):
 
 def _real(cfg_kwargs: dict, seed: int = 0):
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionary import SparseDictionary
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
     torch.manual_seed(seed)
     return SparseDictionary(DictionaryConfig(**cfg_kwargs)).eval()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
-from interp_bench.density import model_stream
-from interp_bench.top_examples import (
+from interp_bench.analysis.density import model_stream
+from interp_bench.analysis.top_examples import (
     AnalysisConfig,
     analyze,
     load_feature_index,

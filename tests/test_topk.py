@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp_bench.activations import JumpReLUFn, StepFn, kl_sparsity
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionary import SparseDictionary
-from interp_bench.topk import (
+from interp_bench.dictionaries.activations import JumpReLUFn, StepFn, kl_sparsity
+from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries.topk import (
     SparseDecode,
     TopKLayout,
     choose_sparse,

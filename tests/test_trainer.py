@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp_bench import checkpoint as ckpt
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.trainer import Trainer, TrainingDiverged, lr_factor, run_names, train
+from interp_bench.training import checkpoint as ckpt
+from interp_bench.training.trainer import Trainer, TrainingDiverged, lr_factor, run_names, train
 
 HOOK = "L0.resid_post"
 HOOK_OUT = "L0.mlp_out"
@@ -123,7 +123,7 @@ def test_fvu_drops_on_planted_data(cfg, tmp_path):
 
 def test_saved_dictionary_acts_on_raw_activations(tmp_path):
     """Folding the input scale into the weights gives the same reconstruction on raw inputs."""
-    from interp_bench.dictionary import load_dictionary
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     data = planted(10)
     t = Trainer([topk_cfg()], tcfg(tokens=128 * 10), out_dir=tmp_path)

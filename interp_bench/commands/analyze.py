@@ -12,7 +12,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .counts import parse_count
+    from interp_bench.commands.counts import parse_count
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
     p.add_argument("--activations", required=True, help="activation cache dir, e.g. RUN/acts/eval")
@@ -31,10 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from activation_cache.shards import read_manifest
-
-    from ..density import cache_stream
-    from ..dictionary import load_dictionary
-    from ..top_examples import AnalysisConfig, analyze
+    from interp_bench.analysis.density import cache_stream
+    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     acts_dir = Path(args.activations)
     if not (acts_dir / "manifest.json").exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .counts import parse_count
+from interp_bench.commands.counts import parse_count
 
 HELP = "Cache activations at hook points (e.g. L15.resid_post) as resumable safetensors shards."
 

@@ -2,7 +2,7 @@
 
 import argparse
 
-from .counts import parse_count
+from interp_bench.commands.counts import parse_count
 
 HELP = (
     "Run the main job: cache a middle layer, train a TopK SAE and a transcoder, evaluate "
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The `DemoConfig` these arguments ask for (`--quick` shrinks the defaults only)."""
-    from interp_bench.pipeline import DemoConfig
+    from interp_bench.commands.pipeline import DemoConfig
 
     overrides = {
         "model": args.model,
@@ -58,7 +58,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp_bench.pipeline import run_demo
+    from interp_bench.commands.pipeline import run_demo
 
     run_demo(config_from_args(args))
     return 0

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from interp_bench.analysis.report import write_report
 
     d = Path(args.dir)
     if not (d / "index.json").exists() and (d / "analysis" / "index.json").exists():

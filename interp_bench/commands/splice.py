@@ -13,7 +13,7 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .counts import parse_count
+    from interp_bench.commands.counts import parse_count
 
     p.add_argument(
         "--dictionary", action="append", required=True, help="dictionary folder (repeatable)"
@@ -35,9 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import load_model, model_id
-
-    from ..dictionary import load_dictionary
-    from ..splice import format_table, spliced_loss, supports_start_at_layer
+    from interp_bench.analysis.splice import format_table, spliced_loss, supports_start_at_layer
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     if args.tokens < 1 or args.batch_size < 1:
         raise ValueError("--tokens and --batch-size must be positive")

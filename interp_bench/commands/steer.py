@@ -32,7 +32,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .counts import parse_count
+    from interp_bench.commands.counts import parse_count
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
     p.add_argument("--latent", type=int, required=True, help="latent index to steer with")
@@ -76,9 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from activation_cache.models import load_model, model_id
-
-    from ..dictionary import load_dictionary
-    from ..steering import format_sweep, latent_max_activation, sweep, sweep_figure
+    from interp_bench.analysis.steering import (
+        format_sweep,
+        latent_max_activation,
+        sweep,
+        sweep_figure,
+    )
+    from interp_bench.dictionaries.dictionary import load_dictionary
 
     if not (Path(args.dictionary) / "cfg.json").exists():
         raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")

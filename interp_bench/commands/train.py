@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .counts import parse_count
+from interp_bench.commands.counts import parse_count
 
 HELP = "Train sparse autoencoders or transcoders on cached activations (sweeps share one pass)."
 
@@ -142,9 +142,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from activation_cache.reader import ActivationReader, hook_stats
-    from interp_bench import ddp
     from interp_bench.config import TrainConfig
-    from interp_bench.trainer import Trainer, evaluate
+    from interp_bench.training import ddp
+    from interp_bench.training.trainer import Trainer, evaluate
 
     cache = Path(args.activations)
     hooks = cached_hooks(cache)

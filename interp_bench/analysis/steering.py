@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from activation_cache.hooks import capture
-
-from .splice import hook_point
+from interp_bench.analysis.splice import hook_point
 
 MODES = ("add", "clamp")
 

@@ -155,7 +155,7 @@ def _config_from_saelens(c: dict[str, Any]) -> DictionaryConfig:
 
 def load_saelens_folder(path: str | Path, device: torch.device | str | None = None):
     """Load a folder written by us or by SAELens into a SparseDictionary."""
-    from interp_bench.dictionary import SparseDictionary
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
     path = Path(path)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE

@@ -12,7 +12,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .top_examples import FeatureIndex
+from interp_bench.analysis.top_examples import FeatureIndex
 
 
 def density_histogram(index: FeatureIndex) -> go.Figure:

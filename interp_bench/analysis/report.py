@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .top_examples import FeatureIndex, load_feature_index
+from interp_bench.analysis.top_examples import FeatureIndex, load_feature_index
 
 
 def _r(v: float) -> float | None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionary import SparseDictionary
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -117,8 +117,8 @@ class TopK:
     """Keep the k largest pre-activations per token (ReLU'd); Gao et al. 2024.
 
     Training returns ``(values, indices)`` so the dictionary can decode through the k active
-    latents only (see ``interp_bench.topk``). No sparsity penalty; dead latents are revived by
-    the AuxK loss, which the dictionary computes because it needs the decoder.
+    latents only (see ``interp_bench.dictionaries.topk``). No sparsity penalty; dead latents are
+    revived by the AuxK loss, which the dictionary computes because it needs the decoder.
     """
 
     sparse = True

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from interp_bench.activations import make_activation
 from interp_bench.config import DictionaryConfig
-from interp_bench.topk import (
+from interp_bench.dictionaries.activations import make_activation
+from interp_bench.dictionaries.topk import (
     SparseDecode,
     TopKLayout,
     choose_sparse,
@@ -221,7 +221,7 @@ class SparseDictionary(nn.Module):
     # with aux = (values [B, k_aux], indices [B, k_aux], scale) for AuxK, or None.
     def _sparse_topk(self, x: Tensor, dead_mask: Tensor | None):
         """Hot path: the encoder matmul runs outside autograd; everything after it touches
-        only the k chosen (and AuxK) latents. See interp_bench/topk.py."""
+        only the k chosen (and AuxK) latents. See interp_bench/dictionaries/topk.py."""
         k = self.cfg.k
         sae_in = self._sae_in(x).detach()
         pre = self._selection_pre(sae_in)
@@ -383,7 +383,7 @@ class SparseDictionary(nn.Module):
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``cfg.json`` + ``sae_weights.safetensors`` in the SAELens 6 layout."""
-        from interp_bench.saelens_format import save_dictionary
+        from interp_bench.dictionaries.saelens_format import save_dictionary
 
         return save_dictionary(self, path, metadata)
 
@@ -391,7 +391,7 @@ class SparseDictionary(nn.Module):
 def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
     """Load a dictionary saved by ``SparseDictionary.save`` or by SAELens (standard, topk,
     jumprelu, and the transcoder variants)."""
-    from interp_bench.saelens_format import load_saelens_folder
+    from interp_bench.dictionaries.saelens_format import load_saelens_folder
 
     return load_saelens_folder(path, device=device)
 

@@ -30,14 +30,13 @@ from activation_cache.corpus import CorpusConfig, load_corpus
 from activation_cache.hooks import n_layers
 from activation_cache.models import load_model, model_id
 from activation_cache.reader import ActivationReader, hook_stats
-
-from .config import DictionaryConfig, TrainConfig
-from .density import cache_stream
-from .dictionary import load_dictionary
-from .report import write_report
-from .splice import spliced_loss
-from .top_examples import analyze
-from .trainer import Trainer, evaluate
+from interp_bench.analysis.density import cache_stream
+from interp_bench.analysis.report import write_report
+from interp_bench.analysis.splice import spliced_loss
+from interp_bench.analysis.top_examples import analyze
+from interp_bench.config import DictionaryConfig, TrainConfig
+from interp_bench.dictionaries.dictionary import load_dictionary
+from interp_bench.training.trainer import Trainer, evaluate
 
 
 @dataclass

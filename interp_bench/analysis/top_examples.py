@@ -36,8 +36,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .density import DensityStats, density_summary, hist_edges, whole_sequences
-from .recon_error import ReconStats, context_window, recon_summary
+from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
+from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
 FORMAT_VERSION = 1
 RESIDUAL_KINDS = ("resid_pre", "resid_post", "mlp_out")  # spaces the unembedding reads from

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from . import ddp
-from .allocator import keep_freed_memory
-from .config import DictionaryConfig, TrainConfig
-from .dictionary import SparseDictionary
+from interp_bench.config import DictionaryConfig, TrainConfig
+from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.training import checkpoint as ckpt
+from interp_bench.training import ddp
+from interp_bench.training.allocator import keep_freed_memory
 
 DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
 # Settings that may change between a run and its resume without changing its result.

@@ -1,0 +1,1 @@
+"""Analysis of trained dictionaries: density, top examples, splicing, steering, reports."""

@@ -1,0 +1,1 @@
+"""The sparse dictionaries: activation functions, the module, sparse kernels, file format."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, its checkpoints, distributed helpers."""
