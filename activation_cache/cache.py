@@ -31,7 +31,8 @@ from .shards import (
 )
 
 _OWN_FILE = re.compile(
-    r"^(shard_(\d{5})\.safetensors(\.tmp)?|manifest\.json(\.tmp)?|stats_.*\.json)$"
+    r"^(shard_(\d{5})\.safetensors(\.tmp)?|manifest\.json(\.tmp)?|stats_.*\.json"
+    r"|rank_\d{5}\.json(\.tmp)?)$"  # rank_*: progress of a multi-process run (distributed.py)
 )
 
 
@@ -80,6 +81,117 @@ def _discard_strays(out_dir: Path, n_done: int) -> None:
             path.unlink()
 
 
+def plan_cache(
+    model, tokens: torch.Tensor, hooks: list[str] | str, dtype: str, shard_tokens: int, meta
+) -> tuple[list, Manifest]:
+    """Check the arguments; return the hook specs and the manifest of the cache not yet begun
+    (its `config` is what a resumed run must match). Shared with `distributed.py`."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(
+            f"dtype {dtype!r} not supported; choose one of {', '.join(STORAGE_DTYPES)}"
+        )
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(
+            f"tokens must be a non-empty [n_seq, context_len] tensor, got {tuple(tokens.shape)}"
+        )
+    if shard_tokens < 1:
+        raise ValueError("shard_tokens must be positive")
+    meta = dict(meta or {})
+    specs = resolve_hooks(model, hooks)
+    n_seq, ctx = tokens.shape
+    seqs_per_shard = max(1, shard_tokens // ctx)
+    d = int(model.cfg.d_model)
+    model_name = meta.pop("model", None) or _model_name(model)
+    tokenizer = str(meta.pop("tokenizer", ""))
+    fingerprint = str(meta.pop("corpus_fingerprint", ""))
+    config = {
+        "model": model_name,
+        "hooks": [s.short for s in specs],
+        "dtype": dtype,
+        "context_len": ctx,
+        "n_sequences": n_seq,
+        "seqs_per_shard": seqs_per_shard,
+        "tokens_sha256": tokens_fingerprint(tokens),
+        "corpus_fingerprint": fingerprint,
+        **meta,
+    }
+    fresh = Manifest(
+        model=model_name,
+        hooks=[
+            {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
+            for s in specs
+        ],
+        dtype=dtype,
+        context_len=ctx,
+        n_sequences=n_seq,
+        seqs_per_shard=seqs_per_shard,
+        tokenizer=tokenizer,
+        corpus_fingerprint=fingerprint,
+        config=config,
+    )
+    return specs, fresh
+
+
+def open_cache(out_dir: Path, fresh: Manifest) -> Manifest:
+    """The folder's manifest when it holds a cache of the same config (complete or not), else
+    `fresh`; refuses a different config, a file in the way, or a folder of other files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder; pick another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).exists():
+        manifest = read_manifest(out_dir)
+        _check_resumable(out_dir, manifest, fresh.config)
+        if manifest.complete:
+            print(
+                f"{out_dir}: cache already complete ({manifest.n_tokens:,} tokens), nothing to do"
+            )
+            return manifest
+    else:
+        foreign = [p.name for p in out_dir.iterdir() if not _OWN_FILE.match(p.name)]
+        if foreign:
+            raise ValueError(
+                f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
+                "pick an empty or new --out"
+            )
+        manifest = fresh
+    return manifest
+
+
+def write_indexed_shard(
+    capture,
+    tokens: torch.Tensor,
+    index: int,
+    manifest: Manifest,
+    out_dir: Path,
+    batch_size: int,
+    device,
+    bar,
+) -> ShardInfo:
+    """Run the model over shard `index`'s sequences and write the shard (not yet listed)."""
+    n_seq, ctx = tokens.shape
+    d = int(manifest.hooks[0]["d"])
+    st_dtype = STORAGE_DTYPES[manifest.dtype]
+    sps = manifest.seqs_per_shard
+    s0, s1 = index * sps, min((index + 1) * sps, n_seq)
+    n = (s1 - s0) * ctx
+    bufs = {h["short"]: torch.empty(n, d, dtype=st_dtype) for h in manifest.hooks}
+    for b0 in range(s0, s1, batch_size):
+        b1 = min(b0 + batch_size, s1)
+        acts = capture(tokens[b0:b1].to(device))
+        rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
+        for short, act in acts.items():
+            if act.shape[-1] != d:
+                raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
+            bufs[short][rows].copy_(act.reshape(-1, d))
+        bar.update((b1 - b0) * ctx)
+    bufs["tokens"] = tokens[s0:s1].reshape(-1).to(torch.int32)
+    bufs["seq"] = torch.arange(s0, s1, dtype=torch.int64).repeat_interleave(ctx)
+    bufs["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
+    name = shard_name(index)
+    sha, size = write_shard(out_dir / name, bufs)
+    return ShardInfo(name, n, s0, s1, sha, size)
+
+
 def cache_activations(
     model,
     tokens: torch.Tensor,
@@ -97,71 +209,25 @@ def cache_activations(
     `meta` is recorded in the manifest: `model` (default `model_id(model)`), `tokenizer` and
     `corpus_fingerprint` go to their own fields, anything else (e.g. `split`) into `config`.
     Everything in `config` (meta, hooks, dtype, the tokens' hash, ...) must match to resume.
+    Under torchrun (several ranks), or on a folder a multi-process run left unfinished, each
+    rank writes its own share of the shards instead (`distributed.cache_sharded`).
     """
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(
-            f"dtype {dtype!r} not supported; choose one of {', '.join(STORAGE_DTYPES)}"
-        )
-    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
-        raise ValueError(
-            f"tokens must be a non-empty [n_seq, context_len] tensor, got {tuple(tokens.shape)}"
-        )
-    if batch_size < 1 or shard_tokens < 1:
-        raise ValueError("batch_size and shard_tokens must be positive")
-    out_dir = Path(out_dir)
-    meta = dict(meta or {})
-    specs = resolve_hooks(model, hooks)
-    n_seq, ctx = tokens.shape
-    seqs_per_shard = max(1, shard_tokens // ctx)
-    d = int(model.cfg.d_model)
-    st_dtype = STORAGE_DTYPES[dtype]
-    model_name = meta.pop("model", None) or _model_name(model)
-    tokenizer = str(meta.pop("tokenizer", ""))
-    fingerprint = str(meta.pop("corpus_fingerprint", ""))
-    config = {
-        "model": model_name,
-        "hooks": [s.short for s in specs],
-        "dtype": dtype,
-        "context_len": ctx,
-        "n_sequences": n_seq,
-        "seqs_per_shard": seqs_per_shard,
-        "tokens_sha256": tokens_fingerprint(tokens),
-        "corpus_fingerprint": fingerprint,
-        **meta,
-    }
+    from . import distributed
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a folder; pick another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / MANIFEST).exists():
-        manifest = read_manifest(out_dir)
-        _check_resumable(out_dir, manifest, config)
-        if manifest.complete:
-            print(
-                f"{out_dir}: cache already complete ({manifest.n_tokens:,} tokens), nothing to do"
-            )
-            return manifest
-    else:
-        foreign = [p.name for p in out_dir.iterdir() if not _OWN_FILE.match(p.name)]
-        if foreign:
-            raise ValueError(
-                f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
-                "pick an empty or new --out"
-            )
-        manifest = Manifest(
-            model=model_name,
-            hooks=[
-                {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
-                for s in specs
-            ],
-            dtype=dtype,
-            context_len=ctx,
-            n_sequences=n_seq,
-            seqs_per_shard=seqs_per_shard,
-            tokenizer=tokenizer,
-            corpus_fingerprint=fingerprint,
-            config=config,
-        )
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    if distributed.world() > 1 or distributed.has_rank_files(out_dir):
+        return distributed.cache_sharded(
+            model, tokens, hooks, out_dir, dtype=dtype, batch_size=batch_size,
+            shard_tokens=shard_tokens, meta=meta, progress=progress,
+        )  # fmt: skip
+    specs, fresh = plan_cache(model, tokens, hooks, dtype, shard_tokens, meta)
+    out_dir = Path(out_dir)
+    manifest = open_cache(out_dir, fresh)
+    if manifest.complete:
+        return manifest
+    n_seq, ctx = tokens.shape
+    seqs_per_shard = manifest.seqs_per_shard
     _discard_strays(out_dir, len(manifest.shards))
     write_manifest(out_dir, manifest)
 
@@ -178,24 +244,10 @@ def cache_activations(
     )
     with bar, capturing(model, specs) as capture:
         for index in range(len(manifest.shards), n_shards):
-            s0, s1 = index * seqs_per_shard, min((index + 1) * seqs_per_shard, n_seq)
-            n = (s1 - s0) * ctx
-            bufs = {s.short: torch.empty(n, d, dtype=st_dtype) for s in specs}
-            for b0 in range(s0, s1, batch_size):
-                b1 = min(b0 + batch_size, s1)
-                acts = capture(tokens[b0:b1].to(device))
-                rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
-                for short, act in acts.items():
-                    if act.shape[-1] != d:
-                        raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
-                    bufs[short][rows].copy_(act.reshape(-1, d))
-                bar.update((b1 - b0) * ctx)
-            bufs["tokens"] = tokens[s0:s1].reshape(-1).to(torch.int32)
-            bufs["seq"] = torch.arange(s0, s1, dtype=torch.int64).repeat_interleave(ctx)
-            bufs["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
-            name = shard_name(index)
-            sha, size = write_shard(out_dir / name, bufs)
-            manifest.shards.append(ShardInfo(name, n, s0, s1, sha, size))
+            info = write_indexed_shard(
+                capture, tokens, index, manifest, out_dir, batch_size, device, bar
+            )
+            manifest.shards.append(info)
             write_manifest(out_dir, manifest)
     manifest.complete = True
     write_manifest(out_dir, manifest)

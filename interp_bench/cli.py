@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 
 from interp_bench.commands import NAMES
@@ -27,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as err:
         # Bad input gets one clear line, not a traceback; the message names the fix.
-        print(f"interp-bench {args.command}: error: {err}", file=sys.stderr)
+        # Under torchrun every rank prints its own line: say which rank it is.
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        who = f" (rank {os.environ.get('RANK', '0')} of {world})" if world > 1 else ""
+        print(f"interp-bench {args.command}{who}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -26,9 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-tokens", type=parse_count, default=65536, help="tokens per shard")
     p.add_argument("--out", required=True, help="cache dir (one split); rerun to resume")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        help="under torchrun: seconds a silent rank is waited for before the others stop "
+        "(default 300, or $INTERP_BENCH_DIST_TIMEOUT)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from activation_cache import distributed
     from activation_cache.cache import cache_activations
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import default_device, load_model
@@ -36,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
-    device = args.device or default_device()
+    rank_device = distributed.init(args.dist_timeout)  # torchrun: join the ranks; else no-op
+    device = rank_device or args.device or default_device()
     model = load_model(args.model, device=device)
     corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
     splits = load_corpus(corpus_cfg, model.tokenizer)
@@ -69,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         meta=meta,
     )
     dt = time.perf_counter() - t0
+    if distributed.rank() != 0:
+        return 0
     print(
         f"{args.out}: {manifest.n_tokens:,} tokens x {len(manifest.hooks)} hooks in "
         f"{len(manifest.shards)} shards, {manifest.total_bytes / 2**20:.1f} MiB ({dt:.1f} s)"

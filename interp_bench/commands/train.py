@@ -57,6 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="continue from the last checkpoint in --out (default on)",
     )
+    p.add_argument(
+        "--spread",
+        choices=["auto", "data", "dicts"],
+        default="auto",
+        help="under torchrun: 'data' copies every dictionary to every rank (gradients "
+        "all-reduced); 'dicts' gives each rank its own dictionaries, trained on every rank's "
+        "batches (sparsify's distribute_modules); auto: dicts when there are at least as many "
+        "dictionaries as ranks",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        help="under torchrun: seconds to wait on a silent rank before stopping with an error "
+        "naming it (default 300, or $INTERP_BENCH_DIST_TIMEOUT)",
+    )
     p.add_argument("--eval-activations", help="held-out cache dir: report FVU/L0/dead at the end")
     p.add_argument("--eval-tokens", type=parse_count, default=200_000)
 
@@ -143,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
     from activation_cache.reader import ActivationReader, hook_stats
     from interp_bench.config import TrainConfig
-    from interp_bench.training import ddp
-    from interp_bench.training.trainer import Trainer, evaluate
+    from interp_bench.training import ddp, failures, spread
+    from interp_bench.training.trainer import Trainer, evaluate, run_names
 
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
@@ -160,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                     f"(it holds {', '.join(f'{k} [{v}]' for k, v in sorted(eval_hooks.items()))})"
                 )
 
-    ddp_device = ddp.init_from_env()
+    ddp_device = ddp.init_from_env(args.dist_timeout)
     device = ddp_device or torch.device(
         args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -203,13 +218,26 @@ def run(args: argparse.Namespace) -> int:
             "this process reads; lower --batch-size or cache more tokens"
         )
     stats = {h: hook_stats(cache, h) for h in needed}
-    trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)
-    dicts = trainer.fit(reader, resume=args.resume)
-    if ddp.is_main():
-        for name, m in zip(trainer.names, trainer.last_metrics or [{}] * len(cfgs), strict=True):
+    world = ddp.world_size()
+    by_dicts = world > 1 and (
+        args.spread == "dicts" or (args.spread == "auto" and len(cfgs) >= world)
+    )
+    with failures.watched("training"):
+        if by_dicts:
+            trainer, dicts, _ = spread.fit(
+                Trainer, cfgs, tc, reader, stats=stats, device=device, out_dir=args.out,
+                resume=args.resume, names=run_names(cfgs),
+            )  # fmt: skip
+        else:
+            trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)
+            dicts = trainer.fit(reader, resume=args.resume)
+    if by_dicts or ddp.is_main():  # spread: every rank reports its own dictionaries
+        for name, m in zip(
+            trainer.names, trainer.last_metrics or [{}] * len(trainer.names), strict=True
+        ):
             last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
             print(f"saved {Path(args.out) / name}  {last}")
-    if eval_dir is not None and ddp.is_main():
+    if eval_dir is not None and (by_dicts or ddp.is_main()):
         held = ActivationReader(
             eval_dir, needed, args.batch_size, seed=0, shuffle=False, device=device
         )

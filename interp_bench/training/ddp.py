@@ -4,18 +4,35 @@ We all-reduce gradients by hand instead of wrapping dictionaries in `Distributed
 the trainer steps several dictionaries per batch, some of which only touch k latents, and a
 plain averaged gradient is all that data parallelism needs. With equal per-rank batches and a
 per-token mean loss, the averaged gradient equals the gradient on the concatenated batch.
+
+Inside `local()` the helpers act as if this process were alone (rank 0 of 1) except `barrier`:
+that is how `spread.py` gives each rank its own dictionaries, trained on gathered batches.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
+_local = False
+
 
 def enabled() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return dist.is_available() and dist.is_initialized() and not _local
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Collectives off (rank 0 of 1), barriers still global: each rank trains on its own."""
+    global _local
+    before, _local = _local, True
+    try:
+        yield
+    finally:
+        _local = before
 
 
 def rank() -> int:
@@ -30,20 +47,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> torch.device | None:
+def init_from_env(timeout: float | None = None) -> torch.device | None:
     """Join the process group `torchrun` describes in the environment; no-op when not launched so.
 
-    Returns this rank's CUDA device when CUDA is present (NCCL), else None (gloo on CPU).
+    Returns this rank's CUDA device when CUDA is present (NCCL), else None (gloo on CPU). A
+    collective waits at most `timeout` seconds (default 300, `$INTERP_BENCH_DIST_TIMEOUT`).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or enabled():
-        return None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return None
+    from activation_cache import distributed
+
+    return distributed.init(timeout)
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
@@ -90,7 +102,8 @@ def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
 
 
 def barrier() -> None:
-    if enabled():
+    """Global even inside `local()`: every rank reaches the same barriers in the same order."""
+    if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 

@@ -334,9 +334,10 @@ class Trainer:
                     fire_counts=self.fire_counts[i],
                 )
                 ckpt.write(run / "checkpoint", self.step_idx, state)
-            for run in dirs:
+        ddp.barrier()  # every rank holds this step before any rank drops an older one
+        if ddp.is_main():
+            for run in self._run_dirs():
                 ckpt.prune(run / "checkpoint", self.step_idx)
-        ddp.barrier()
 
     def resume(self) -> bool:
         """Load the newest checkpoint all dictionaries share; False when there is none."""

@@ -1,0 +1,117 @@
+"""Name the rank that stopped a distributed run, instead of hanging or a bare socket error.
+
+Every rank bumps a heartbeat counter in the process group's key-value store (under torchrun,
+the launcher's store) and, when it fails, leaves its error message there. A rank whose
+collective fails (a peer closed its socket, or nothing arrived within the group's timeout,
+`--dist-timeout`) looks up who failed or whose heartbeat stopped and says so in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch.distributed as dist
+
+from activation_cache.distributed import timeout_s
+
+_KEY = "interp-bench/"
+
+
+class RankFailed(ValueError):
+    """Another rank died, raised or hung; the message names it (one line, via the CLI)."""
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):
+        return None
+
+
+def _get(store, key: str) -> str | None:
+    try:
+        return store.get(key).decode() if store.check([key]) else None
+    except Exception:  # the store's host is gone too
+        return None
+
+
+def _beats(store, world: int) -> list[str | None]:
+    return [_get(store, f"{_KEY}beat/{r}") for r in range(world)]
+
+
+def culprit(store, me: int, world: int, period: float) -> str:
+    """Which rank failed: one that left an error, else one whose heartbeat stopped."""
+    if store is None:
+        return "another rank stopped"
+    for r in range(world):
+        if r != me and (msg := _get(store, f"{_KEY}failed/{r}")) is not None:
+            return f"rank {r} failed: {msg}"
+    before = _beats(store, world)
+    time.sleep(2.5 * period)
+    after = _beats(store, world)
+    silent = [r for r in range(world) if r != me and before[r] == after[r]]
+    if silent:
+        return f"rank {', '.join(map(str, silent))} stopped responding (killed or hung)"
+    return "another rank stopped (all still answer: see the other ranks' logs)"
+
+
+@contextmanager
+def watched(stage: str) -> Iterator[None]:
+    """Run `stage` of a distributed job; any failure ends with a line naming the rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    store, me, world = _store(), dist.get_rank(), dist.get_world_size()
+    period = max(0.05, min(5.0, timeout_s() / 5))
+    stop = threading.Event()
+
+    def beat() -> None:
+        n = 0
+        while store is not None and not stop.wait(period):
+            n += 1
+            try:
+                store.set(f"{_KEY}beat/{me}", str(n))
+            except Exception:  # the store's host died: the collective will say so
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="rank-heartbeat")
+    thread.start()
+    try:
+        yield
+    except RankFailed:
+        raise
+    except RuntimeError as err:  # gloo / NCCL: a peer closed its socket or timed out
+        if not _is_comm_error(err):
+            _report(store, me, err)
+            raise
+        who = culprit(store, me, world, period)
+        raise RankFailed(
+            f"rank {me}: {stage} stopped, {who}; the last checkpoint is kept: rerun the same "
+            f"command to resume (--dist-timeout, now {timeout_s():g} s, bounds the wait)"
+        ) from err
+    except BaseException as err:
+        _report(store, me, err)
+        raise
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _is_comm_error(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, dist.DistError) or any(
+        s in text for s in ("gloo", "Connection", "Timed out", "NCCL", "timeout", "closed")
+    )
+
+
+def _report(store, me: int, err: BaseException) -> None:
+    if store is None:
+        return
+    line = (str(err).splitlines() or [""])[0][:300]
+    # When the store's host is gone too, the launcher's summary still names this rank.
+    with contextlib.suppress(Exception):
+        store.set(f"{_KEY}failed/{me}", f"{type(err).__name__}: {line}")

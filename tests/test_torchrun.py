@@ -1,0 +1,225 @@
+"""Real `torchrun` launches on CPU (gloo): distributed caching equals one process, survives a
+killed rank (clear error, no partial manifest, exact resume), and DDP training equals one
+process on the same global batches. The ranks run tests/torchrun_entry.py (the CLI + tiny model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from activation_cache import models
+from activation_cache.shards import read_manifest, verify
+from interp_bench import cli
+
+TESTS = Path(__file__).parent
+ENTRY = TESTS / "torchrun_entry.py"
+CTX, N_SEQ, SHARD = 16, 40, 32  # 2 sequences a shard: 20 shards
+HOOKS = "L0.mlp_in,L1.resid_post"
+
+
+def write_corpus(path: Path) -> Path:
+    words = "the king and queen spoke to their people about bread and war".split()  # noqa: SIM905
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, len(words), (6000,), generator=g).tolist()
+    path.write_text(" ".join(words[i] for i in idx) + "\n")
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    root = str(TESTS.parent)
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        **extra,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    args: list[str],
+    *,
+    nproc: int = 2,
+    nodes: tuple[int, int] | None = None,
+    port: int | None = None,
+    **extra: str,
+) -> subprocess.Popen:
+    """`torchrun --standalone` with `nproc` ranks, or one node of a static multi-node launch."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    if nodes is None:
+        run += ["--standalone"]
+    else:
+        run += [f"--nnodes={nodes[1]}", f"--node_rank={nodes[0]}", "--master_addr=127.0.0.1",
+                f"--master_port={port}"]  # fmt: skip
+    return subprocess.Popen(
+        [*run, str(ENTRY), *args], env=env(**extra), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"torchrun hung for {timeout} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def cache_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return ["cache", "--model", "tiny", "--hooks", HOOKS, "--corpus", str(corpus),
+            "--context-len", str(CTX), "--tokens", str(N_SEQ * CTX), "--dtype", "float32",
+            "--batch-size", "2", "--shard-tokens", str(SHARD), "--out", str(out),
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process_cache(tmp_path_factory, gpt2_tokenizer) -> tuple[Path, Path]:
+    """(corpus, cache) written by one process through the same CLI: the reference."""
+    from conftest import make_tiny_model
+
+    base = tmp_path_factory.mktemp("torchrun")
+    corpus = write_corpus(base / "corpus.txt")
+    out = base / "single"
+    real = models.load_model
+    models.load_model = lambda name, device=None, dtype=None: make_tiny_model(gpt2_tokenizer)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank runs
+    try:
+        assert cli.main(cache_args(corpus, out)) == 0
+    finally:
+        models.load_model = real
+        torch.set_num_threads(n)
+    return corpus, out
+
+
+def assert_same_cache(got: Path, want: Path) -> None:
+    """File for file the same cache: same config, shards, sha256 (so the same values)."""
+    a, b = read_manifest(got), read_manifest(want)
+    assert a.complete and b.complete
+    assert a.config == b.config and a.hooks == b.hooks
+    assert [vars(s) for s in a.shards] == [vars(s) for s in b.shards]
+    assert verify(got) == []
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
+
+
+def test_killed_rank_stops_the_other_then_resume_equals_one_process(one_process_cache, tmp_path):
+    corpus, single = one_process_cache
+    out, pids = tmp_path / "acts", tmp_path / "pids"
+    pids.mkdir()
+    port = free_port()
+    slow = dict(TORCHRUN_TEST_SLOW="0.15", TORCHRUN_TEST_PIDS=str(pids))
+    # Two "machines" (static rendezvous, one rank each): killing rank 1 leaves rank 0's torchrun
+    # unaware, so only our heartbeat can stop rank 0.
+    nodes = [
+        launch(
+            cache_args(corpus, out, "--dist-timeout", "3"), nproc=1, nodes=(i, 2), port=port, **slow
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            progress = out / "rank_00001.json"
+            if progress.exists() and len(json.loads(progress.read_text())["shards"]) >= 2:
+                break
+            assert all(p.poll() is None for p in nodes), nodes[0].communicate()[0][-3000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("rank 1 wrote no shard in 90 s")
+        os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)
+        t0 = time.time()
+        rc0, out0 = finish(nodes[0], timeout=60)
+        waited = time.time() - t0
+        finish(nodes[1], timeout=60)
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    assert rc0 != 0
+    assert "rank 0: rank 1 stopped making progress for 3 s" in out0, out0[-3000:]
+    assert waited < 30, f"rank 0 took {waited:.0f} s to stop"
+    assert not (out / "manifest.json").exists()  # no partial manifest
+    done = json.loads((out / "rank_00000.json").read_text())["shards"]
+    assert 0 < len(done) < N_SEQ * CTX // SHARD
+
+    rc, log = finish(launch(cache_args(corpus, out)))  # resume with torchrun --standalone
+    assert rc == 0, log[-3000:]
+    assert_same_cache(out, single)
+
+
+class Zipped:
+    """The global batches of a 2-rank run: rank 0's rows then rank 1's, step by step, ending
+    when either rank's reader runs out (as the ranks do)."""
+
+    def __init__(self, readers):
+        self.readers = readers
+
+    def batches(self, epoch: int = 0, start: int = 0):
+        for parts in zip(*(r.batches(epoch, start) for r in self.readers), strict=False):
+            yield {h: torch.cat([p[h] for p in parts]) for h in parts[0]}
+
+
+PER_RANK = 32
+
+
+@pytest.mark.parametrize("spread", ["data", "dicts"])
+def test_training_equals_one_process_on_the_same_global_batches(
+    one_process_cache, tmp_path, spread, one_thread
+):
+    """`data`: both dictionaries on both ranks, gradients all-reduced. `dicts`: one dictionary
+    per rank, trained on gathered batches. Either way each saved dictionary equals one process
+    trained on the same global batches."""
+    from activation_cache.reader import ActivationReader, hook_stats
+    from interp_bench.config import DictionaryConfig, TrainConfig
+    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.training.trainer import Trainer
+
+    _, cache = one_process_cache
+    out, hook = tmp_path / "run", "L1.resid_post"
+    args = ["train", "--activations", str(cache), "--hook", hook, "--arch", "topk",
+            "--k", "4,8", "--expansion", "2", "--tokens", "2048", "--batch-size",
+            str(PER_RANK), "--checkpoint-every", "10", "--device", "cpu", "--out", str(out),
+            "--spread", spread]  # fmt: skip
+    rc, log = finish(launch(args))
+    assert rc == 0, log[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2
+
+    tc = TrainConfig.from_json(out / names[0] / "train_cfg.json")
+    tc.batch_size = 2 * PER_RANK
+    cfgs = [DictionaryConfig.from_json(out / n / "dict_cfg.json") for n in names]
+    readers = [
+        ActivationReader(
+            cache, [hook], PER_RANK, seed=tc.seed, rank=r, world_size=2, drop_last=True
+        )  # fmt: skip
+        for r in range(2)
+    ]
+    one = Trainer(cfgs, tc, stats={hook: hook_stats(cache, hook)}, device="cpu",
+                  out_dir=tmp_path / "one", names=names)  # fmt: skip
+    want = one.fit(Zipped(readers))
+    assert one.step_idx == 2048 // (2 * PER_RANK)
+    for name, w in zip(names, want, strict=True):
+        got = load_dictionary(out / name).state_dict()
+        for k, v in w.state_dict().items():
+            torch.testing.assert_close(got[k], v, atol=2e-5, rtol=1e-4, msg=f"{name} {k}")
+        lines = (out / name / "metrics.jsonl").read_text().splitlines()
+        assert f'"step": {one.step_idx},' in lines[-1]
