@@ -9,17 +9,18 @@ dies leaves no partial manifest (a single process's partial manifest from before
 was). Resuming, with any number of ranks, takes every shard a manifest or progress file lists
 and finds whole on disk, and shares out the rest.
 
-A rank whose heartbeat stops (killed, crashed, hung, or on another machine that cannot see
---out) makes every other rank stop within the timeout (`--dist-timeout`, default 300 s, or
+A rank whose heartbeat stops (its progress file is touched after every forward pass and while
+it waits) because it was killed, crashed, hangs, or runs on a machine that cannot see --out,
+makes every other rank stop within the timeout (`--dist-timeout`, default 300 s, or
 `$INTERP_BENCH_DIST_TIMEOUT`) with an error that names it; what was written is kept for the
-resume. The only collectives are at the start (the plan), so a slow rank never trips a timeout.
+resume. The only collectives are at the start (the plan), so a slow rank never trips a timeout
+as long as each of its forward passes takes less than the timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -137,10 +138,12 @@ def _start(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
 
 
 class Heartbeat:
-    """Touches this rank's progress file and watches every other rank's.
+    """Touches this rank's progress file as it works and watches every other rank's.
 
     A rank counts as alive while its progress file's mtime keeps changing (compared with this
     machine's clock only, so clocks on other machines do not matter) or once it says it is done.
+    The file is touched after every forward pass and while waiting, not by a thread: a rank stuck
+    inside a forward pass stops its heartbeat too.
     """
 
     def __init__(self, out_dir: Path, me: int, ranks: list[int], timeout: float):
@@ -148,35 +151,19 @@ class Heartbeat:
         self.period = max(0.05, min(5.0, timeout / 5))
         now = time.monotonic()
         self.seen = {r: (None, now) for r in ranks if r != me}
-        self.failure: str | None = None
-        self._lock = threading.Lock()  # poll runs on the thread and in `wait_for`
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            with contextlib.suppress(FileNotFoundError):  # renamed over this instant
-                os.utime(self.out_dir / rank_file(self.me))
-            self.poll()
+        self._last = now - self.period
 
     def watch_only(self, r: int) -> None:
-        with self._lock:
-            self.seen = {r: self.seen.get(r, (None, time.monotonic()))}
+        self.seen = {r: self.seen.get(r, (None, time.monotonic()))}
 
-    def poll(self) -> None:
-        with self._lock:
-            self._poll()
-
-    def _poll(self) -> None:
+    def tick(self) -> None:
+        """Say this rank is alive and check the others (at most once a period)."""
         now = time.monotonic()
+        if now - self._last < self.period:
+            return
+        self._last = now
+        with contextlib.suppress(FileNotFoundError):  # renamed over this instant
+            os.utime(self.out_dir / rank_file(self.me))
         for r, (mtime, since) in list(self.seen.items()):
             path = self.out_dir / rank_file(r)
             try:
@@ -187,24 +174,19 @@ class Heartbeat:
                 self.seen[r] = (st, now)
                 if st is not None and (m := _read(path)) is not None and m.complete:
                     del self.seen[r]  # finished its share: silence is expected now
-            elif now - since > self.timeout and self.failure is None:
+            elif now - since > self.timeout:
                 what = "wrote no progress file" if st is None else "stopped making progress"
-                self.failure = (
+                raise RankLost(
                     f"rank {self.me}: rank {r} {what} for {self.timeout:g} s (killed, crashed or "
                     "hung; on several machines --out must be one folder they all share); "
                     "stopping. Finished shards are kept: rerun the same command to resume "
                     "(--dist-timeout sets the wait)"
                 )
 
-    def check(self) -> None:
-        if self.failure is not None:
-            raise RankLost(self.failure)
-
     def wait_for(self, done) -> None:
         """Block until `done()` holds, or raise once a rank this one waits on goes silent."""
         while not done():
-            self.poll()
-            self.check()
+            self.tick()
             time.sleep(min(self.period, 0.2))
 
 
@@ -276,27 +258,26 @@ def cache_sharded(
         disable=not progress or me != 0,
         dynamic_ncols=True,
     )
-    with Heartbeat(out_dir, me, list(range(n_ranks)), timeout_s()) as beat:
-        with bar, capturing(model, specs) as capture:
+    beat = Heartbeat(out_dir, me, list(range(n_ranks)), timeout_s())
+    with bar, capturing(model, specs) as capture:
 
-            def checked(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-                beat.check()
-                return capture(batch)
+        def checked(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            beat.tick()
+            return capture(batch)
 
-            for index in todo:
-                info = write_indexed_shard(
-                    checked, tokens, index, fresh, out_dir, batch_size, device, bar
-                )
-                mine.shards.append(info)
-                _write_rank(out_dir, me, mine)
-        mine.complete = True
-        _write_rank(out_dir, me, mine)
-        if me == 0:
-            others = set(range(1, n_ranks))
-            beat.wait_for(lambda: _all_done(out_dir, others))
-            return _finish(out_dir, fresh, n_shards, n_ranks)
-        beat.watch_only(0)  # only rank 0 matters now: it writes the manifest
-        beat.wait_for(lambda: _complete(out_dir))
+        for index in todo:
+            info = write_indexed_shard(
+                checked, tokens, index, fresh, out_dir, batch_size, device, bar
+            )
+            mine.shards.append(info)
+            _write_rank(out_dir, me, mine)
+    mine.complete = True
+    _write_rank(out_dir, me, mine)
+    if me == 0:
+        beat.wait_for(lambda: _all_done(out_dir, set(range(1, n_ranks))))
+        return _finish(out_dir, fresh, n_shards, n_ranks)
+    beat.watch_only(0)  # only rank 0 matters now: it writes the manifest
+    beat.wait_for(lambda: _complete(out_dir))
     return read_manifest(out_dir)
 
 

@@ -223,3 +223,22 @@ def test_training_equals_one_process_on_the_same_global_batches(
             torch.testing.assert_close(got[k], v, atol=2e-5, rtol=1e-4, msg=f"{name} {k}")
         lines = (out / name / "metrics.jsonl").read_text().splitlines()
         assert f'"step": {one.step_idx},' in lines[-1]
+
+
+def test_training_rank_that_raises_stops_the_other_naming_it(one_process_cache, tmp_path):
+    """Two "machines" (one rank each): rank 1 raises at step 4; rank 0, which torchrun would not
+    stop, ends within the timeout with a line naming rank 1 and its error."""
+    _, cache = one_process_cache
+    port = free_port()
+    args = ["train", "--activations", str(cache), "--hook", "L1.resid_post", "--k", "4",
+            "--expansion", "2", "--tokens", "2048", "--batch-size", str(PER_RANK),
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--dist-timeout", "5"]  # fmt: skip
+    nodes = [
+        launch(args, nproc=1, nodes=(i, 2), port=port, TORCHRUN_TEST_FAIL="1:4:raise")
+        for i in range(2)
+    ]
+    (rc0, out0), (rc1, out1) = finish(nodes[0], 90), finish(nodes[1], 90)
+    assert rc0 != 0 and rc1 != 0
+    want = "rank 0: training stopped, rank 1 failed: ValueError: injected failure at step 4"
+    assert want in out0, out0[-3000:]
+    assert "(rank 1 of 2): error: injected failure at step 4" in out1, out1[-3000:]

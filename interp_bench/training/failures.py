@@ -3,12 +3,16 @@
 Every rank bumps a heartbeat counter in the process group's key-value store (under torchrun,
 the launcher's store) and, when it fails, leaves its error message there. A rank whose
 collective fails (a peer closed its socket, or nothing arrived within the group's timeout,
-`--dist-timeout`) looks up who failed or whose heartbeat stopped and says so in one line.
+`--dist-timeout`) looks up who failed or whose heartbeat stopped and says so in one line. A rank
+stuck outside any collective is ended by its own heartbeat thread once another rank has failed
+or the store is gone (the launcher of rank 0 ended), so no process is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -67,7 +71,7 @@ def watched(stage: str) -> Iterator[None]:
         return
     store, me, world = _store(), dist.get_rank(), dist.get_world_size()
     period = max(0.05, min(5.0, timeout_s() / 5))
-    stop = threading.Event()
+    stop, handling = threading.Event(), threading.Event()
 
     def beat() -> None:
         n = 0
@@ -75,25 +79,34 @@ def watched(stage: str) -> Iterator[None]:
             n += 1
             try:
                 store.set(f"{_KEY}beat/{me}", str(n))
-            except Exception:  # the store's host died: the collective will say so
-                return
+                failed = [r for r in range(world) if r != me and _failed(store, r)]
+            except Exception:
+                failed = None  # the store's host (rank 0's launcher) is gone: the job is over
+            if (failed is None or failed) and not handling.is_set():
+                if stop.wait(2 * period) or handling.is_set():
+                    continue  # the main thread got its own error and is reporting it
+                why = culprit(store, me, world, 0) if failed else "the job's store is gone"
+                print(f"rank {me}: {stage} stopped, {why}", file=sys.stderr, flush=True)
+                os._exit(3)  # the main thread is stuck outside any collective
 
     thread = threading.Thread(target=beat, daemon=True, name="rank-heartbeat")
     thread.start()
     try:
         yield
-    except RankFailed:
-        raise
     except RuntimeError as err:  # gloo / NCCL: a peer closed its socket or timed out
+        handling.set()
         if not _is_comm_error(err):
             _report(store, me, err)
             raise
         who = culprit(store, me, world, period)
-        raise RankFailed(
+        lost = RankFailed(
             f"rank {me}: {stage} stopped, {who}; the last checkpoint is kept: rerun the same "
             f"command to resume (--dist-timeout, now {timeout_s():g} s, bounds the wait)"
-        ) from err
+        )
+        _report(store, me, lost)
+        raise lost from err
     except BaseException as err:
+        handling.set()
         _report(store, me, err)
         raise
     finally:
@@ -106,6 +119,10 @@ def _is_comm_error(err: BaseException) -> bool:
     return isinstance(err, dist.DistError) or any(
         s in text for s in ("gloo", "Connection", "Timed out", "NCCL", "timeout", "closed")
     )
+
+
+def _failed(store, r: int) -> bool:
+    return store.check([f"{_KEY}failed/{r}"])
 
 
 def _report(store, me: int, err: BaseException) -> None:
