@@ -1,0 +1,25 @@
+"""benchmarks/gpu_check.py runs end to end on CPU with the tiny model (its CUDA run is manual)."""
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_gpu_check_runs_on_cpu(tmp_path, monkeypatch, one_thread):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "gpu_check.json"
+    monkeypatch.setattr(
+        sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)]
+    )
+    assert gpu_check.main() == 0
+    result = json.loads(out.read_text())
+    names = {r["check"].split()[0] for r in result["checks"]}
+    assert names == {"cache", "train", "splice", "steer"} and result["ok"]
+    assert len([r for r in result["checks"] if r["check"].startswith("train")]) == 8
+    assert result["speed"]["ms_per_step"]["sparsify"] > 0
