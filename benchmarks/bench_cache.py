@@ -7,9 +7,14 @@
 2. Reading: activation vectors/s and GB/s of the shuffled `ActivationReader` (paired hooks, as a
    transcoder reads them) and of its sequential mode, against reading the same shard files raw
    with `np.fromfile`; files are in the page cache for both.
+3. `--nproc N`: `interp-bench cache` under `torchrun --standalone --nproc_per_node N` against
+   one process, same tokens and threads in total (one process gets --threads, each rank
+   --threads / N), runs alternated: tokens/s of the caching itself (the time the CLI prints,
+   model load excluded) and of the whole command, and the speed-up.
 
     python benchmarks/bench_cache.py            # default sizes
     python benchmarks/bench_cache.py --quick    # smaller, a couple of minutes on 2 busy cores
+    python benchmarks/bench_cache.py --nproc 2 --skip-caching --skip-reading   # ranks vs one
 """
 
 from __future__ import annotations
@@ -193,6 +198,54 @@ def bench_reading(args) -> dict:
     return results
 
 
+def _cache_cli(args, out: Path, nproc: int) -> tuple[float, float]:
+    """(seconds the CLI reports for caching, wall seconds of the whole command)."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cli = ["-m", "interp_bench.cli", "cache", "--model", "smollm2-135m", "--hooks", args.hook,
+           "--tokens", str(args.nproc_tokens), "--context-len", str(args.context_len),
+           "--batch-size", str(args.batch_size), "--shard-tokens", str(args.nproc_shard_tokens),
+           "--out", str(out), "--device", args.device or "cpu"]  # fmt: skip
+    threads = args.threads if nproc == 1 else max(1, args.threads // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(root)}  # fmt: skip
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    run = [sys.executable]
+    if nproc > 1:
+        run += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    done = subprocess.run([*run, *cli], env=env, capture_output=True, text=True, cwd=root)
+    wall = time.perf_counter() - t0
+    found = re.findall(r"MiB \(([0-9.]+) s\)", done.stdout)
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"caching with {nproc} process(es) failed:\n{done.stderr[-2000:]}")
+    return float(found[-1]), wall
+
+
+def bench_nproc(args) -> dict:
+    """One process against `--nproc` ranks on the same tokens, alternated to cancel drift."""
+    runs: dict[int, list[tuple[float, float]]] = {1: [], args.nproc: []}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp) / "acts"
+        _cache_cli(args, out, 1)  # warm-up: tokenized corpus and converted model cached
+        for rep in range(args.reps):
+            for n in (1, args.nproc) if rep % 2 == 0 else (args.nproc, 1):
+                runs[n].append(_cache_cli(args, out, n))
+    res: dict = {"tokens": args.nproc_tokens, "nproc": args.nproc, "threads_total": args.threads,
+                 "shard_tokens": args.nproc_shard_tokens, "hook": args.hook}  # fmt: skip
+    for n, label in ((1, "one"), (args.nproc, "ranks")):
+        res[f"{label}_cache_s"] = [r[0] for r in runs[n]]
+        res[f"{label}_wall_s"] = [r[1] for r in runs[n]]
+        res[f"{label}_tok_s"] = args.nproc_tokens / statistics.median(r[0] for r in runs[n])
+        res[f"{label}_wall_tok_s"] = args.nproc_tokens / statistics.median(r[1] for r in runs[n])
+    res["speedup"] = res["ranks_tok_s"] / res["one_tok_s"]
+    res["speedup_wall"] = res["ranks_wall_tok_s"] / res["one_wall_tok_s"]
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for CI and busy machines")
@@ -210,6 +263,9 @@ def main() -> None:
     p.add_argument("--tmp", help="folder for temporary caches (default: system temp)")
     p.add_argument("--skip-caching", action="store_true")
     p.add_argument("--skip-reading", action="store_true")
+    p.add_argument("--nproc", type=int, help="also time torchrun with this many ranks vs one")
+    p.add_argument("--nproc-tokens", type=int, default=16384, help="tokens for --nproc runs")
+    p.add_argument("--nproc-shard-tokens", type=int, default=2048)
     args = p.parse_args()
     args.cache_tokens = args.cache_tokens or (1024 if args.quick else 4096)
     args.read_tokens = args.read_tokens or (65536 if args.quick else 262144)
@@ -228,6 +284,8 @@ def main() -> None:
         result["caching"] = bench_caching(args)
     if not args.skip_reading:
         result["reading"] = bench_reading(args)
+    if args.nproc:
+        result["nproc"] = bench_nproc(args)
     result["load_avg_end"] = os.getloadavg()[0]
 
     print(f"\n{result['command']}  (torch {result['torch']}, {result['threads']} threads, "
@@ -256,6 +314,16 @@ def main() -> None:
         ):
             ratio = r[f"{k}_GB_s"] / r["raw_GB_s"]
             print(f"{name:28}{r[f'{k}_vec_s']:>14,.0f}{r[f'{k}_GB_s']:>10.2f}{ratio:>10.2f}")
+    if "nproc" in result:
+        n = result["nproc"]
+        print(f"\ncaching {n['tokens']:,} tokens ({n['hook']}, smollm2-135m, shards of "
+              f"{n['shard_tokens']}), {n['threads_total']} threads in all, "
+              f"{args.reps} runs each")  # fmt: skip
+        print(f"{'':30}{'caching tok/s':>14}{'whole command tok/s':>22}")
+        print(f"{'one process':30}{n['one_tok_s']:>14.0f}{n['one_wall_tok_s']:>22.0f}")
+        print(f"{'torchrun, ' + str(n['nproc']) + ' ranks':30}{n['ranks_tok_s']:>14.0f}"
+              f"{n['ranks_wall_tok_s']:>22.0f}")  # fmt: skip
+        print(f"{'speed-up':30}{n['speedup']:>14.2f}{n['speedup_wall']:>22.2f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {OUT}")
