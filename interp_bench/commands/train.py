@@ -217,7 +217,11 @@ def run(args: argparse.Namespace) -> int:
             f"--batch-size {args.batch_size} is more than the {reader.n_tokens} cached tokens "
             "this process reads; lower --batch-size or cache more tokens"
         )
+    if ddp.rank() != 0:
+        ddp.barrier()  # rank 0 computes and stores the statistics; the others read them
     stats = {h: hook_stats(cache, h) for h in needed}
+    if ddp.rank() == 0:
+        ddp.barrier()
     world = ddp.world_size()
     by_dicts = world > 1 and (
         args.spread == "dicts" or (args.spread == "auto" and len(cfgs) >= world)
