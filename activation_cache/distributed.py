@@ -114,7 +114,9 @@ def _start(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
     from .cache import _check_resumable, open_cache
 
     manifest = open_cache(out_dir, fresh)
-    if manifest.complete:
+    if manifest.complete:  # progress files left by a kill just after the manifest went in
+        for path in out_dir.glob("rank_*.json"):
+            path.unlink()
         return manifest, list(manifest.shards)
     done = {s.file: s for s in manifest.shards}
     for path in sorted(out_dir.glob("rank_*.json")):
