@@ -250,3 +250,30 @@ def test_training_rank_that_raises_stops_the_other_naming_it(one_process_cache, 
     want = "rank 0: training stopped, rank 1 failed: ValueError: injected failure at step 4"
     assert want in out0, out0[-3000:]
     assert "(rank 1 of 2): error: injected failure at step 4" in out1, out1[-3000:]
+
+
+def test_one_process_finishes_what_killed_ranks_left(tiny_model, tmp_path, one_thread):
+    """No torchrun: a folder as a killed 2-rank run leaves it (rank 1 finished shards 1 and 3,
+    a temp file half written) is finished by one process, reusing those shards untouched."""
+    import shutil
+
+    from activation_cache.cache import cache_activations
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50000, (12, CTX), generator=g)
+    kw = dict(dtype="float32", batch_size=2, shard_tokens=SHARD, progress=False)
+    ref = cache_activations(tiny_model, tokens, HOOKS, tmp_path / "ref", **kw)
+    out = tmp_path / "acts"
+    out.mkdir()
+    kept = [ref.shards[1], ref.shards[3]]
+    for s in kept:
+        shutil.copy2(tmp_path / "ref" / s.file, out / s.file)
+    (out / "shard_00005.safetensors.tmp").write_bytes(b"half")
+    left = read_manifest(tmp_path / "ref")
+    left.shards, left.complete = kept, False
+    (out / "rank_00001.json").write_text(left.to_json())
+    before = {s.file: (out / s.file).stat().st_mtime_ns for s in kept}
+
+    cache_activations(tiny_model, tokens, HOOKS, out, **kw)
+    assert_same_cache(out, tmp_path / "ref")
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == before
