@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from activation_cache.shards import read_manifest
     from interp_bench.analysis.density import cache_stream
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     acts_dir = Path(args.activations)
     if not (acts_dir / "manifest.json").exists():

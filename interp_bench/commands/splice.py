@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import load_model, model_id
     from interp_bench.analysis.splice import format_table, spliced_loss, supports_start_at_layer
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     if args.tokens < 1 or args.batch_size < 1:
         raise ValueError("--tokens and --batch-size must be positive")

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.dictionary import SparseDictionary
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -68,8 +69,10 @@ def tl_hook_name(short: str) -> str:
     return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
 
 
-def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``d`` (a SparseDictionary) to ``path``; files are written to temp names and renamed
+def save_dictionary(
+    d: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``d`` to ``path`` in the SAELens 6 layout; files are written to temp names and renamed
     so a crash never leaves a half-written folder behind a valid-looking cfg.json."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -153,10 +156,9 @@ def _config_from_saelens(c: dict[str, Any]) -> DictionaryConfig:
     )
 
 
-def load_saelens_folder(path: str | Path, device: torch.device | str | None = None):
-    """Load a folder written by us or by SAELens into a SparseDictionary."""
-    from interp_bench.dictionaries.dictionary import SparseDictionary
-
+def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
+    """Load a dictionary saved by ``save_dictionary`` or by SAELens (standard, topk, jumprelu,
+    and the transcoder variants)."""
     path = Path(path)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
@@ -198,10 +200,8 @@ def load_saelens_folder(path: str | Path, device: torch.device | str | None = No
         d.b_dec.copy_(state["b_dec"])
         if d.W_skip is not None:
             d.W_skip.copy_(state["W_skip"].t())
-        if cfg.arch == "jumprelu":
-            d.log_threshold.copy_(state["threshold"].log())
-        elif cfg.arch == "batchtopk":
-            d.topk_threshold.copy_(state["threshold"].reshape(-1)[0])
+        if "threshold" in state:
+            d.act.load_threshold(state["threshold"])
     if ours:
         a, b = ours.get("folded_scales", [1.0, 1.0])
         d.folded_scales = (float(a), float(b))
