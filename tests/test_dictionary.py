@@ -10,9 +10,6 @@ from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionaries import SparseDictionary
 from interp_bench.dictionaries.dictionary import geometric_median
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 D_IN, N_FEAT, D_SAE = 64, 256, 512
 
 

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from interp_bench.analysis.density import model_stream
+from activation_cache.streams import model_stream
 from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
 from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
 from interp_bench.cli import main

@@ -16,9 +16,6 @@ sae_lens = pytest.importorskip("sae_lens")
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def random_dictionary(arch: str, transcoder: bool = False, skip: bool = False):
     torch.manual_seed(0)
     cfg = DictionaryConfig(

@@ -222,7 +222,7 @@ def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
     cmd.add_arguments(parser)
     args = parser.parse_args(
         ["--dictionary", str(root / "sae"), "--model", str(root / "model"), "--corpus",
-         str(root / "corpus.txt"), "--tokens", "128", "--context-len", "32", "--batch-size", "2",
+         str(root / "corpus.txt"), "--tokens", "128", "--context-len", "32", "--batch-size", "64",
          "--out", str(root / "splice.json"), "--device", "cpu"]
     )  # fmt: skip
     assert cmd.run(args) == 0

@@ -22,9 +22,6 @@ from interp_bench.dictionaries.topk import (
 D = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 def test_gather_pre_and_sparse_decode_gradcheck():
     torch.manual_seed(0)
     B, d, F, k = 6, 5, 12, 3

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from activation_cache.shards import read_manifest
-    from interp_bench.analysis.density import cache_stream
+    from activation_cache.streams import cache_stream
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
     from interp_bench.dictionaries import load_dictionary
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from activation_cache.cache import cache_activations
-from activation_cache.corpus import CorpusConfig, load_corpus
+from activation_cache.corpus import CorpusConfig, cache_metadata, load_corpus
 from activation_cache.hooks import n_layers
-from activation_cache.models import load_model, model_id
+from activation_cache.models import load_model
 from activation_cache.reader import ActivationReader, hook_stats
-from interp_bench.analysis.density import cache_stream
+from activation_cache.streams import cache_stream
 from interp_bench.analysis.report import write_report
 from interp_bench.analysis.splice import spliced_loss
 from interp_bench.analysis.top_examples import analyze
@@ -187,19 +187,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     with clock.stage("tokenize corpus"):
         _say(f"tokenizing corpus {cfg.corpus}")
-        splits = load_corpus(
-            CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed),
-            model.tokenizer,
-        )
+        corpus_cfg = CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed)
+        splits = load_corpus(corpus_cfg, model.tokenizer)
     n_train = _n_seq(cfg.train_tokens, cfg.context_len, splits.train.shape[0], "training")
     n_eval = _n_seq(cfg.eval_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
     n_splice = _n_seq(cfg.splice_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
 
-    meta = {
-        "model": model_id(model),
-        "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
-        "corpus_fingerprint": splits.fingerprint,
-    }
     acts = {}
     for split, tokens in (("train", splits.train[:n_train]), ("eval", splits.eval[:n_eval])):
         acts[split] = out / "acts" / split
@@ -216,7 +209,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 hooks,
                 acts[split],
                 dtype=cfg.cache_dtype,
-                meta={**meta, "split": split},
+                meta=cache_metadata(splits, corpus_cfg, split, model.tokenizer),
                 progress=cfg.progress,
             )
 

@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="shakespeare", help="held-out text: its eval split is used")
     p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")
     p.add_argument("--tokens", type=parse_count, default=16384, help="eval tokens (16k, 1M)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=parse_count,
+        default=1024,
+        help="tokens per forward pass (whole sequences; as in `train`, a batch counts tokens)",
+    )
     p.add_argument("--out", default="splice.json", help="JSON results file")
     p.add_argument(
         "--no-share-prefix",
@@ -63,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     tokens = splits.eval[:n_seq]
     share = False if args.no_share_prefix else supports_start_at_layer(model)
     results = spliced_loss(
-        model, dictionaries, tokens, batch_size=args.batch_size, share_prefix=share, progress=True
+        model,
+        dictionaries,
+        tokens,
+        batch_size=max(1, args.batch_size // args.context_len),
+        share_prefix=share,
+        progress=True,
     )
     print(format_table(results))
     out = Path(args.out)

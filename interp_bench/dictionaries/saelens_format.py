@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from activation_cache.hooks import hooked_transformer_name
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.dictionary import SparseDictionary
 
@@ -55,20 +56,6 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
 
 
-def tl_hook_name(short: str) -> str:
-    """Best-effort TransformerLens name for a short hook name like 'L8.resid_post'."""
-    layer, _, kind = short.partition(".")
-    if not layer.startswith("L") or not layer[1:].isdigit():
-        return short
-    names = {
-        "resid_pre": "hook_resid_pre",
-        "resid_post": "hook_resid_post",
-        "mlp_in": "ln2.hook_normalized",
-        "mlp_out": "hook_mlp_out",
-    }
-    return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
-
-
 def save_dictionary(
     d: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
@@ -94,14 +81,14 @@ def save_dictionary(
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,
         "model_name": cfg.model_name,
-        "hook_name": tl_hook_name(cfg.hook_in),
+        "hook_name": hooked_transformer_name(cfg.hook_in),
         "hook_head_index": None,
         "prepend_bos": True,
         "context_size": None,
         "dataset_path": None,
     }
     if cfg.hook_out:
-        meta["hook_name_out"] = tl_hook_name(cfg.hook_out)
+        meta["hook_name_out"] = hooked_transformer_name(cfg.hook_out)
     meta.update(metadata or {})
     meta["interp_bench"] = {
         "config": cfg.to_dict(),
