@@ -77,6 +77,7 @@ def test_recovery_metric_is_not_trivial():
 # none of the planted directions. JumpReLU and ReLU+L1 need the longer run: at 800 steps they
 # recovered 0.58 and 0.40. ReLU+KL reconstructs well but recovers no directions here (dense, L0
 # ~100), so it is checked for reconstruction and sparsity only.
+@pytest.mark.long
 @pytest.mark.parametrize(
     "arch,extra,steps,max_fvu,l0_range,min_rec",
     [
@@ -95,6 +96,7 @@ def test_sae_learns_planted_features(arch, extra, steps, max_fvu, l0_range, min_
     assert rec >= min_rec
 
 
+@pytest.mark.long
 def test_transcoder_learns_planted_map():
     cfg = DictionaryConfig(D_IN, D_SAE, arch="topk", k=8, d_out=48, hook_out="L0.mlp_out")
     _, fvu, l0, rec = train_planted(cfg, steps=300)
@@ -102,6 +104,7 @@ def test_transcoder_learns_planted_map():
     assert rec > 0.5
 
 
+@pytest.mark.long
 def test_skip_transcoder_beats_best_linear_map():
     _, _, sample = planted(48)
     x, y = sample(4096)

@@ -121,6 +121,7 @@ def _chromium(args, tmp_path, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.long
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
 def test_report_renders_in_chromium(report_html, tmp_path):
     url = report_html.resolve().as_uri()

@@ -227,6 +227,7 @@ def test_real_topk_dictionary_clamp_delta(tiny_model):
     torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.long
 def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
     """End to end through `TransformerBridge`: generations, effects, JSON and HTML written."""
     import argparse

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from interp_bench.dictionaries.evaluate import DENSE_FRACTION
+
 # Per-latent activation histograms use fixed log10-spaced bins so they can be accumulated in one
 # pass without knowing each latent's range in advance: 8 bins per decade from 1e-4 to 1e4.
 HIST_LOG10_LO, HIST_LOG10_HI, HIST_BINS = -4.0, 4.0, 64
@@ -67,7 +69,9 @@ class DensityStats:
         return self.hist.view(self.d_sae, HIST_BINS)
 
 
-def density_summary(density: Tensor, n_tokens: int, dense_threshold: float = 0.1) -> dict:
+def density_summary(
+    density: Tensor, n_tokens: int, dense_threshold: float = DENSE_FRACTION
+) -> dict:
     """Counts of dead and dense latents and a log10-density histogram of the live ones."""
     alive = density > 0
     log_d = density[alive].double().log10()
