@@ -292,8 +292,12 @@ def flops_per_step(arch: str, b: int, d_in: int, d_sae: int, k: int) -> int:
 # ---- main -------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(
+    argv=None, parser: argparse.ArgumentParser | None = None, name: str = "bench_train"
+) -> argparse.Namespace:
+    """bench_train's options, added to ``parser`` by the benchmarks that train on its data
+    (``name`` names their JSON)."""
+    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=786_432, help="training tokens, TopK row")
     p.add_argument(
         "--dense-tokens",
@@ -319,7 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="use the shards cached so far instead of finishing an interrupted cache",
     )
-    p.add_argument("--out", default=str(OUT / "bench_train.json"))
+    p.add_argument("--out", default=str(OUT / f"{name}.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.tokens = 10 * args.batch_size
@@ -334,13 +338,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load_data(args: argparse.Namespace) -> Data:
+    if args.synthetic:
+        return synthetic_data(576, args.batch_size, args.eval_tokens, args.seed)
+    return cached_data(args)
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     info = machine_info()
-    if args.synthetic:
-        data = synthetic_data(576, args.batch_size, args.eval_tokens, args.seed)
-    else:
-        data = cached_data(args)
+    data = load_data(args)
     d_in = data.d_in
     d_sae = args.expansion * d_in
     result = {

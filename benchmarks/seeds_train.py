@@ -9,6 +9,7 @@ FVU is far behind both (bench_train) and its dense step would triple the run tim
 
     python -m benchmarks.seeds_train                   # seeds 0-4, about 6 min on 2 cores
     python -m benchmarks.seeds_train --seeds 0,1,2
+    python -m benchmarks.seeds_train --seeds 0,1 --quick --synthetic  # smoke run
 
 Prints a table and writes benchmarks/out/seeds_train.json.
 """
@@ -21,20 +22,18 @@ import statistics
 import torch
 
 from benchmarks import bench_train as bt
-from benchmarks.common import OUT, machine_info, print_table, write_json
+from benchmarks.common import machine_info, print_table, write_json
 from benchmarks.peers import SparsifyPeer
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--out", default=str(OUT / "seeds_train.json"))
-    own, rest = p.parse_known_args(argv)
-    args = bt.parse_args(rest)
-    seeds = [int(s) for s in own.seeds.split(",")]
+    args = bt.parse_args(argv, p, "seeds_train")
+    seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    data = bt.cached_data(args)
+    data = bt.load_data(args)
     d_sae = data.d_in * args.expansion
     steps = args.tokens // args.batch_size
     rows = []
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "ratios": ratios,
     }
-    write_json(own.out, result)
+    write_json(args.out, result)
     return 0
 
 

@@ -6,6 +6,7 @@ the spread of FVU across nearby settings shows how much of a gap to a peer is no
 
     python -m benchmarks.sweep_train                       # the settings below, ~5 min on 2 cores
     python -m benchmarks.sweep_train '{"lr": 3e-3}' ...    # TrainConfig overrides as JSON
+    python -m benchmarks.sweep_train --quick --synthetic   # smoke run (bench_train's options)
 
 Prints a table and writes benchmarks/out/sweep_train.json.
 """
@@ -19,7 +20,7 @@ import time
 import torch
 
 from benchmarks import bench_train as bt
-from benchmarks.common import OUT, machine_info, print_table, write_json
+from benchmarks.common import machine_info, print_table, write_json
 
 # The evidence for TrainConfig's Adam betas (0.8, 0.95): each pair on three initialisation seeds,
 # since one seed's all-token FVU moves by several percent with the initialisation alone.
@@ -56,11 +57,11 @@ def run_one(data: bt.Data, overrides: dict, steps: int, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("settings", nargs="*", help="TrainConfig overrides as JSON, one run each")
-    settings = [json.loads(a) for a in p.parse_args(argv).settings] or DEFAULT_SETTINGS
-    args = bt.parse_args([])
+    args = bt.parse_args(argv, p, "sweep_train")
+    settings = [json.loads(a) for a in args.settings] or DEFAULT_SETTINGS
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    data = bt.cached_data(args)
+    data = bt.load_data(args)
     steps = args.tokens // args.batch_size
     rows = [run_one(data, s, steps, args) for s in settings]
     print(
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     fvus = [r["fvu"] for r in rows]
     print(f"FVU spread: {min(fvus):.4f} .. {max(fvus):.4f}")
-    write_json(OUT / "sweep_train.json", {"machine": machine, "steps": steps, "rows": rows})
+    write_json(args.out, {"machine": machine, "steps": steps, "rows": rows})
     return 0
 
 
