@@ -40,14 +40,14 @@ test-fast: install
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cache.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_topk.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_analysis.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_splice.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/seeds_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/profile_step.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_cache
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_topk
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_analysis
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_splice
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.sweep_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.seeds_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.profile_step
 
 clean:
 	rm -rf $(VENV) runs

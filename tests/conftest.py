@@ -6,6 +6,8 @@ import warnings
 import pytest
 import torch
 
+from activation_cache.tiny_model import tiny_random_model as make_tiny_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
@@ -25,37 +27,6 @@ def gpt2_tokenizer():
     from activation_cache.tokenizers import gpt2_tokenizer
 
     return gpt2_tokenizer()
-
-
-def make_tiny_model(
-    tokenizer, n_layers: int = 2, d_model: int = 64, seed: int = 0, normalization: str = "LNPre"
-):
-    """A randomly initialised GPT-2-class HookedTransformer (GELU MLP, learned positions).
-
-    Layer norms are folded ("LNPre"), as `HookedTransformer.from_pretrained("gpt2")` gives by
-    default, so `ln2.hook_normalized` is exactly what the MLP reads.
-    """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=4,
-        d_head=d_model // 4,
-        d_mlp=4 * d_model,
-        n_ctx=256,
-        d_vocab=len(tokenizer),
-        act_fn="gelu_new",
-        normalization_type=normalization,
-        positional_embedding_type="standard",
-        default_prepend_bos=True,
-        model_name="tiny-gpt2",
-        seed=seed,
-        device="cpu",
-    )
-    model = HookedTransformer(cfg, tokenizer=tokenizer)
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="session")
