@@ -42,15 +42,14 @@ LAYER = 15
 HOOK_IN, HOOK_OUT = f"L{LAYER}.mlp_in", f"L{LAYER}.mlp_out"
 HOOKS = [HOOK_IN, HOOK_OUT]
 
-# Our rows: (label, DictionaryConfig overrides, TrainConfig overrides). "window" rows set the
+# Our rows: (label, DictionaryConfig overrides, TrainConfig overrides). The "window" row sets the
 # dead window to the main job's (a quarter of the run) instead of TrainConfig's 10%.
 OURS = [
     ("ours revive=none", {"revive": "none"}, {}),
     ("ours revive=linear", {"revive": "linear"}, {}),
     ("ours revive=recenter", {"revive": "recenter"}, {}),
-    ("ours revive=none window/4", {"revive": "none"}, {"window": 4}),
+    ("ours revive=fire", {"revive": "fire"}, {}),
     ("ours revive=recenter window/4", {"revive": "recenter"}, {"window": 4}),
-    ("ours random-init recenter", {"revive": "recenter", "encoder_init": "random"}, {}),
     ("ours skip (default)", {"skip": True}, {}),
 ]
 
@@ -202,7 +201,8 @@ def eval_batches(root: Path) -> list[dict[str, Tensor]]:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     root = Path(args.acts_dir)
-    ensure_cache(root, args.train_seqs, args.eval_seqs)
+    if not args.partial_cache:
+        ensure_cache(root, args.train_seqs, args.eval_seqs)
     ev = eval_batches(root)
     d = ev[0][HOOK_IN].shape[1]
     rows = [(label, lambda o=o, t=t: Ours(d, args, o, t)) for label, o, t in OURS]
@@ -229,7 +229,11 @@ def run(args) -> dict:
             print(f"step {i + 1}/{steps} load {load[-1]:.1f}", flush=True)
     dicts = {n: t.dictionary() for n, t in trainers.items()}
     stats = evaluate(list(dicts.values()), ev)
-    result = {"rows": {}, "config": vars(args), "load": load, "steps": steps}
+    from activation_cache.reader import ActivationReader
+
+    available = ActivationReader(root / "train", HOOKS, args.batch_size, prefetch=False).n_tokens
+    result = {"rows": {}, "config": vars(args), "load": load, "steps": steps,
+              "train_tokens_available": available, "eval_tokens": stats[0].tokens}  # fmt: skip
     for (n, t), s in zip(trainers.items(), stats, strict=True):
         result["rows"][n] = {
             "tokens_per_s": steps * args.batch_size / seconds[n],
@@ -280,17 +284,22 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=262_144)
-    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--tokens", type=int, default=49_152)
+    p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-seqs", type=int, default=512, help="sequences of 128 to cache")
     p.add_argument("--eval-seqs", type=int, default=96)
-    p.add_argument("--splice-seqs", type=int, default=16, help="0 skips the CE pass")
+    p.add_argument("--splice-seqs", type=int, default=8, help="0 skips the CE pass")
     p.add_argument("--only", default="", help="comma list of row-label substrings to run")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--partial-cache",
+        action="store_true",
+        help="train on the shards cached so far instead of finishing an interrupted cache",
+    )
     p.add_argument("--acts-dir", default=str(OUT / "acts_L15_mlp"))
     p.add_argument("--out", default=str(OUT / "bench_transcoder.json"))
     args = p.parse_args(argv)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
-REVIVE = ("auto", "none", "recenter", "linear")
+REVIVE = ("auto", "none", "recenter", "fire", "linear")
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -99,8 +99,10 @@ class DictionaryConfig(_JsonMixin):
     """topk / batchtopk: how latents declared dead get back into play. none: AuxK alone (it
     reads ReLU'd pre-activations, so a latent negative on every token gets no gradient and stays
     dead); recenter: a dead latent negative on the whole batch gets its b_enc raised until it is
-    positive on its top k/d_sae of the batch, so AuxK trains it; linear: AuxK on un-ReLU'd
-    pre-activations. auto = recenter for transcoders, none for SAEs (bench_transcoder.py table)"""
+    positive on its top k/d_sae of the batch, so AuxK trains it; fire: raised further, to the
+    batch's typical k-th largest pre-activation, so TopK itself picks it on those tokens; linear:
+    AuxK on un-ReLU'd pre-activations. auto = recenter for transcoders, none for SAEs
+    (bench_transcoder.py table)"""
     threshold_ema: float = 0.99
     """batchtopk: EMA decay of the inference threshold"""
     decode: str = "auto"

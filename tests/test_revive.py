@@ -24,7 +24,7 @@ def _dead_transcoder(revive: str, decode: str) -> tuple[SparseDictionary, torch.
 
 
 @pytest.mark.parametrize("decode", ["sparse", "dense"])
-@pytest.mark.parametrize("revive", ["none", "recenter", "linear"])
+@pytest.mark.parametrize("revive", ["none", "recenter", "fire", "linear"])
 def test_dead_latents_get_a_gradient_only_with_a_remedy(revive, decode):
     d, dead = _dead_transcoder(revive, decode)
     g = torch.Generator().manual_seed(1)

@@ -151,8 +151,13 @@ class SparseDictionary(nn.Module):
         scale = min(dead.numel() / k_aux, 1.0)
         k_aux = min(k_aux, dead.numel())
         dead_pre = pre.detach().index_select(1, dead)
-        if self.cfg.resolved_revive == "recenter":
-            dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, self.cfg.k / self.d_sae)
+        revive = self.cfg.resolved_revive
+        if revive in ("recenter", "fire"):
+            level = 0.0
+            if revive == "fire":  # the typical k-th largest pre-activation: TopK picks them
+                level = pre.detach().topk(self.cfg.k, dim=1).values[:, -1].median().item()
+            share = self.cfg.k / self.d_sae
+            dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
         local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
         return dead[local], scale
 
@@ -284,10 +289,10 @@ class SparseDictionary(nn.Module):
 
 @torch.no_grad()
 def recenter_dead(
-    b_enc: Tensor, pre: Tensor, dead: Tensor, dead_pre: Tensor, share: float
+    b_enc: Tensor, pre: Tensor, dead: Tensor, dead_pre: Tensor, share: float, level: float = 0.0
 ) -> Tensor:
-    """Raise ``b_enc`` of the dead latents that are negative on (almost) the whole batch until
-    each is positive on its top ``share`` of it; returns their shifted pre-activations.
+    """Raise ``b_enc`` of the dead latents that are below ``level`` on all but ``share`` of the
+    batch until each is above it on its top ``share``; returns their shifted pre-activations.
 
     A TopK latent that was pushed below zero everywhere is never chosen, and AuxK reads ReLU'd
     values, so nothing moves it again: it is dead for good (35% of the demo transcoder). Lifted
@@ -301,7 +306,7 @@ def recenter_dead(
     top = dead_pre.topk(m + 1, dim=0).values.float()
     # Midway between the m-th and (m+1)-th largest: exactly m tokens positive, whatever rounding.
     edge = (top[m - 1] + top[m]) / 2
-    lift = torch.where(top[m - 1] <= 0, -edge, torch.zeros_like(edge))
+    lift = torch.where(top[m - 1] <= level, level - edge, torch.zeros_like(edge))
     if not lift.any():
         return dead_pre
     b_enc.index_add_(0, dead, lift.to(b_enc.dtype))
