@@ -8,9 +8,11 @@ processes hits each trainer alike. Rows: sparsify (`transcode=True`, its default
 
 Quality on held-out activations (the eval split, same evaluator for every row:
 `interp_bench.dictionaries.evaluate`): FVU of mlp_out, L0, never-firing fraction; and CE loss
-recovered with the transcoder spliced in for the MLP (`interp_bench.analysis.splice`). Sparsify's
-transcoders are copied into our `SparseDictionary` (the same function: TopK of the pre-activations,
-ReLU'd; its schedule-free average swapped in, as it saves) so both go through one evaluator.
+recovered with the transcoder spliced in for the MLP (`interp_bench.analysis.splice`). `neg%`:
+of the never-firing latents, the share negative on every held-out token (the notes' diagnosis).
+Sparsify's transcoders are copied into our `SparseDictionary` (the same function: TopK of the
+pre-activations, ReLU'd; its schedule-free average swapped in, as it saves) so both go through one
+evaluator.
 
     python benchmarks/bench_transcoder.py            # caches L15 once (~5 min), then ~10 min
     python benchmarks/bench_transcoder.py --quick    # 8 steps per row, smoke run
@@ -238,6 +240,7 @@ def run(args) -> dict:
         result["rows"][n] = {
             "tokens_per_s": steps * args.batch_size / seconds[n],
             **s.to_dict(),
+            "dead_never_positive": never_positive(dicts[n], ev, s.density),
             "config": t.config,
         }
     if args.splice_seqs:
@@ -246,6 +249,19 @@ def run(args) -> dict:
             result["rows"][n].update(r)
     result["load"].append(os.getloadavg()[0])
     return result
+
+
+@torch.no_grad()
+def never_positive(d: SparseDictionary, ev: list[dict[str, Tensor]], density: Tensor) -> float:
+    """Of the latents that never fire on the held-out tokens, the share whose pre-activation is
+    negative on every one of them (why they died: ReLU'd AuxK gives those no gradient)."""
+    dead = density == 0
+    if not dead.any():
+        return 0.0
+    top = torch.full((int(dead.sum()),), -torch.inf)
+    for b in ev:
+        top = torch.maximum(top, d.pre_acts(b[HOOK_IN])[:, dead].amax(0))
+    return (top <= 0).float().mean().item()
 
 
 def splice(dicts: dict[str, SparseDictionary], n_seqs: int) -> dict[str, dict]:
@@ -272,13 +288,15 @@ def print_table(result: dict) -> None:
         f"\n{HOOK_IN} -> {HOOK_OUT}, {result['steps']} steps x {result['config']['batch_size']} "
         f"tokens, {result['config']['threads']} thread(s), load {min(load):.1f}..{max(load):.1f}"
     )
-    head = f"{'trainer':32}{'tok/s':>8}{'FVU':>8}{'FVU typ':>8}{'L0':>7}{'dead%':>7}{'CE rec':>8}"
+    head = f"{'trainer':32}{'tok/s':>8}{'FVU':>8}{'FVU typ':>8}{'L0':>7}{'dead%':>7}{'neg%':>6}"
+    head += f"{'CE rec':>8}"
     print(head + "\n" + "-" * len(head))
     for n, r in result["rows"].items():
         ce = r.get("ce_recovered")
         print(
             f"{n:32}{r['tokens_per_s']:>8,.0f}{r['fvu']:>8.4f}{r['fvu_typical']:>8.4f}"
-            f"{r['l0']:>7.1f}{100 * r['dead_frac']:>7.2f}{'' if ce is None else f'{ce:8.4f}'}"
+            f"{r['l0']:>7.1f}{100 * r['dead_frac']:>7.2f}{100 * r['dead_never_positive']:>6.0f}"
+            f"{'' if ce is None else f'{ce:8.4f}'}"
         )
 
 

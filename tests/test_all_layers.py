@@ -119,3 +119,23 @@ def test_streaming_resume_continues_exactly(tiny_model, one_thread, tmp_path):
     for a, b in zip(ref, out, strict=True):
         for name, p in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_train_cli_all_layers_from_a_cache(tiny_model, one_thread, tmp_path, capsys):
+    """`interp-bench train --hook-in all.mlp_in --hook-out all.mlp_out` trains one transcoder per
+    cached layer in one pass; mismatched lists fail with one line before any training."""
+    from activation_cache.cache import cache_activations
+    from interp_bench.cli import main
+
+    hooks = ["L0.mlp_in", "L0.mlp_out", "L1.mlp_in", "L1.mlp_out"]
+    cache = tmp_path / "acts"
+    cache_activations(tiny_model, _tokens(16, 500), hooks, cache, shard_tokens=64, progress=False)
+    out = tmp_path / "runs"
+    common = ["train", "--activations", str(cache), "--out", str(out), "--tokens", "256",
+              "--batch-size", "32", "--k", "8", "--expansion", "2", "--device", "cpu"]  # fmt: skip
+    assert main([*common, "--hook-in", "all.mlp_in", "--hook-out", "all.mlp_out"]) == 0
+    made = sorted(p.name for p in out.iterdir())
+    assert made == ["L0.mlp_in-to-L0.mlp_out-topk-128-k8", "L1.mlp_in-to-L1.mlp_out-topk-128-k8"]
+    assert all((out / m / "sae_weights.safetensors").exists() for m in made)
+    assert main([*common, "--hook-in", "L0-1.mlp_in", "--hook-out", "L1.mlp_out"]) == 2
+    assert "one target per input" in capsys.readouterr().err
