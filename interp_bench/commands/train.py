@@ -235,11 +235,12 @@ def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
         CorpusConfig(source=args.corpus, context_len=args.context_len), model.tokenizer
     )
     source = ModelBatches(model, splits.train, needed, tc.batch_size, seed=tc.seed, device=device)
-    if source.batch_size != tc.batch_size:
-        raise ValueError(
-            f"--batch-size {tc.batch_size} is not a whole number of sequences of "
-            f"{args.context_len - 1} tokens (BOS left out); use {source.batch_size}"
+    if source.batch_size != tc.batch_size:  # whole sequences per forward
+        print(
+            f"note: --batch-size {tc.batch_size} rounded to {source.batch_size} "
+            f"({source.seqs_per_batch} sequences of {args.context_len - 1} tokens after BOS)"
         )
+        tc.batch_size = source.batch_size
     trainer = Trainer(cfgs, tc, device=device, out_dir=out)
     dicts = trainer.fit(source, resume=args.resume)
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
