@@ -53,6 +53,7 @@ OURS = [
     ("ours revive=fire", {"revive": "fire"}, {}),
     ("ours revive=recenter window/4", {"revive": "recenter"}, {"window": 4}),
     ("ours skip (default)", {"skip": True}, {}),
+    ("ours revive=recenter lr x4", {"revive": "recenter"}, {"lr_scale": 4}),
 ]
 
 
@@ -68,6 +69,8 @@ class Ours:
             hook_in=HOOK_IN, hook_out=HOOK_OUT, **dict_over,
         )  # fmt: skip
         tc = TrainConfig(batch_size=args.batch_size, tokens=args.tokens, checkpoint_every=0)
+        if "lr_scale" in train_over:
+            tc.lr = tc.auto_lr(cfg.d_sae) * train_over["lr_scale"]
         if "window" in train_over:
             tc.dead_tokens = args.tokens // train_over["window"]
         self.trainer = Trainer([cfg], tc, device="cpu")
@@ -212,7 +215,7 @@ def run(args) -> dict:
         ("sparsify", lambda: Sparsify(d, args)),
         ("sparsify skip", lambda: Sparsify(d, args, skip=True)),
     ]
-    rows = [r for r in rows if not args.only or any(s in r[0] for s in args.only.split(","))]
+    rows = [r for r in rows if not args.only or r[0] in args.only.split(";")]
     trainers = {label: make() for label, make in rows}
     steps = args.tokens // args.batch_size
     seconds = dict.fromkeys(trainers, 0.0)
@@ -311,7 +314,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-seqs", type=int, default=512, help="sequences of 128 to cache")
     p.add_argument("--eval-seqs", type=int, default=96)
     p.add_argument("--splice-seqs", type=int, default=8, help="0 skips the CE pass")
-    p.add_argument("--only", default="", help="comma list of row-label substrings to run")
+    p.add_argument("--only", default="", help="row labels to run, ';'-separated")
     p.add_argument("--quick", action="store_true")
     p.add_argument(
         "--partial-cache",
