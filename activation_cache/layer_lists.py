@@ -18,7 +18,8 @@ def expand_layers(spec: str, n_layers: int, present: Iterable[str] | None = None
 
     Items: ``L15.mlp_in`` (one hook), ``L0-29.mlp_in`` (a range, both ends included),
     ``all.mlp_in`` (every layer ``0..n_layers-1``; with ``present``, e.g. a cache's hooks,
-    every layer of that kind it holds). Raises ``ValueError`` naming the accepted forms.
+    every layer of that kind it holds; layers are then not range-checked, the caller reports
+    what the cache lacks). Raises ``ValueError`` naming the accepted forms.
     """
     items = [s.strip() for s in spec.split(",") if s.strip()]
     if not items:
@@ -47,7 +48,7 @@ def expand_layers(spec: str, n_layers: int, present: Iterable[str] | None = None
         else:
             layers = [int(first)]
         for i in layers:
-            if i >= n_layers:
+            if present is None and i >= n_layers:  # a cache says what it lacks itself
                 raise ValueError(f"{item}: layer {i} out of range for a {n_layers}-layer model")
             short = f"L{i}.{kind}"
             if short in out:
