@@ -54,6 +54,7 @@ OURS = [
     ("ours revive=recenter window/4", {"revive": "recenter"}, {"window": 4}),
     ("ours skip (default)", {"skip": True}, {}),
     ("ours revive=recenter lr x4", {"revive": "recenter"}, {"lr_scale": 4}),
+    ("ours revive=recenter auxk_k=64", {"revive": "recenter", "auxk_k": 64}, {}),
 ]
 
 
