@@ -139,3 +139,14 @@ def test_train_cli_all_layers_from_a_cache(tiny_model, one_thread, tmp_path, cap
     assert all((out / m / "sae_weights.safetensors").exists() for m in made)
     assert main([*common, "--hook-in", "L0-1.mlp_in", "--hook-out", "L1.mlp_out"]) == 2
     assert "one target per input" in capsys.readouterr().err
+
+
+def test_train_help_renders(capsys):
+    """Every flag's help (generated from config docstrings, some with a % in them) formats."""
+    from interp_bench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--revive" in text and "all.mlp_in" in text and "--model" in text
