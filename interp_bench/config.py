@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+REVIVE = ("auto", "none", "recenter", "fire", "linear")
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -94,6 +95,14 @@ class DictionaryConfig(_JsonMixin):
     """topk / batchtopk: weight of the AuxK loss that revives dead latents"""
     auxk_k: int | None = None
     """topk / batchtopk: dead latents AuxK uses per token (None: d_out // 2, Gao et al. 2024)"""
+    revive: str = "auto"
+    """topk / batchtopk: how latents declared dead get back into play. none: AuxK alone (it
+    reads ReLU'd pre-activations, so a latent negative on every token gets no gradient and stays
+    dead); recenter: a dead latent negative on the whole batch gets its b_enc raised until it is
+    positive on its top k/d_sae of the batch, so AuxK trains it; fire: raised further, to the
+    batch's typical k-th largest pre-activation, so TopK itself picks it on those tokens; linear:
+    AuxK on un-ReLU'd pre-activations. auto = recenter for transcoders, none for SAEs
+    (bench_transcoder.py table)"""
     threshold_ema: float = 0.99
     """batchtopk: EMA decay of the inference threshold"""
     decode: str = "auto"
@@ -146,6 +155,10 @@ class DictionaryConfig(_JsonMixin):
             self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
             "jumprelu_bandwidth and jumprelu_init_threshold must be positive",
         )
+        _check(
+            self.revive in REVIVE,
+            f"revive must be one of {', '.join(REVIVE)}, got {self.revive!r}",
+        )
         _check(self.auxk_k is None or self.auxk_k > 0, f"auxk_k must be positive: {self.auxk_k}")
 
     @property
@@ -153,6 +166,12 @@ class DictionaryConfig(_JsonMixin):
         if self.encoder_init != "auto":
             return self.encoder_init
         return "standardized" if self.is_transcoder else "tied"
+
+    @property
+    def resolved_revive(self) -> str:
+        if self.revive != "auto":
+            return self.revive
+        return "recenter" if self.is_transcoder else "none"
 
     @property
     def is_transcoder(self) -> bool:

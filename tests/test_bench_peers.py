@@ -118,3 +118,29 @@ def test_held_out_evaluates_dictionaries_on_different_hooks_in_one_pass():
     evs = bench_train.held_out([_constant(mean, "a"), _constant(torch.zeros(D_IN), "b")], x)
     assert evs[0]["fvu"] == pytest.approx(1.0, rel=1e-6)
     assert evs[1]["fvu"] > 1.0  # predicting zero is worse than predicting the mean
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_transcoder_copies_into_our_dictionary_exactly(skip):
+    """bench_transcoder evaluates sparsify's transcoder through our SparseDictionary: the copy
+    must compute the same function as sparsify's own encode/decode (its averaged weights)."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_transcoder as bench
+
+    args = SimpleNamespace(expansion=4, k=K, batch_size=B, seed=0)
+    peer = bench.Sparsify(D_IN, args, skip=skip)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(B, D_IN, generator=g) + 1.0
+        peer.step({bench.HOOK_IN: x, bench.HOOK_OUT: torch.tanh(x) @ torch.ones(D_IN, D_IN)})
+    ours = peer.dictionary()
+    peer.opt.eval()
+    with torch.no_grad():
+        acts, idx, _ = peer.sae.encode(x)
+        ref = peer.sae.decode(acts, idx)
+        if skip:
+            ref = ref + x @ peer.sae.W_skip.mT
+    peer.opt.train()
+    torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-5)
+    assert ours.W_dec.abs().sum() > 0  # sparsify's zero-initialised decoder did train

@@ -90,7 +90,7 @@ def add_config_arguments(
         flags = ["--" + f.name.replace("_", "-")]
         if aliases and f.name in aliases:
             flags.append(aliases[f.name])
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             group.add_argument(
                 *flags, action=argparse.BooleanOptionalAction, default=default, help=help_text

@@ -1,4 +1,5 @@
-"""`interp-bench train`: SAEs or transcoders on cached activations, sweeps in one pass of reads."""
+"""`interp-bench train`: SAEs or transcoders on cached activations (or straight from a model's
+forward), sweeps and every layer at once in one pass of reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ HELP = "Train sparse autoencoders or transcoders on cached activations (sweeps s
 
 # The field each arch's sweep varies (one dictionary per value, all on one pass of reads).
 SWEEP = {"topk": "k", "batchtopk": "k", "relu": "l1_coefficient", "jumprelu": "l0_coefficient"}
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
 # Set from --hook / --hook-in / --hook-out and the cache, not flags of their own.
 _FROM_CACHE = ("d_in", "d_out", "hook_in", "hook_out", "model_name")
 
@@ -21,10 +23,21 @@ _FROM_CACHE = ("d_in", "d_out", "hook_in", "hook_out", "model_name")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from interp_bench.config import DictionaryConfig, TrainConfig
 
-    p.add_argument("--activations", required=True, help="cache dir written by `interp-bench cache`")
-    p.add_argument("--hook", help="SAE input hook(s), comma-separated, e.g. L8.resid_post")
-    p.add_argument("--hook-in", help="transcoder input hook, e.g. L8.mlp_in")
-    p.add_argument("--hook-out", help="transcoder target hook, e.g. L8.mlp_out")
+    p.add_argument("--activations", help="cache dir written by `interp-bench cache`")
+    p.add_argument(
+        "--model",
+        help="instead of --activations: stream activations from this model's forward (one "
+        "forward per batch feeds every dictionary; nothing is cached)",
+    )
+    p.add_argument("--corpus", default="shakespeare", help="with --model: the text to read")
+    p.add_argument("--context-len", type=int, default=128, help="with --model: sequence length")
+    p.add_argument(
+        "--hook", help="SAE input hook(s), e.g. L8.resid_post, L0-29.resid_post or all.resid_post"
+    )
+    p.add_argument(
+        "--hook-in", help="transcoder input hook(s), e.g. L8.mlp_in, L0-29.mlp_in or all.mlp_in"
+    )
+    p.add_argument("--hook-out", help="transcoder target hook(s), one per input, e.g. all.mlp_out")
     p.add_argument("--out", required=True, help="output dir; one subfolder per dictionary")
     p.add_argument(
         "--expansion", type=parse_count, default=8, help="d_sae = expansion * d_in (default: 8)"
@@ -73,7 +86,35 @@ def _check_hook(hook: str, hooks: dict[str, int], cache: Path) -> int:
     return hooks[hook]
 
 
-def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, model_name: str):
+def hook_pairs(args: argparse.Namespace, n_layers: int, present: list[str] | None):
+    """(hook_in, hook_out) per dictionary from --hook or --hook-in/--hook-out layer specs."""
+    from activation_cache.layer_lists import expand_layers
+
+    if args.hook:
+        return [(h, None) for h in expand_layers(args.hook, n_layers, present)]
+    ins = expand_layers(args.hook_in, n_layers, present)
+    outs = expand_layers(args.hook_out, n_layers, present)
+    if len(ins) != len(outs):
+        raise ValueError(
+            f"--hook-in names {len(ins)} hooks but --hook-out {len(outs)}; give one target per "
+            "input (e.g. --hook-in all.mlp_in --hook-out all.mlp_out)"
+        )
+    return list(zip(ins, outs, strict=True))
+
+
+def _cache_layers(hooks: dict[str, int]) -> int:
+    return 1 + max(int(h.split(".")[0][1:]) for h in hooks)
+
+
+def build_configs(
+    args: argparse.Namespace,
+    hooks: dict[str, int],
+    cache,
+    model_name: str,
+    n_layers: int | None = None,
+):
+    """One DictionaryConfig per hook (pair) and swept value. ``hooks``: short name -> width of
+    what can be read (a cache's hooks, or every hook of a model when streaming)."""
     from interp_bench.config import DictionaryConfig
 
     if args.hook and (args.hook_in or args.hook_out):
@@ -84,11 +125,10 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
         raise ValueError(
             f"give --hook (cached: {', '.join(sorted(hooks))}) or --hook-in/--hook-out"
         )
-    pairs = (
-        [(h.strip(), None) for h in args.hook.split(",")]
-        if args.hook
-        else [(args.hook_in, args.hook_out)]
-    )
+    if n_layers is None:
+        pairs = hook_pairs(args, _cache_layers(hooks), list(hooks))
+    else:
+        pairs = hook_pairs(args, n_layers, None)
     if args.skip and not args.hook_out:
         raise ValueError("--skip applies to transcoders; add --hook-in/--hook-out")
 
@@ -125,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
     from activation_cache.models import default_device
     from activation_cache.reader import ActivationReader, hook_stats
     from interp_bench.config import TrainConfig
-    from interp_bench.dictionaries import evaluate
     from interp_bench.training import ddp
     from interp_bench.training.trainer import Trainer
 
@@ -133,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")
+    if bool(args.activations) == bool(args.model):
+        raise ValueError("give --activations DIR (a cache) or --model M (streaming), not both")
+    if args.model:
+        return run_streaming(args, tc, out)
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
@@ -167,6 +210,51 @@ def run(args: argparse.Namespace) -> int:
     stats = {h: hook_stats(cache, h) for h in needed}
     trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=out)
     dicts = trainer.fit(reader, resume=args.resume)
+    report(args, trainer, dicts, cfgs, needed, out, eval_dir, device)
+    return 0
+
+
+def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
+    """Train from the model's forward: every needed hook of one batch in one forward."""
+    import torch
+
+    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.model_batches import ModelBatches
+    from activation_cache.models import default_device, load_model, model_id
+    from interp_bench.training.trainer import Trainer
+
+    device = torch.device(args.device or default_device())
+    tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
+    model = load_model(args.model, device=device)
+    n_layers = int(model.cfg.n_layers)
+    d = int(model.cfg.d_model)
+    hooks = {f"L{i}.{k}": d for i in range(n_layers) for k in KINDS}
+    cfgs = build_configs(args, hooks, args.model, model_id(model), n_layers=n_layers)
+    needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
+    splits = load_corpus(
+        CorpusConfig(source=args.corpus, context_len=args.context_len), model.tokenizer
+    )
+    source = ModelBatches(model, splits.train, needed, tc.batch_size, seed=tc.seed, device=device)
+    if source.batch_size != tc.batch_size:  # whole sequences per forward
+        print(
+            f"note: --batch-size {tc.batch_size} rounded to {source.batch_size} "
+            f"({source.seqs_per_batch} sequences of {args.context_len - 1} tokens after BOS)"
+        )
+        tc.batch_size = source.batch_size
+    trainer = Trainer(cfgs, tc, device=device, out_dir=out)
+    dicts = trainer.fit(source, resume=args.resume)
+    eval_dir = Path(args.eval_activations) if args.eval_activations else None
+    report(args, trainer, dicts, cfgs, needed, out, eval_dir, device)
+    return 0
+
+
+def report(args, trainer, dicts, cfgs, needed, out: Path, eval_dir, device) -> None:
+    """Print where each dictionary went and, with --eval-activations, its held-out quality."""
+    from activation_cache.reader import ActivationReader
+    from interp_bench.dictionaries import evaluate
+    from interp_bench.training import ddp
+
+    tc = trainer.train_cfg
     if ddp.is_main():
         for name, m in zip(trainer.names, trainer.last_metrics or [{}] * len(cfgs), strict=True):
             last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
@@ -178,4 +266,3 @@ def run(args: argparse.Namespace) -> int:
         for name, r in zip(trainer.names, rows, strict=True):
             print(f"{name:<48} {r.fvu:8.4f} {r.fvu_typical:8.4f} {r.l0:8.2f} {r.dead_frac:7.3f}")
             (out / name / "eval.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
-    return 0

@@ -146,9 +146,14 @@ class Activation(nn.Module):
         if self.auxk:
             aux_idx, scale = d.auxk_indices(pre, dead_mask)
             if aux_idx is not None:
-                aux = AuxTerms(pre.gather(1, aux_idx).relu(), aux_idx, scale)
+                aux = AuxTerms(self.aux_values(pre.gather(1, aux_idx)), aux_idx, scale)
         penalty = self.penalty(pre, acts, d.W_dec)
         return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux)
+
+    def aux_values(self, pre: Tensor) -> Tensor:
+        """AuxK's latent values from the chosen dead latents' pre-activations: ReLU'd, or as
+        they are with ``revive="linear"`` (so latents negative everywhere still get a gradient)."""
+        return pre if self.cfg.resolved_revive == "linear" else pre.relu()
 
     def train_acts(self, pre: Tensor) -> Tensor:
         """Dense latents of the training forward (with STEs where needed)."""
@@ -230,10 +235,10 @@ class TopK(Activation):
         enc_layout = (
             layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), d.d_sae)
         )
-        vals_all = gather_pre(x, d.b_shift, d.W_enc, d.b_enc, pre, enc_layout, sae_in).relu()
-        vals = vals_all[:, :k]
+        raw = gather_pre(x, d.b_shift, d.W_enc, d.b_enc, pre, enc_layout, sae_in)
+        vals = raw[:, :k].relu()
         recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
-        aux = None if aux_idx is None else AuxTerms(vals_all[:, k:], aux_idx, aux_scale)
+        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux)
 
     def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
@@ -243,10 +248,10 @@ class TopK(Activation):
         idx = pre.detach().topk(k, dim=-1, sorted=False).indices
         aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
         all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
-        vals_all = pre.gather(1, all_idx).relu()
-        vals = vals_all[:, :k]
+        raw = pre.gather(1, all_idx)
+        vals = raw[:, :k].relu()
         recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
-        aux = None if aux_idx is None else AuxTerms(vals_all[:, k:], aux_idx, aux_scale)
+        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux)
 
 
@@ -327,7 +332,7 @@ class BatchTopK(Activation):
         aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
         aux = None
         if aux_idx is not None:
-            aux_vals = gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in).relu()
+            aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
             aux = AuxTerms(aux_vals, aux_idx, aux_scale)
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux)
 

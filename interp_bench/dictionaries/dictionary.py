@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.activations import make_activation
 from interp_bench.dictionaries.evaluate import batch_fvu
+from interp_bench.dictionaries.revive import recenter_dead
 from interp_bench.dictionaries.topk import select_in_bf16, sparse_decode
 
 
@@ -150,7 +151,15 @@ class SparseDictionary(nn.Module):
         k_aux = self.cfg.auxk_k or self.d_out // 2
         scale = min(dead.numel() / k_aux, 1.0)
         k_aux = min(k_aux, dead.numel())
-        local = pre.detach().index_select(1, dead).topk(k_aux, dim=1, sorted=False).indices
+        dead_pre = pre.detach().index_select(1, dead)
+        revive = self.cfg.resolved_revive
+        if revive in ("recenter", "fire"):
+            level = 0.0
+            if revive == "fire":  # the typical k-th largest pre-activation: TopK picks them
+                level = pre.detach().topk(self.cfg.k, dim=1).values[:, -1].median().item()
+            share = self.cfg.k / self.d_sae
+            dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
+        local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
         return dead[local], scale
 
     @torch.no_grad()
