@@ -236,7 +236,7 @@ def _run_inspect(out: Path, capsys, no_verify: bool = False) -> tuple[int, str]:
     from interp_bench.commands import inspect
 
     capsys.readouterr()
-    rc = inspect.run(argparse.Namespace(dir=str(out), no_verify=no_verify))
+    rc = inspect.run(argparse.Namespace(dir=str(out), no_verify=no_verify, deep=False))
     return rc, capsys.readouterr().out
 
 
