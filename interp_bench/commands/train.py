@@ -138,6 +138,17 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
     return cfgs
 
 
+def check_out(out: Path, cfgs) -> None:
+    """--out is a folder (or absent) and every dictionary's subfolder stays inside it."""
+    from activation_cache.names import check_inside
+    from interp_bench.training.trainer import run_names
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")
+    for name in run_names(cfgs):
+        check_inside(out, out / name, "dictionary folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -149,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
+    check_out(Path(args.out), cfgs)
     needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
     if eval_dir is not None:  # check before training, not after an hour of it
