@@ -27,7 +27,7 @@ import torch
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionaries.dictionary import SparseDictionary
 from interp_bench.training import checkpoint as ckpt
-from interp_bench.training import ddp
+from interp_bench.training import ddp, guards
 from interp_bench.training.allocator import keep_freed_memory
 
 DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
@@ -199,6 +199,7 @@ class Trainer:
         values = torch.stack(rows)
         ddp.all_reduce_mean_([values])
         values = values.tolist()
+        guards.check_step(self, batch, values)  # bad input named by shard row; finite blow-ups
         for name, v in zip(self.names, values, strict=True):
             if not all(math.isfinite(t) for t in v):
                 what = f"loss is {v[0]}" if not math.isfinite(v[0]) else f"gradient norm is {v[4]}"
@@ -394,6 +395,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
+        self.source = source  # guards name the shard rows of a bad batch through it
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
         logging = self.out_dir is not None and ddp.is_main()
