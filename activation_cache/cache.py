@@ -98,6 +98,22 @@ def _discard_strays(out_dir: Path, n_done: int, tag: str) -> None:
         path.unlink()
 
 
+def _refuse_foreign(out_dir: Path, tag: str) -> None:
+    """A folder without a manifest may hold only our lock and this cache's own temp files."""
+    if (out_dir / MANIFEST).exists():
+        return
+    foreign = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name != LOCK and not (p.name.endswith(".tmp") and f".{tag}." in p.name)
+    )
+    if foreign:
+        raise ValueError(
+            f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
+            "pick an empty or new --out (nothing was changed)"
+        )
+
+
 @contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on the cache folder; fail at once, naming the holder."""
@@ -176,6 +192,7 @@ def cache_activations(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a folder; pick another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(out_dir, cache_tag(config))  # before the lock file is created in it
     fresh = Manifest(
         model=model_name,
         hooks=[
@@ -209,16 +226,7 @@ def _fill(model, tokens, specs, out_dir: Path, fresh: Manifest, batch_size: int,
             )
             return manifest
     else:
-        foreign = sorted(
-            p.name
-            for p in out_dir.iterdir()
-            if p.name != LOCK and not (p.name.endswith(".tmp") and f".{tag}." in p.name)
-        )
-        if foreign:
-            raise ValueError(
-                f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
-                "pick an empty or new --out (nothing was changed)"
-            )
+        _refuse_foreign(out_dir, tag)
         manifest = fresh
     _discard_strays(out_dir, len(manifest.shards), tag)
     write_manifest(out_dir, manifest)
