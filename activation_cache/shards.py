@@ -391,11 +391,14 @@ def to_torch(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
+    """Streamed through one reused buffer: no allocation per block, bounded memory."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 

@@ -57,15 +57,15 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def cli_error(capsys, argv: list[str], rc: int = 2) -> str:
-    """Run the CLI; assert exit code `rc` and exactly one stderr line, no traceback."""
+def cli_error(capsys, case: str, argv: list[str], rc: int = 2) -> str:
+    """Run the CLI; assert exit code `rc` and exactly one stderr line (besides progress bars),
+    no traceback; record the outcome as bad input `case`."""
     capsys.readouterr()
     got = main(argv)
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("caching ")]
     ok = got == rc and len(lines) == 1 and "Traceback" not in err
-    record("bad_input", " ".join(argv[:1] + [a for a in argv[1:] if a.startswith("--")]),
-           one_line=ok, rc=got)  # fmt: skip
+    record("bad_input", case, one_line=ok, rc=got)
     assert got == rc, err
     assert len(lines) == 1 and lines[0].startswith(f"interp-bench {argv[0]}: "), err
     return lines[0]
@@ -107,8 +107,20 @@ def fake_corpus(monkeypatch):
     monkeypatch.setattr(corpus, "load_corpus", lambda cfg, tok: splits)
 
 
-CACHE_ARGS = ["--hooks", ",".join(HOOKS), "--context-len", str(CTX), "--dtype", "float32",
-              "--batch-size", "4", "--shard-tokens", "64", "--device", "cpu"]  # fmt: skip
+CACHE_ARGS = [
+    "--hooks",
+    ",".join(HOOKS),
+    "--context-len",
+    str(CTX),
+    "--dtype",
+    "float32",
+    "--batch-size",
+    "4",
+    "--shard-tokens",
+    "64",
+    "--device",
+    "cpu",
+]
 
 
 # ---- kills at exact moments ------------------------------------------------------------------
@@ -294,8 +306,10 @@ def _other_width(out: Path) -> None:
     """shard 1 replaced by a same-size shard whose hook has another width (same bytes)."""
     path = out / "shard_00001.safetensors"
     start, header = shards_mod.read_header(path)
-    t = {k: torch.zeros(e["shape"], dtype=shards_mod._ST_DTYPES[e["dtype"]])
-         for k, e in header.items()}  # fmt: skip
+    t = {
+        k: torch.zeros(e["shape"], dtype=shards_mod._ST_DTYPES[e["dtype"]])
+        for k, e in header.items()
+    }
     t["L0.resid_post"] = torch.zeros(t["L0.resid_post"].shape[0] * 2, 32)
     sha, size = shards_mod.write_shard(path, t)
     _rewrite_manifest(out, lambda m: m["shards"][1].update(sha256=sha, bytes=size))
@@ -382,10 +396,17 @@ def test_finite_loss_explosion_is_not_saved(tmp_path, one_thread):
     batch = {HOOK: data[4][HOOK]}
     first = guards._STATE[t]["first"][0]
     for fvu, loss in ((5.5e9, 1.0), (0.5, first * 2e6)):
-        with pytest.raises(TrainingDiverged, match=r"exploded at step 5: .*checkpoint \(step 4\)"):
+        try:
             guards.check_step(t, batch, [[loss, 0.0, 0.0, 0.0, 1.0, fvu, 4.0]])
+            msg = ""
+        except TrainingDiverged as err:
+            msg = str(err)
+        detected = re.search(r"exploded at step 5: .*checkpoint \(step 4\)", msg) is not None
+        record(
+            "corruption", f"finite loss explosion (fvu {fvu:g}, loss {loss:.3g})", detected=detected
+        )
+        assert detected, msg
     guards.check_step(t, batch, [[first * 10, 0.0, 0.0, 0.0, 1.0, 0.9, 4.0]])  # noisy is fine
-    record("corruption", "finite loss explosion (fvu 5.5e9)", detected=True)
     assert snapshot(tmp_path) == saved
 
 
@@ -408,8 +429,10 @@ def test_cache_refuses_folder_with_lookalike_files(tiny_model, tokens, tmp_path)
 
 def test_cache_refuses_unlisted_foreign_shard(tiny_model, tokens, tmp_path):
     out = tmp_path / "acts"
-    run_killed(kill_on_replace("shard_", 2, after=False),
-               lambda: cache_activations(tiny_model, tokens, HOOKS, out, **KW))  # fmt: skip
+    run_killed(
+        kill_on_replace("shard_", 2, after=False),
+        lambda: cache_activations(tiny_model, tokens, HOOKS, out, **KW),
+    )
     foreign = out / "shard_00001.safetensors"
     foreign.write_bytes(b"a user's file that happens to carry our name")
     with pytest.raises(ValueError, match="not written by this cache"):
@@ -423,15 +446,19 @@ def test_second_cache_run_fails_at_once_naming_the_pid(tiny_model, tokens, tmp_p
     out = tmp_path / "acts"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(out / cache_mod.LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
-         "print('locked', flush=True)\n"
-         "time.sleep(30)\n"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(out / cache_mod.LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=f"another process \\(pid {holder.pid}\\)"):
@@ -463,8 +490,19 @@ def test_analyze_out_refuses_a_user_folder(feature_index, reference, tmp_path, c
     (user / "index.json").write_text('{"my": "index"}')
     (user / "vocab.json").write_text('{"my": "vocab"}')
     before = snapshot(user)
-    line = cli_error(capsys, ["analyze", "--dictionary", str(feature_index / "sae"),
-                              "--activations", str(reference), "--out", str(user)])  # fmt: skip
+    line = cli_error(
+        capsys,
+        "analyze --out: a user's folder",
+        [
+            "analyze",
+            "--dictionary",
+            str(feature_index / "sae"),
+            "--activations",
+            str(reference),
+            "--out",
+            str(user),
+        ],
+    )
     record(
         "foreign", "analyze --out: user's index.json/vocab.json", untouched=snapshot(user) == before
     )
@@ -475,11 +513,11 @@ def test_report_out_folder_and_foreign_file(feature_index, tmp_path, capsys):
     index = feature_index / "index"
     folder = tmp_path / "DIR"
     folder.mkdir()
-    line = cli_error(capsys, ["report", str(index), "--out", str(folder)])
+    line = cli_error(capsys, "report --out: a folder", ["report", str(index), "--out", str(folder)])
     assert "is a folder" in line and sorted(os.listdir(tmp_path)) == ["DIR"]
     mine = tmp_path / "page.html"
     mine.write_text("<html>my page</html>")
-    cli_error(capsys, ["report", str(index), "--out", str(mine)])
+    cli_error(capsys, "report --out: a user's file", ["report", str(index), "--out", str(mine)])
     ok = mine.read_text() == "<html>my page</html>" and sorted(os.listdir(tmp_path)) == [
         "DIR",
         "page.html",
@@ -492,8 +530,21 @@ def test_report_out_folder_and_foreign_file(feature_index, tmp_path, capsys):
 def test_train_out_file_is_refused(cache_copy, tmp_path, capsys):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    line = cli_error(capsys, ["train", "--activations", str(cache_copy), "--hook", HOOKS[0],
-                              "--out", str(f), "--tokens", "256"])  # fmt: skip
+    line = cli_error(
+        capsys,
+        "train --out: a file",
+        [
+            "train",
+            "--activations",
+            str(cache_copy),
+            "--hook",
+            HOOKS[0],
+            "--out",
+            str(f),
+            "--tokens",
+            "256",
+        ],
+    )
     assert "is a file" in line and f.read_text() == "mine"
 
 
@@ -513,8 +564,21 @@ def test_crafted_manifest_names(kind, cache_copy, tmp_path, capsys):
     _rewrite_manifest(cache_copy, CRAFTED[kind])
     out = tmp_path / "runs"
     hook = "../../../escape" if "escape" in kind else HOOKS[0]
-    line = cli_error(capsys, ["train", "--activations", str(cache_copy), "--hook", hook,
-                              "--out", str(out), "--tokens", "256"])  # fmt: skip
+    line = cli_error(
+        capsys,
+        f"train on a manifest with {kind}",
+        [
+            "train",
+            "--activations",
+            str(cache_copy),
+            "--hook",
+            hook,
+            "--out",
+            str(out),
+            "--tokens",
+            "256",
+        ],
+    )
     assert "manifest" in line
     assert not out.exists() and not (tmp_path.parent / "escape").exists()
 
@@ -525,15 +589,37 @@ def test_crafted_cfg_json(feature_index, reference, tmp_path, capsys):
     cfg = json.loads((sae / "cfg.json").read_text())
     cfg["metadata"]["interp_bench"]["config"]["hook_in"] = "../../x"
     (sae / "cfg.json").write_text(json.dumps(cfg))
-    line = cli_error(capsys, ["analyze", "--dictionary", str(sae), "--activations", str(reference),
-                              "--out", str(tmp_path / "ix")])  # fmt: skip
+    line = cli_error(
+        capsys,
+        "cfg.json: crafted hook name",
+        [
+            "analyze",
+            "--dictionary",
+            str(sae),
+            "--activations",
+            str(reference),
+            "--out",
+            str(tmp_path / "ix"),
+        ],
+    )
     assert "hook name" in line
     cfg["metadata"]["interp_bench"]["config"]["hook_in"] = "L0.resid_post"
     cfg["d_sae"] = 48
     cfg["metadata"]["interp_bench"]["config"]["d_sae"] = 48
     (sae / "cfg.json").write_text(json.dumps(cfg))
-    line = cli_error(capsys, ["analyze", "--dictionary", str(sae), "--activations", str(reference),
-                              "--out", str(tmp_path / "ix")])  # fmt: skip
+    line = cli_error(
+        capsys,
+        "cfg.json: width not matching the weights",
+        [
+            "analyze",
+            "--dictionary",
+            str(sae),
+            "--activations",
+            str(reference),
+            "--out",
+            str(tmp_path / "ix"),
+        ],
+    )
     assert "do not belong together" in line
 
 
@@ -544,9 +630,21 @@ def test_window_bounded_by_context_and_memory(feature_index, reference, capsys):
     from interp_bench.analysis.top_examples import AnalysisConfig
     from interp_bench.commands.analyze import check_window
 
-    line = cli_error(capsys, ["analyze", "--dictionary", str(feature_index / "sae"),
-                              "--activations", str(reference), "--window", "100000",
-                              "--out", str(reference.parent / "ix")])  # fmt: skip
+    line = cli_error(
+        capsys,
+        "analyze --window 100000",
+        [
+            "analyze",
+            "--dictionary",
+            str(feature_index / "sae"),
+            "--activations",
+            str(reference),
+            "--window",
+            "100000",
+            "--out",
+            str(reference.parent / "ix"),
+        ],
+    )
     assert f"use --window {CTX - 1} or less" in line
     with pytest.raises(ValueError, match=r"needs about 2\.1 GiB.*use --window 48 or less"):
         check_window(AnalysisConfig(window=100), 16384, 1024, budget=1 << 30)
@@ -555,14 +653,32 @@ def test_window_bounded_by_context_and_memory(feature_index, reference, capsys):
 def test_damaged_checkpoint_names_it(tmp_path, capsys):
     cache = tmp_path / "acts"
     write_tiny_cache(cache, planted(8))
-    args = ["train", "--activations", str(cache), "--hook", HOOK, "--out", str(tmp_path / "o"),
-            "--tokens", "1280", "--batch-size", "128", "--checkpoint-every", "4", "--k", "4",
-            "--expansion", "2", "--device", "cpu"]  # fmt: skip
+    args = [
+        "train",
+        "--activations",
+        str(cache),
+        "--hook",
+        HOOK,
+        "--out",
+        str(tmp_path / "o"),
+        "--tokens",
+        "1280",
+        "--batch-size",
+        "128",
+        "--checkpoint-every",
+        "4",
+        "--k",
+        "4",
+        "--expansion",
+        "2",
+        "--device",
+        "cpu",
+    ]
     capsys.readouterr()
     assert main(args) == 0
     (state,) = (tmp_path / "o").rglob("state.pt")
     state.write_bytes(state.read_bytes()[:100])
-    line = cli_error(capsys, args)
+    line = cli_error(capsys, "train: damaged checkpoint", args)
     assert str(state) in line and "--no-resume" in line
     assert main([*args, "--no-resume"]) == 0
 
@@ -570,14 +686,20 @@ def test_damaged_checkpoint_names_it(tmp_path, capsys):
 def test_context_past_n_ctx_and_bad_corpus(fake_model, tmp_path, capsys):
     out = str(tmp_path / "acts")
     args = [a if a != str(CTX) else "300" for a in CACHE_ARGS]
-    line = cli_error(capsys, ["cache", *args, "--out", out])
+    line = cli_error(
+        capsys, "cache --context-len past the model's n_ctx", ["cache", *args, "--out", out]
+    )
     assert "use --context-len 256 or less" in line and not Path(out).exists()
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 10)
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"ok\x00\x01\x02" * 10)
     for path, what in ((latin, "is not UTF-8 text .*iconv"), (binary, "NUL bytes")):
-        line = cli_error(capsys, ["cache", *CACHE_ARGS, "--corpus", str(path), "--out", out])
+        line = cli_error(
+            capsys,
+            f"corpus: {path.name}",
+            ["cache", *CACHE_ARGS, "--corpus", str(path), "--out", out],
+        )
         assert path.name in line and re.search(what, line), line
     assert not Path(out).exists()
 
@@ -587,7 +709,12 @@ def test_interrupt_prints_one_line_and_130(fake_model, fake_corpus, tmp_path, ca
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cache_mod, "cache_activations", interrupted)
-    line = cli_error(capsys, ["cache", *CACHE_ARGS, "--out", str(tmp_path / "a")], rc=130)
+    line = cli_error(
+        capsys,
+        "Ctrl-C (KeyboardInterrupt)",
+        ["cache", *CACHE_ARGS, "--out", str(tmp_path / "a")],
+        rc=130,
+    )
     assert line.endswith("interrupted; rerun the same command to resume")
 
 
@@ -597,8 +724,11 @@ def test_interrupt_prints_one_line_and_130(fake_model, fake_corpus, tmp_path, ca
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str):
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not permitted'})")
     try:
@@ -612,7 +742,9 @@ def test_disk_full_keeps_manifest_and_resumes_identically(
 ):
     with small_tmpfs(tmp_path / "disk", "60k") as disk:
         out = disk / "acts"
-        line = cli_error(capsys, ["cache", *CACHE_ARGS, "--out", str(out)], rc=1)
+        line = cli_error(
+            capsys, "disk full (OSError ENOSPC)", ["cache", *CACHE_ARGS, "--out", str(out)], rc=1
+        )
         assert "no space left" in line and "rerun the same command" in line
         before = read_manifest(out)
         assert 0 < len(before.shards) < 3 and shards_mod.verify(out) == []
@@ -623,8 +755,9 @@ def test_disk_full_keeps_manifest_and_resumes_identically(
         lost, dup = coverage(out, tokens)
         got, want = read_all(out), read_all(reference)
         same = all(torch.equal(got[k], want[k]) for k in want)
-        record("kill", "cache: disk full, then space freed", lost=lost, duplicated=dup,
-               identical=same)  # fmt: skip
+        record(
+            "kill", "cache: disk full, then space freed", lost=lost, duplicated=dup, identical=same
+        )
         assert (lost, dup) == (0, 0) and same
 
 
