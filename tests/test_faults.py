@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -762,21 +763,46 @@ def test_disk_full_keeps_manifest_and_resumes_identically(
 
 
 def test_report_escapes_script_context(feature_index, tmp_path):
-    from interp_bench.analysis.report import script_json
+    """Token strings `<!--` then `<script>` once blanked the page: the data block must hold no
+    `<`, `>` or `&` at all and still parse back to the same strings."""
+    from interp_bench.analysis.report import script_json, write_report
 
     text = "<!--<script>x</script>&\u2028\u2029"
     encoded = script_json({"t": text})
     assert json.loads(encoded) == {"t": text}
     for bad in ("<", ">", "&", "\u2028", "\u2029"):
         assert bad not in encoded
-    from interp_bench.analysis.report import write_report
-    from interp_bench.analysis.top_examples import load_feature_index
-
-    index = feature_index / "index"
+    index = tmp_path / "index"
+    shutil.copytree(feature_index / "index", index)
     vocab = json.loads((index / "vocab.json").read_text())
+    first, second = sorted(vocab, key=int)[:2]
+    vocab[first], vocab[second] = "<!--", "<script>"
+    (index / "vocab.json").write_text(json.dumps(vocab))
     page = write_report(index, tmp_path / "r.html").read_text()
     block = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
-    assert "<" not in block and json.loads(block)["vocab"] == {
-        k: v for k, v in vocab.items() if k in json.loads(block)["vocab"]
-    }
-    assert load_feature_index(index).n_features > 0
+    shown = json.loads(block)["vocab"]
+    assert not {"<", ">", "&"} & set(block)
+    assert shown[first] == "<!--" and shown[second] == "<script>"
+
+
+def test_incomplete_cache_inspect_says_how_to_finish(tiny_model, tokens, tmp_path, capsys):
+    from interp_bench.cli import build_parser
+
+    out = tmp_path / "acts"
+    run_killed(
+        kill_on_replace("manifest", 3, after=True),
+        lambda: cache_activations(tiny_model, tokens, HOOKS, out, meta={"split": "train"}, **KW),
+    )
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "incomplete: finish it with `interp-bench cache " in text
+    command = text.split("finish it with `")[1].split("`")[0]
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.hooks, args.context_len, args.dtype, args.out) == (
+        ",".join(HOOKS),
+        CTX,
+        "float32",
+        str(out),
+    )
+    assert args.tokens == tokens.numel() and args.shard_tokens == 64 and args.split == "train"
