@@ -68,6 +68,7 @@ class ActivationReader:
         with_positions: bool = False,
         drop_last: bool = False,
         prefetch: bool = True,
+        verify: bool = True,
     ):
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
@@ -103,8 +104,11 @@ class ActivationReader:
         self.prefetch = prefetch
         self.ctx = self.manifest.context_len
         self.shard_files = [s.file for s in infos]
-        # Each shard's sha256 is checked once per process, just before its first read.
-        self._views = [ShardView(self.dir / s.file, s.bytes, s.sha256) for s in infos]
+        # Each shard's sha256 is checked once per process, just before its first read (in the
+        # prefetch thread, so it overlaps training); `verify=False` only for sampling statistics.
+        self._views = [
+            ShardView(self.dir / s.file, s.bytes, s.sha256 if verify else None) for s in infos
+        ]
         for view, info in zip(self._views, infos, strict=True):
             view.check(info, self.dims)
         self._rows = np.array(
@@ -361,7 +365,9 @@ def hook_stats(
         if saved.get("shards") == shard_ids:
             mean = torch.tensor(saved["mean"], dtype=torch.float32)
             return HookStats(mean, float(saved["mean_norm"]), int(saved["n_tokens"]))
-    reader = ActivationReader(cache_dir, [hook], 1, shuffle=False, skip_bos=skip_bos)
+    # No sha256 pass here: it would hash every shard before training starts. The statistics are
+    # keyed by the shards' sha256 list, and training checks each shard before reading it.
+    reader = ActivationReader(cache_dir, [hook], 1, shuffle=False, skip_bos=skip_bos, verify=False)
     per_shard = -(-max_tokens // len(reader._views))
     total = torch.zeros(reader.dims[hook], dtype=torch.float64)
     norm_sum, n = 0.0, 0
