@@ -58,6 +58,17 @@ class TokenSplits:
     n_tokens: int  # tokens in train + eval windows, BOS included
 
 
+def cache_metadata(splits: TokenSplits, cfg: CorpusConfig, split: str, tokenizer) -> dict:
+    """What a cache's manifest records of the text it came from (``cache_activations``'s
+    ``meta``): resuming checks it, so a cache never mixes two corpora or tokenizers."""
+    return {
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "corpus_fingerprint": splits.fingerprint,
+        "corpus": cfg.source,
+        "split": split,
+    }
+
+
 def load_corpus(cfg: CorpusConfig, tokenizer) -> TokenSplits:
     """Tokenize, pack and split `cfg.source`; reuses a cached result with the same fingerprint."""
     if cfg.context_len < 2:

@@ -73,6 +73,16 @@ def _check_folded(model, kind: str, name: str) -> None:
         )
 
 
+def hooked_transformer_name(short: str) -> str:
+    """The HookedTransformer name of a short hook name, without a model at hand (what a saved
+    dictionary's cfg.json records for SAELens, which loads HookedTransformer models); HT's name is
+    the last candidate of each kind. Anything else is returned unchanged."""
+    m = _SHORT.match(short)
+    if m is None or m.group(2) not in _CANDIDATES:
+        return short
+    return _CANDIDATES[m.group(2)][-1].format(L=m.group(1))
+
+
 def resolve_hooks(model, hooks: list[str] | str) -> list[HookSpec]:
     """Parse `L8.resid_post`-style names (a list or a comma-separated string) for this model."""
     if isinstance(hooks, str):

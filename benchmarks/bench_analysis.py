@@ -80,7 +80,7 @@ def main() -> None:
 
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
     model, model_name = load_floor_model()
     d_model = model.cfg.d_model

@@ -92,7 +92,7 @@ def eval_tokens(model, n_tokens: int, ctx: int) -> tuple[torch.Tensor, str]:
 
 def dictionaries(model, expansion: int = 8, k: int = 32) -> dict:
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
     d, layer = model.cfg.d_model, model.cfg.n_layers // 2
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries import SparseDictionary
 from interp_bench.dictionaries.topk import TopKLayout, topk_rows
 
 

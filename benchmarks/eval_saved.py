@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench_train as bt  # noqa: E402
 
 from activation_cache.reader import ActivationReader  # noqa: E402
-from interp_bench.dictionaries.dictionary import SparseDictionary, load_dictionary  # noqa: E402
+from interp_bench.dictionaries import SparseDictionary, load_dictionary  # noqa: E402
 
 
 class Saved:

@@ -125,6 +125,7 @@ def test_resume_after_injected_crash(tiny_model, tmp_path, monkeypatch):
         torch.testing.assert_close(got[h], want[h], rtol=0, atol=0)
 
 
+@pytest.mark.long
 def test_resume_after_sigkill(tiny_model, tmp_path):
     """A real SIGKILL of a caching subprocess mid-run, then a resume in this process."""
     out = tmp_path / "out"

@@ -53,7 +53,7 @@ def test_artifacts_exist_and_load(small_run):
     from sae_lens import SAE
 
     from interp_bench.analysis.top_examples import load_feature_index
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     out, summary = small_run
     for split in ("train", "eval"):

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from activation_cache.hooks import HookSpec, resolve_hooks
+from interp_bench.dictionaries.evaluate import QualityMeter
 
 
 def hook_point(model, short: str) -> HookSpec:
@@ -108,35 +109,6 @@ def _variant(model, ref: _Reference, point: HookSpec, value: Tensor) -> Tensor:
         resid = ref.store[f"resid@{point.layer}"]
         return model.run_with_hooks(resid, fwd_hooks=fwd, start_at_layer=point.layer)
     return model.run_with_hooks(ref.batch, fwd_hooks=fwd)
-
-
-@dataclass
-class _ReconStats:
-    """L0 and fraction of variance unexplained on the non-BOS positions that get spliced."""
-
-    active: float = 0.0
-    sq_err: float = 0.0
-    sq_sum: float = 0.0
-    sum: Tensor | None = None
-    n: int = 0
-
-    def add(self, d, x_in: Tensor, x_out: Tensor, recon: Tensor) -> None:
-        f = d.encode(x_in[:, 1:].to(d.W_dec.dtype))
-        self.active += float((f != 0).sum())
-        x = x_out[:, 1:].double().reshape(-1, x_out.shape[-1])
-        self.sq_err += float((x - recon[:, 1:].double().reshape(x.shape)).pow(2).sum())
-        self.sq_sum += float(x.pow(2).sum())
-        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
-        self.n += x.shape[0]
-
-    @property
-    def l0(self) -> float:
-        return self.active / self.n
-
-    @property
-    def fvu(self) -> float:
-        total = self.sq_sum - float(self.sum.pow(2).sum()) / self.n
-        return self.sq_err / total if total > 0 else float("nan")
 
 
 def _reconstruct(d, x: Tensor) -> Tensor:
@@ -252,7 +224,7 @@ def spliced_loss(
     clean = _Stats()
     per_dict = {name: {"spliced": _Stats(), "error_added": _Stats()} for name, *_ in plan}
     per_hook = {short: {"zero": _Stats(), "mean": _Stats()} for short in splice_points}
-    recon_stats = {name: _ReconStats() for name, *_ in plan}
+    recon_stats = {name: QualityMeter(d) for name, d, *_ in plan}
     n_pred = 0
     t0 = time.perf_counter()
 
@@ -267,7 +239,8 @@ def spliced_loss(
         hooks = [(p.tl_name, _store(store, short)) for short, p in points.items()]
         resume = {p.layer for *_, p in plan} if share_prefix else set()
         hooks += [
-            (f"blocks.{layer}.hook_resid_pre", _store(store, f"resid@{layer}")) for layer in resume
+            (hook_point(model, f"L{layer}.resid_pre").tl_name, _store(store, f"resid@{layer}"))
+            for layer in resume
         ]
         logits = model.run_with_hooks(batch, fwd_hooks=hooks)
         ref = _Reference(batch, store, share_prefix, logits)
@@ -281,13 +254,14 @@ def spliced_loss(
             x_in, x_out = store[p_in.short], store[p_out.short]
             _check_dims(model, name, d, x_in, x_out)
             recon = _reconstruct(d, x_in).to(x_out.dtype)
-            recon_stats[name].add(d, x_in, x_out, recon)
+            recon_stats[name].add(x_in[:, 1:], x_out[:, 1:], recon[:, 1:])  # BOS is never spliced
             per_dict[name]["spliced"].add(_variant(model, ref, p_out, recon), ref)
             if error_added:
                 exact = recon + (x_out - recon)
                 per_dict[name]["error_added"].add(_variant(model, ref, p_out, exact), ref)
 
     seconds = time.perf_counter() - t0
+    quality = {name: meter.result() for name, meter in recon_stats.items()}
     ce_clean = clean.ce / n_pred
     results = []
     for name, d, _, p_out in plan:
@@ -312,8 +286,8 @@ def spliced_loss(
                 kl_zero=zero.kl / n_pred,
                 kl_mean=mean.kl / n_pred,
                 kl_error_added=exact.kl / n_pred if error_added else None,
-                l0=recon_stats[name].l0,
-                fvu=recon_stats[name].fvu,
+                l0=quality[name].l0,
+                fvu=quality[name].fvu,
                 extra={"seconds": seconds, "share_prefix": share_prefix},
             )
         )

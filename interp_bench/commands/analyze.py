@@ -33,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from activation_cache.shards import read_manifest
-    from interp_bench.analysis.density import cache_stream
+    from activation_cache.streams import cache_stream
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze, check_index_out
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     acts_dir = Path(args.activations)
     if not (acts_dir / "manifest.json").exists():

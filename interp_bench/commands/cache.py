@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=parse_count, help="tokens to cache (1M, 50k); default: all")
     p.add_argument("--split", choices=["train", "eval"], default="train")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=parse_count,
+        default=1024,
+        help="tokens per forward pass (whole sequences; as in `train`, a batch counts tokens)",
+    )
     p.add_argument("--shard-tokens", type=parse_count, default=65536, help="tokens per shard")
     p.add_argument("--out", required=True, help="cache dir (one split); rerun to resume")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
@@ -30,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from activation_cache.cache import cache_activations
-    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.corpus import CorpusConfig, cache_metadata, load_corpus
     from activation_cache.models import default_device, load_model
     from activation_cache.shards import STORAGE_DTYPES
 
@@ -57,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if n_seq > tokens.shape[0]:
             print(f"note: {args.split} split has {available:,} tokens, caching all of them")
         tokens = tokens[:n_seq]
-    meta = {
-        "tokenizer": getattr(model.tokenizer, "name_or_path", type(model.tokenizer).__name__),
-        "corpus_fingerprint": splits.fingerprint,
-        "corpus": args.corpus,
-        "split": args.split,
-    }
+    meta = cache_metadata(splits, corpus_cfg, args.split, model.tokenizer)
     t0 = time.perf_counter()
     manifest = cache_activations(
         model,
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.hooks,
         args.out,
         dtype=args.dtype,
-        batch_size=args.batch_size,
+        batch_size=max(1, args.batch_size // args.context_len),
         shard_tokens=args.shard_tokens,
         meta=meta,
     )

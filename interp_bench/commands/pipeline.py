@@ -26,17 +26,17 @@ from pathlib import Path
 import torch
 
 from activation_cache.cache import cache_activations
-from activation_cache.corpus import CorpusConfig, load_corpus
+from activation_cache.corpus import CorpusConfig, cache_metadata, load_corpus
 from activation_cache.hooks import n_layers
-from activation_cache.models import load_model, model_id
+from activation_cache.models import load_model
 from activation_cache.reader import ActivationReader, hook_stats
-from interp_bench.analysis.density import cache_stream
+from activation_cache.streams import cache_stream
 from interp_bench.analysis.report import write_report
 from interp_bench.analysis.splice import spliced_loss
 from interp_bench.analysis.top_examples import analyze
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionaries.dictionary import load_dictionary
-from interp_bench.training.trainer import Trainer, evaluate
+from interp_bench.dictionaries import evaluate, load_dictionary
+from interp_bench.training.trainer import Trainer, check_same_run
 
 
 @dataclass
@@ -135,30 +135,21 @@ def _weights_key(dict_dir: Path, names: list[str]) -> list[list]:
     return out
 
 
-_FREE = ("device", "log_every", "checkpoint_every")  # may change without retraining
-
-
-def _trained(dict_dir: Path, names: list[str], train_cfg: TrainConfig) -> bool:
-    """True when every dictionary is saved with this training config; ValueError on a mismatch
-    (the folder holds another run: we refuse rather than silently mixing the two)."""
+def _trained(dict_dir: Path, names: list[str], cfgs: list, train_cfg: TrainConfig) -> bool:
+    """True when every dictionary is saved with these settings; ValueError when the folder holds
+    another run (we refuse rather than silently mixing the two)."""
     if not all((dict_dir / n / "sae_weights.safetensors").exists() for n in names):
         return False
-    want = json.loads(train_cfg.to_json())
-    for n in names:
-        path = dict_dir / n / "train_cfg.json"
-        have = json.loads(path.read_text()) if path.exists() else {}
-        diff = sorted(k for k in want if k not in _FREE and k in have and have[k] != want[k])
-        if diff:
-            raise ValueError(
-                f"{dict_dir / n} was trained with different {', '.join(diff)}; "
-                "rerun with the original arguments or pick a new --out"
-            )
+    for n, c in zip(names, cfgs, strict=True):
+        check_same_run(dict_dir / n, c, train_cfg)
     return True
 
 
 def demo_train_config(cfg: DemoConfig, n_train: int) -> TrainConfig:
-    """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes,
-    warm-up and dead-latent window scaled to the run's length."""
+    """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes.
+    The warm-up and dead-latent window are pinned (not TrainConfig's general rule): the main
+    job's recorded results (benchmarks/RESULTS.md) were made with them, and a TopK-only run has
+    no sparsity coefficient to warm up."""
     train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
     steps = max(1, train_tokens // cfg.batch_size)
     return TrainConfig(
@@ -196,19 +187,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     with clock.stage("tokenize corpus"):
         _say(f"tokenizing corpus {cfg.corpus}")
-        splits = load_corpus(
-            CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed),
-            model.tokenizer,
-        )
+        corpus_cfg = CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed)
+        splits = load_corpus(corpus_cfg, model.tokenizer)
     n_train = _n_seq(cfg.train_tokens, cfg.context_len, splits.train.shape[0], "training")
     n_eval = _n_seq(cfg.eval_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
     n_splice = _n_seq(cfg.splice_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
 
-    meta = {
-        "model": model_id(model),
-        "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
-        "corpus_fingerprint": splits.fingerprint,
-    }
     acts = {}
     for split, tokens in (("train", splits.train[:n_train]), ("eval", splits.eval[:n_eval])):
         acts[split] = out / "acts" / split
@@ -225,7 +209,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 hooks,
                 acts[split],
                 dtype=cfg.cache_dtype,
-                meta={**meta, "split": split},
+                meta=cache_metadata(splits, corpus_cfg, split, model.tokenizer),
                 progress=cfg.progress,
             )
 
@@ -238,13 +222,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         DictionaryConfig(hook_in=mlp_in, hook_out=mlp_out, d_out=d_model, **common),
     ]
     train_cfg = demo_train_config(cfg, n_train)
-    train_tokens, steps = train_cfg.tokens, train_cfg.total_steps
+    train_tokens, steps = train_cfg.tokens, train_cfg.schedule().total_steps
     dict_dir = out / "dictionaries"
     with clock.stage("train", tokens=train_tokens) as st:
         stats = {h: hook_stats(acts["train"], h) for h in hooks}
         trainer = Trainer(dict_cfgs, train_cfg, stats=stats, device=cfg.device, out_dir=dict_dir)
         names = trainer.names
-        if _trained(dict_dir, names, train_cfg):
+        if _trained(dict_dir, names, dict_cfgs, train_cfg):
             _say("dictionaries already trained; loading them")
             st.skipped = True
             dicts = [load_dictionary(dict_dir / n, device=trainer.device) for n in names]
@@ -262,7 +246,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     with clock.stage("evaluate", tokens=eval_rows):
         _say("evaluating on held-out activations")
         eval_reader = ActivationReader(acts["eval"], hooks, cfg.batch_size, shuffle=False)
-        metrics = evaluate(dicts, eval_reader, max_tokens=eval_rows)
+        metrics = [m.to_dict() for m in evaluate(dicts, eval_reader, max_tokens=eval_rows)]
 
     splice_path = out / "splice.json"
     key = {"weights": _weights_key(dict_dir, names), "n_seq": n_splice}

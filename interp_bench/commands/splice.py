@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="shakespeare", help="held-out text: its eval split is used")
     p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")
     p.add_argument("--tokens", type=parse_count, default=16384, help="eval tokens (16k, 1M)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=parse_count,
+        default=1024,
+        help="tokens per forward pass (whole sequences; as in `train`, a batch counts tokens)",
+    )
     p.add_argument("--out", default="splice.json", help="JSON results file")
     p.add_argument(
         "--no-share-prefix",
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import load_model, model_id
     from interp_bench.analysis.splice import format_table, spliced_loss, supports_start_at_layer
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     if args.tokens < 1 or args.batch_size < 1:
         raise ValueError("--tokens and --batch-size must be positive")
@@ -63,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     tokens = splits.eval[:n_seq]
     share = False if args.no_share_prefix else supports_start_at_layer(model)
     results = spliced_loss(
-        model, dictionaries, tokens, batch_size=args.batch_size, share_prefix=share, progress=True
+        model,
+        dictionaries,
+        tokens,
+        batch_size=max(1, args.batch_size // args.context_len),
+        share_prefix=share,
+        progress=True,
     )
     print(format_table(results))
     out = Path(args.out)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         sweep,
         sweep_figure,
     )
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     if not (Path(args.dictionary) / "cfg.json").exists():
         raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")

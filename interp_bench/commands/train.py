@@ -6,51 +6,29 @@ import argparse
 import json
 from pathlib import Path
 
+from interp_bench.commands.config_args import add_config_arguments, config_from_args
 from interp_bench.commands.counts import parse_count
 
 HELP = "Train sparse autoencoders or transcoders on cached activations (sweeps share one pass)."
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [parse_count(v) for v in text.split(",") if v.strip()]
+# The field each arch's sweep varies (one dictionary per value, all on one pass of reads).
+SWEEP = {"topk": "k", "batchtopk": "k", "relu": "l1_coefficient", "jumprelu": "l0_coefficient"}
+# Set from --hook / --hook-in / --hook-out and the cache, not flags of their own.
+_FROM_CACHE = ("d_in", "d_out", "hook_in", "hook_out", "model_name")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from interp_bench.config import DictionaryConfig, TrainConfig
+
     p.add_argument("--activations", required=True, help="cache dir written by `interp-bench cache`")
     p.add_argument("--hook", help="SAE input hook(s), comma-separated, e.g. L8.resid_post")
     p.add_argument("--hook-in", help="transcoder input hook, e.g. L8.mlp_in")
     p.add_argument("--hook-out", help="transcoder target hook, e.g. L8.mlp_out")
-    p.add_argument("--skip", action="store_true", help="transcoder: add a linear skip connection")
-    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "relu", "jumprelu"])
-    p.add_argument("--k", type=_ints, default=[32], help="active latents; a list sweeps: 16,32,64")
-    p.add_argument("--l1", type=_floats, help="relu L1 coefficient(s); a list sweeps: 1,3,10")
-    p.add_argument("--l0", type=_floats, help="jumprelu L0 coefficient(s); a list sweeps")
-    p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
-    p.add_argument("--d-sae", type=parse_count, help="dictionary width (overrides --expansion)")
-    p.add_argument("--tokens", type=parse_count, default=10**7, help="training tokens (50M, 1k)")
     p.add_argument("--out", required=True, help="output dir; one subfolder per dictionary")
-    p.add_argument("--batch-size", type=parse_count, default=4096, help="tokens per step per rank")
-    p.add_argument("--lr", type=float, help="default: 1e-3 / sqrt(d_sae / 2**14)")
-    p.add_argument("--lr-decay", choices=["linear", "cosine"], default="linear")
-    p.add_argument("--warmup-steps", type=int, help="lr warm-up (default: min(100, 5%% of steps))")
     p.add_argument(
-        "--sparsity-warmup-steps",
-        type=int,
-        help="L1/L0 coefficient warm-up (default: min(1000, 5%% of steps))",
+        "--expansion", type=parse_count, default=8, help="d_sae = expansion * d_in (default: 8)"
     )
-    p.add_argument(
-        "--dead-tokens",
-        type=parse_count,
-        help="dead after this many tokens without firing (default: min(10M, 10%% of --tokens))",
-    )
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps; 0 disables")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
@@ -59,6 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-activations", help="held-out cache dir: report FVU/L0/dead at the end")
     p.add_argument("--eval-tokens", type=parse_count, default=200_000)
+    add_config_arguments(
+        p,
+        DictionaryConfig,
+        exclude=_FROM_CACHE,
+        sweep=tuple(set(SWEEP.values())),
+        aliases={"l1_coefficient": "--l1", "l0_coefficient": "--l0"},
+    )
+    add_config_arguments(p, TrainConfig, exclude=("extra",))
 
 
 def read_cache(cache: Path):
@@ -106,13 +92,17 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
     if args.skip and not args.hook_out:
         raise ValueError("--skip applies to transcoders; add --hook-in/--hook-out")
 
-    sweep: list[dict] = []
-    if args.arch in ("topk", "batchtopk"):
-        sweep = [{"k": k} for k in args.k]
-    elif args.arch == "relu":
-        sweep = [{"l1_coefficient": c} for c in (args.l1 or [5.0])]
-    else:
-        sweep = [{"l0_coefficient": c} for c in (args.l0 or [1.0])]
+    swept = SWEEP[args.arch]
+    singles = {}
+    for name in set(SWEEP.values()) - {swept}:
+        value = getattr(args, name)
+        if isinstance(value, list):
+            if len(value) > 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"a {flag} sweep does not apply to --arch {args.arch}")
+            singles[name] = value[0]
+    values = getattr(args, swept)
+    sweep = [{swept: v} for v in (values if isinstance(values, list) else [values])]
 
     cfgs = []
     for hook_in, hook_out in pairs:
@@ -120,31 +110,20 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
         d_out = _check_hook(hook_out, hooks, cache) if hook_out else None
         d_sae = args.d_sae or args.expansion * d_in
         for extra in sweep:
-            if "k" in extra and not 0 < extra["k"] <= d_sae:
-                raise ValueError(f"--k {extra['k']} must be between 1 and d_sae={d_sae}")
+            fixed = dict(d_in=d_in, d_sae=d_sae, d_out=d_out, hook_in=hook_in, hook_out=hook_out)
             cfgs.append(
-                DictionaryConfig(
-                    d_in=d_in,
-                    d_sae=d_sae,
-                    arch=args.arch,
-                    d_out=d_out,
-                    hook_in=hook_in,
-                    hook_out=hook_out,
-                    model_name=model_name,
-                    skip=args.skip,
-                    **extra,
+                config_from_args(
+                    DictionaryConfig, args, model_name=model_name, **fixed, **singles, **extra
                 )
             )
     return cfgs
 
 
 def check_out(out: Path, cfgs) -> None:
-    """--out is a folder (or absent) and every dictionary's subfolder stays inside it."""
+    """Every dictionary's subfolder stays inside --out (names come from hook names)."""
     from activation_cache.names import check_inside
     from interp_bench.training.trainer import run_names
 
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")
     for name in run_names(cfgs):
         check_inside(out, out / name, "dictionary folder")
 
@@ -152,15 +131,21 @@ def check_out(out: Path, cfgs) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from activation_cache.models import default_device
     from activation_cache.reader import ActivationReader, hook_stats
     from interp_bench.config import TrainConfig
+    from interp_bench.dictionaries import evaluate
     from interp_bench.training import ddp
-    from interp_bench.training.trainer import Trainer, evaluate
+    from interp_bench.training.trainer import Trainer
 
+    tc = config_from_args(TrainConfig, args)  # checks every training setting first
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
-    check_out(Path(args.out), cfgs)
+    check_out(out, cfgs)
     needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
     if eval_dir is not None:  # check before training, not after an hour of it
@@ -172,38 +157,13 @@ def run(args: argparse.Namespace) -> int:
                     f"(it holds {', '.join(f'{k} [{v}]' for k, v in sorted(eval_hooks.items()))})"
                 )
 
-    ddp_device = ddp.init_from_env()
-    device = ddp_device or torch.device(
-        args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    steps = max(1, args.tokens // (args.batch_size * ddp.world_size()))
-    short = max(1, steps // 20)  # short runs must not spend themselves warming up
-    tc = TrainConfig(
-        lr=args.lr,
-        batch_size=args.batch_size,
-        tokens=args.tokens,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(100, short),
-        sparsity_warmup_steps=(
-            args.sparsity_warmup_steps
-            if args.sparsity_warmup_steps is not None
-            else min(1000, short)
-        ),
-        lr_decay=args.lr_decay,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        device=str(device),
-        autocast=device.type == "cuda",
-    )
-    if args.dead_tokens is not None:
-        tc.dead_tokens = args.dead_tokens
-    else:
-        tc.dead_tokens = min(tc.dead_tokens, max(args.tokens // 10, args.batch_size))
+    device = ddp.init_from_env() or torch.device(args.device or default_device())
+    tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
     reader = ActivationReader(
         cache,
         needed,
-        args.batch_size,
-        seed=args.seed,
+        tc.batch_size,
+        seed=tc.seed,
         device=device,
         rank=ddp.rank(),
         world_size=ddp.world_size(),
@@ -211,23 +171,21 @@ def run(args: argparse.Namespace) -> int:
     )
     if reader.n_batches == 0:
         raise ValueError(
-            f"--batch-size {args.batch_size} is more than the {reader.n_tokens} cached tokens "
+            f"--batch-size {tc.batch_size} is more than the {reader.n_tokens} cached tokens "
             "this process reads; lower --batch-size or cache more tokens"
         )
     stats = {h: hook_stats(cache, h) for h in needed}
-    trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)
+    trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=out)
     dicts = trainer.fit(reader, resume=args.resume)
     if ddp.is_main():
         for name, m in zip(trainer.names, trainer.last_metrics or [{}] * len(cfgs), strict=True):
             last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
-            print(f"saved {Path(args.out) / name}  {last}")
+            print(f"saved {(out / name).resolve()}  {last}")
     if eval_dir is not None and ddp.is_main():
-        held = ActivationReader(
-            eval_dir, needed, args.batch_size, seed=0, shuffle=False, device=device
-        )
+        held = ActivationReader(eval_dir, needed, tc.batch_size, shuffle=False, device=device)
         rows = evaluate(dicts, held, max_tokens=args.eval_tokens)
-        print(f"{'dictionary':<48} {'FVU':>8} {'L0':>8} {'dead':>7}")
+        print(f"{'dictionary (held-out)':<48} {'FVU':>8} {'FVU typ':>8} {'L0':>8} {'dead':>7}")
         for name, r in zip(trainer.names, rows, strict=True):
-            print(f"{name:<48} {r['fvu']:8.4f} {r['l0']:8.2f} {r['dead_frac']:7.3f}")
-            (Path(args.out) / name / "eval.json").write_text(json.dumps(r, indent=2) + "\n")
+            print(f"{name:<48} {r.fvu:8.4f} {r.fvu_typical:8.4f} {r.l0:8.2f} {r.dead_frac:7.3f}")
+            (out / name / "eval.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
     return 0

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from activation_cache.hooks import hooked_transformer_name
 from activation_cache.names import check_hook_name
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.dictionary import SparseDictionary
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -55,22 +57,10 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
 
 
-def tl_hook_name(short: str) -> str:
-    """Best-effort TransformerLens name for a short hook name like 'L8.resid_post'."""
-    layer, _, kind = short.partition(".")
-    if not layer.startswith("L") or not layer[1:].isdigit():
-        return short
-    names = {
-        "resid_pre": "hook_resid_pre",
-        "resid_post": "hook_resid_post",
-        "mlp_in": "ln2.hook_normalized",
-        "mlp_out": "hook_mlp_out",
-    }
-    return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
-
-
-def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``d`` (a SparseDictionary) to ``path``; files are written to temp names and renamed
+def save_dictionary(
+    d: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``d`` to ``path`` in the SAELens 6 layout; files are written to temp names and renamed
     so a crash never leaves a half-written folder behind a valid-looking cfg.json."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -92,14 +82,14 @@ def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None)
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,
         "model_name": cfg.model_name,
-        "hook_name": tl_hook_name(cfg.hook_in),
+        "hook_name": hooked_transformer_name(cfg.hook_in),
         "hook_head_index": None,
         "prepend_bos": True,
         "context_size": None,
         "dataset_path": None,
     }
     if cfg.hook_out:
-        meta["hook_name_out"] = tl_hook_name(cfg.hook_out)
+        meta["hook_name_out"] = hooked_transformer_name(cfg.hook_out)
     meta.update(metadata or {})
     meta["interp_bench"] = {
         "config": cfg.to_dict(),
@@ -174,10 +164,9 @@ def _check_shapes(path: Path, state: dict, cfg: DictionaryConfig, arch: str) -> 
         raise ValueError(f"{path}: threshold has {state['threshold'].numel()} values, not {d_sae}")
 
 
-def load_saelens_folder(path: str | Path, device: torch.device | str | None = None):
-    """Load a folder written by us or by SAELens into a SparseDictionary."""
-    from interp_bench.dictionaries.dictionary import SparseDictionary
-
+def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
+    """Load a dictionary saved by ``save_dictionary`` or by SAELens (standard, topk, jumprelu,
+    and the transcoder variants)."""
     path = Path(path)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
@@ -231,10 +220,8 @@ def load_saelens_folder(path: str | Path, device: torch.device | str | None = No
         d.b_dec.copy_(state["b_dec"])
         if d.W_skip is not None:
             d.W_skip.copy_(state["W_skip"].t())
-        if cfg.arch == "jumprelu":
-            d.log_threshold.copy_(state["threshold"].log())
-        elif cfg.arch == "batchtopk":
-            d.topk_threshold.copy_(state["threshold"].reshape(-1)[0])
+        if "threshold" in state:
+            d.act.load_threshold(state["threshold"])
     if ours:
         a, b = ours.get("folded_scales", [1.0, 1.0])
         d.folded_scales = (float(a), float(b))
