@@ -202,7 +202,7 @@ def coverage(out: Path, tokens: torch.Tensor) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("point", list(CACHE_KILLS))
-def test_cache_kill_and_resume(point, tiny_model, tokens, reference, tmp_path, one_thread):
+def test_cache_kill_and_resume(point, tiny_model, tokens, reference, tmp_path):
     out = tmp_path / "acts"
     run_killed(CACHE_KILLS[point], lambda: cache_activations(tiny_model, tokens, HOOKS, out, **KW))
     manifest = cache_activations(tiny_model, tokens, HOOKS, out, **KW)
@@ -250,7 +250,7 @@ def _train_kill(kind: str, n: int = 1):
 
 
 @pytest.mark.parametrize("point", list(TRAIN_KILLS))
-def test_train_kill_and_resume(point, tmp_path, one_thread):
+def test_train_kill_and_resume(point, tmp_path):
     data = planted(12)
     straight = _train(tmp_path / "a", data)
     kind = TRAIN_KILLS[point]
@@ -363,7 +363,7 @@ def _set_value(out: Path, shard: int, row: int, col: int, value: float) -> None:
 
 
 @pytest.mark.parametrize("value", [-6e36, float("nan")], ids=["exponent-flip", "nan"])
-def test_bad_activation_is_named_by_shard_row(value, tmp_path, capsys, one_thread):
+def test_bad_activation_is_named_by_shard_row(value, tmp_path, capsys):
     cache = tmp_path / "acts"
     write_tiny_cache(cache, planted(8))
     _set_value(cache, 1, 37, 5, value)
@@ -385,7 +385,7 @@ def test_bad_activation_is_named_by_shard_row(value, tmp_path, capsys, one_threa
     assert saved == []
 
 
-def test_finite_loss_explosion_is_not_saved(tmp_path, one_thread):
+def test_finite_loss_explosion_is_not_saved(tmp_path):
     """A loss that grows without overflowing stops the run (fvu > 1e3, or loss > 1e6 x the
     first): the guard sees each step's metrics before the step's update is applied."""
     from interp_bench.training import guards
@@ -477,10 +477,11 @@ def feature_index(tmp_path_factory):
     from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+    from interp_bench.dictionaries import save_dictionary
 
     root = tmp_path_factory.mktemp("index")
     d = stand_in_dictionary()
-    d.save(root / "sae")
+    save_dictionary(d, root / "sae")
     analyze(d, batches(planted_stream()), root / "index", AnalysisConfig(top_k=4, window=3))
     return root
 
