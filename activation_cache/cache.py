@@ -6,12 +6,21 @@ restarts after the last listed shard: a half-written temp file or a shard rename
 kill is simply written again. The manifest's `config` records what determines the contents (model,
 hooks, dtype, the exact tokens); a run with a different config refuses to touch the folder.
 Batch size and device only change speed, so they may differ between a run and its resumption.
+
+Only files this cache provably wrote are ever removed or replaced: temp files carry the config's
+`cache_tag` in their name and shards carry it in their header, so a resumed run deletes exactly
+its own leftovers. A folder without a manifest must be empty. An advisory lock (`LOCK`, holding
+the owner's pid) makes a second run on the same folder fail at once instead of racing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,15 +33,16 @@ from .shards import (
     Manifest,
     ShardError,
     ShardInfo,
+    cache_tag,
     read_manifest,
     shard_name,
+    shard_tag,
     write_manifest,
     write_shard,
 )
 
-_OWN_FILE = re.compile(
-    r"^(shard_(\d{5})\.safetensors(\.tmp)?|manifest\.json(\.tmp)?|stats_.*\.json)$"
-)
+LOCK = ".interp-bench.lock"
+_SHARD = re.compile(r"^shard_(\d{5,9})\.safetensors$")
 
 
 def tokens_fingerprint(tokens: torch.Tensor) -> str:
@@ -69,15 +79,59 @@ def _check_resumable(out_dir: Path, old: Manifest, config: dict) -> None:
             )
 
 
-def _discard_strays(out_dir: Path, n_done: int) -> None:
-    """Remove temp files and shards beyond the manifest: leftovers of a killed run."""
+def _discard_strays(out_dir: Path, n_done: int, tag: str) -> None:
+    """Remove what a killed run of this very cache left behind: temp files named with its tag
+    and shards past the manifest whose header carries its tag. An unlisted shard name without
+    our tag is someone else's file: refuse rather than overwrite it later."""
     for path in out_dir.iterdir():
-        m = _OWN_FILE.match(path.name)
-        if m is None or path.name == MANIFEST:
-            continue
-        stray_shard = m.group(2) is not None and int(m.group(2)) >= n_done
-        if path.name.endswith(".tmp") or stray_shard:
+        if path.name.endswith(".tmp") and f".{tag}." in path.name and path.is_file():
             path.unlink()
+            continue
+        m = _SHARD.match(path.name)
+        if m is None or int(m.group(1)) < n_done:
+            continue
+        if shard_tag(path) != tag:
+            raise ValueError(
+                f"{path} is not listed in the manifest and was not written by this cache; "
+                "move it out of the folder, then rerun"
+            )
+        path.unlink()
+
+
+def _refuse_foreign(out_dir: Path, tag: str) -> None:
+    """A folder without a manifest may hold only our lock and this cache's own temp files."""
+    if (out_dir / MANIFEST).exists():
+        return
+    foreign = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if p.name != LOCK and not (p.name.endswith(".tmp") and f".{tag}." in p.name)
+    )
+    if foreign:
+        raise ValueError(
+            f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
+            "pick an empty or new --out (nothing was changed)"
+        )
+
+
+@contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the cache folder; fail at once, naming the holder."""
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"{out_dir} is being written by another process (pid {holder}); wait for it "
+                "to finish or stop it, or pick another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
 
 
 def cache_activations(
@@ -114,7 +168,6 @@ def cache_activations(
     n_seq, ctx = tokens.shape
     seqs_per_shard = max(1, shard_tokens // ctx)
     d = int(model.cfg.d_model)
-    st_dtype = STORAGE_DTYPES[dtype]
     model_name = meta.pop("model", None) or _model_name(model)
     tokenizer = str(meta.pop("tokenizer", ""))
     fingerprint = str(meta.pop("corpus_fingerprint", ""))
@@ -130,9 +183,40 @@ def cache_activations(
         **meta,
     }
 
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and ctx > n_ctx:
+        raise ValueError(
+            f"context length {ctx} is longer than the model's n_ctx {n_ctx}; "
+            f"use --context-len {n_ctx} or less"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a folder; pick another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(out_dir, cache_tag(config))  # before the lock file is created in it
+    fresh = Manifest(
+        model=model_name,
+        hooks=[
+            {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
+            for s in specs
+        ],
+        dtype=dtype,
+        context_len=ctx,
+        n_sequences=n_seq,
+        seqs_per_shard=seqs_per_shard,
+        tokenizer=tokenizer,
+        corpus_fingerprint=fingerprint,
+        config=config,
+    )
+    with locked(out_dir):
+        return _fill(model, tokens, specs, out_dir, fresh, batch_size, progress)
+
+
+def _fill(model, tokens, specs, out_dir: Path, fresh: Manifest, batch_size: int, progress: bool):
+    """Resume or start the cache in a locked folder."""
+    config, ctx, n_seq = fresh.config, fresh.context_len, fresh.n_sequences
+    seqs_per_shard, d = fresh.seqs_per_shard, int(model.cfg.d_model)
+    st_dtype = STORAGE_DTYPES[fresh.dtype]
+    tag = cache_tag(config)
     if (out_dir / MANIFEST).exists():
         manifest = read_manifest(out_dir)
         _check_resumable(out_dir, manifest, config)
@@ -142,27 +226,9 @@ def cache_activations(
             )
             return manifest
     else:
-        foreign = [p.name for p in out_dir.iterdir() if not _OWN_FILE.match(p.name)]
-        if foreign:
-            raise ValueError(
-                f"{out_dir} is not empty and holds no cache manifest ({', '.join(foreign[:3])}); "
-                "pick an empty or new --out"
-            )
-        manifest = Manifest(
-            model=model_name,
-            hooks=[
-                {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
-                for s in specs
-            ],
-            dtype=dtype,
-            context_len=ctx,
-            n_sequences=n_seq,
-            seqs_per_shard=seqs_per_shard,
-            tokenizer=tokenizer,
-            corpus_fingerprint=fingerprint,
-            config=config,
-        )
-    _discard_strays(out_dir, len(manifest.shards))
+        _refuse_foreign(out_dir, tag)
+        manifest = fresh
+    _discard_strays(out_dir, len(manifest.shards), tag)
     write_manifest(out_dir, manifest)
 
     device = _model_device(model)
@@ -194,7 +260,7 @@ def cache_activations(
             bufs["seq"] = torch.arange(s0, s1, dtype=torch.int64).repeat_interleave(ctx)
             bufs["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(s1 - s0)
             name = shard_name(index)
-            sha, size = write_shard(out_dir / name, bufs)
+            sha, size = write_shard(out_dir / name, bufs, tag)
             manifest.shards.append(ShardInfo(name, n, s0, s1, sha, size))
             write_manifest(out_dir, manifest)
     manifest.complete = True

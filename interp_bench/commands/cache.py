@@ -43,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
     device = args.device or default_device()
     model = load_model(args.model, device=device)
+    n_ctx = int(model.cfg.n_ctx)
+    if args.context_len > n_ctx:  # before the corpus is read and tokenized
+        raise ValueError(
+            f"--context-len {args.context_len} is longer than {args.model}'s context of "
+            f"{n_ctx} tokens; use --context-len {n_ctx} or less"
+        )
     corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
     splits = load_corpus(corpus_cfg, model.tokenizer)
     tokens = splits.train if args.split == "train" else splits.eval

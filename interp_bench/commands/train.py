@@ -159,6 +159,15 @@ def build_configs(
     return cfgs
 
 
+def check_out(out: Path, cfgs) -> None:
+    """Every dictionary's subfolder stays inside --out (names come from hook names)."""
+    from activation_cache.names import check_inside
+    from interp_bench.training.trainer import run_names
+
+    for name in run_names(cfgs):
+        check_inside(out, out / name, "dictionary folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -179,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
+    check_out(out, cfgs)
     needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
     if eval_dir is not None:  # check before training, not after an hour of it

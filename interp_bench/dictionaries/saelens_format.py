@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from activation_cache.hooks import hooked_transformer_name
+from activation_cache.names import check_hook_name
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.dictionary import SparseDictionary
 
@@ -143,6 +144,26 @@ def _config_from_saelens(c: dict[str, Any]) -> DictionaryConfig:
     )
 
 
+def _check_shapes(path: Path, state: dict, cfg: DictionaryConfig, arch: str) -> None:
+    """Weights must have the shapes cfg.json promises (copying would fail, or broadcast)."""
+    d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if cfg.skip:
+        want["W_skip"] = (d_out, d_in)
+    for name, shape in want.items():
+        got = tuple(state[name].shape) if name in state else None
+        if got != shape:
+            raise ValueError(
+                f"{path}: {WEIGHTS_FILE} has {name} of shape {list(got) if got else 'none'}, "
+                f"but {CFG_FILE} says {list(shape)} (d_in {d_in}, d_sae {d_sae}, d_out {d_out}); "
+                "the two files do not belong together"
+            )
+    if cfg.arch in ("jumprelu", "batchtopk") and "threshold" not in state:
+        raise ValueError(f"{path}: {arch} needs a threshold tensor in {WEIGHTS_FILE}; it has none")
+    if "threshold" in state and state["threshold"].numel() not in (1, d_sae):
+        raise ValueError(f"{path}: threshold has {state['threshold'].numel()} values, not {d_sae}")
+
+
 def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
     """Load a dictionary saved by ``save_dictionary`` or by SAELens (standard, topk, jumprelu,
     and the transcoder variants)."""
@@ -152,7 +173,12 @@ def load_dictionary(path: str | Path, device: torch.device | str | None = None) 
         raise FileNotFoundError(
             f"{path} is not a dictionary folder: expected {CFG_FILE} and {WEIGHTS_FILE}"
         )
-    c = json.loads(cfg_path.read_text())
+    try:
+        c = json.loads(cfg_path.read_text())
+        if not isinstance(c, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not a valid dictionary config ({err})") from err
     arch = c.get("architecture", "standard")
     if arch not in SUPPORTED:
         raise ValueError(
@@ -167,9 +193,16 @@ def load_dictionary(path: str | Path, device: torch.device | str | None = None) 
     if c.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{path}: reshape_activations={c['reshape_activations']!r} unsupported")
     ours = (c.get("metadata") or {}).get("interp_bench")
-    cfg = DictionaryConfig.from_dict(ours["config"]) if ours else _config_from_saelens(c)
+    try:
+        cfg = DictionaryConfig.from_dict(ours["config"]) if ours else _config_from_saelens(c)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{cfg_path} lacks or mistypes a field ({err!r})") from err
+    for hook in (cfg.hook_in, cfg.hook_out):
+        if hook:  # hook names become parts of folder names (training runs, analysis)
+            check_hook_name(hook, cfg_path)
 
     state = load_file(str(w_path))
+    _check_shapes(path, state, cfg, arch)
     dtype = state["W_enc"].dtype
     d = SparseDictionary(cfg, device="cpu", dtype=dtype)
     with torch.no_grad():

@@ -29,7 +29,7 @@ from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import checkpoint as ckpt
-from interp_bench.training import ddp
+from interp_bench.training import ddp, guards
 from interp_bench.training.allocator import keep_freed_memory
 
 # Settings that may change between a run and its resume (or rerun) without changing its result.
@@ -193,6 +193,7 @@ class Trainer:
         values = torch.stack(rows)
         ddp.all_reduce_mean_([values])
         values = values.tolist()
+        guards.check_step(self, batch, values)  # bad input named by shard row; finite blow-ups
         for name, v in zip(self.names, values, strict=True):
             if not all(math.isfinite(t) for t in v):
                 what = f"loss is {v[0]}" if not math.isfinite(v[0]) else f"gradient norm is {v[4]}"
@@ -388,6 +389,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
+        self.source = source  # guards name the shard rows of a bad batch through it
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
         logging = self.out_dir is not None and ddp.is_main()
