@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 import torch
+from circuits_helpers import tiny_gpt2_folder
 
 from interp_bench.circuits.graph import attribute, top_logits
 from interp_bench.circuits.prune import influence, normalized, prune
@@ -245,16 +246,7 @@ def test_intervention_clamp_to_own_value_is_a_no_op(rep, model):
 
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory, gpt2_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    out = tmp_path_factory.mktemp("tiny-gpt2")
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128,
-                     vocab_size=len(gpt2_tokenizer), bos_token_id=gpt2_tokenizer.bos_token_id,
-                     eos_token_id=gpt2_tokenizer.eos_token_id)  # fmt: skip
-    GPT2LMHeadModel(cfg).save_pretrained(out)
-    gpt2_tokenizer.save_pretrained(out)
-    return out
+    return tiny_gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"), gpt2_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -30,16 +30,20 @@ def normalized(adjacency: Tensor) -> Tensor:
 
 def influence(adjacency: Tensor, row_nodes: Tensor, weights: Tensor) -> Tensor:
     """`[n_nodes]`: sum over k >= 1 of `weights @ A^k` for the normalised adjacency whose
-    rows `row_nodes` are given (rows not given have no incoming edges)."""
+    rows `row_nodes` are given (rows not given have no incoming edges).
+
+    Only row nodes pass influence on, so the series is summed on the square block of the row
+    nodes, and one product with the full rows spreads it to every source."""
     a = normalized(adjacency)
-    total = torch.zeros_like(weights)
-    current = weights
-    for _ in range(len(weights) + 1):  # a DAG: ends well before this
-        current = current[row_nodes] @ a
+    square = a[:, row_nodes]
+    current = weights[row_nodes]
+    total = current.clone()
+    for _ in range(len(row_nodes) + 1):  # a DAG: ends after its depth
+        current = current @ square
         if not bool(current.any()):
             break
         total += current
-    return total
+    return total @ a
 
 
 def _threshold_mask(scores: Tensor, fraction: float) -> Tensor:
