@@ -250,21 +250,51 @@ def gpt2_folder(tmp_path_factory, gpt2_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def transcoder_dir(tmp_path_factory, gpt2_folder):
+def bridge_model(gpt2_folder):
+    from activation_cache.models import load_model
+
+    return load_model(str(gpt2_folder), device="cpu")
+
+
+def _stream(model, tokens, hooks):
+    """Batches in the analysis stream format (activations, tokens, seq, pos)."""
+    from activation_cache.hooks import capture, resolve_hooks
+
+    acts = capture(model, tokens, resolve_hooks(model, hooks))
+    n, ctx = tokens.shape
+    out = {k: v.reshape(n * ctx, -1).float() for k, v in acts.items()}
+    out["tokens"] = tokens.reshape(-1).to(torch.int32)
+    out["seq"] = torch.arange(n).repeat_interleave(ctx)
+    out["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(n)
+    yield out
+
+
+@pytest.fixture(scope="module")
+def transcoder_dir(tmp_path_factory, gpt2_folder, bridge_model):
+    """Random transcoders at both layers; layer 1 also has a feature index (for the cards)."""
+    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+
     out = tmp_path_factory.mktemp("transcoders")
     for t in random_transcoders(2, 64, seed=1):
         t.cfg.model_name = str(gpt2_folder)
         t.save(out / t.cfg.hook_in)
+    torch.manual_seed(0)
+    text = torch.randint(0, 50000, (8, 24))
+    text[:, 0] = bridge_model.tokenizer.bos_token_id
+    layer1 = t  # the last one saved
+    stream = _stream(bridge_model, text, [layer1.cfg.hook_in, layer1.cfg.hook_out])
+    analyze(layer1, stream, out / "L1.mlp_in" / "analysis", AnalysisConfig(window=3),
+            model=bridge_model)  # fmt: skip
     return out
 
 
-def test_bridge_replacement_is_exact(gpt2_folder, transcoder_dir):
+def test_bridge_replacement_is_exact(bridge_model, transcoder_dir):
     """LayerNorm through TransformerBridge: hooks freeze it the same way."""
-    from activation_cache.models import load_model
     from interp_bench.dictionaries.dictionary import load_dictionary
 
-    model = load_model(str(gpt2_folder), device="cpu")
-    ts = transcoder_set(model, [load_dictionary(p) for p in sorted(transcoder_dir.iterdir())])
+    model = bridge_model
+    dirs = sorted(p for p in transcoder_dir.iterdir() if p.is_dir())
+    ts = transcoder_set(model, [load_dictionary(p) for p in dirs])
     rep = build_replacement(model, ts, model.to_tokens(PROMPT))
     with torch.no_grad():
         logits, _, _ = rep.forward()
@@ -327,10 +357,15 @@ def test_graph_html_renders_in_chromium(cli_out, tmp_path):
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--no-first-run", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]  # fmt: skip
-    feature = next(n for n in data["nodes"] if n["kind"] == "feature")
-    dom = subprocess.run([*cmd, url + "#node=" + feature["id"]], capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
-    assert dom.count('class="node ') == len(data["nodes"]), dom[-2000:]
-    assert dom.count('class="edge') == len(data["edges"])
-    assert f"Feature {feature['feature']} (layer {feature['layer']}, pos {feature['pos']})" in dom
-    assert "Incoming (" in dom and "replacement score" in dom
+    for layer in (0, 1):  # layer 1 has a feature index: its features show their card
+        feature = next(n for n in data["nodes"] if n["kind"] == "feature" and n["layer"] == layer)
+        dom = subprocess.run([*cmd, url + "#node=" + feature["id"]], capture_output=True,
+                             text=True, timeout=120).stdout  # fmt: skip
+        assert dom.count('class="node ') == len(data["nodes"]), dom[-2000:]
+        assert dom.count('class="edge') == len(data["edges"])
+        title = f"Feature {feature['feature']} (layer {layer}, pos {feature['pos']})"
+        assert title in dom and "Incoming (" in dom and "replacement score" in dom
+        panel = dom[dom.index('<div id="panel">') : dom.index('<script id="data"')]
+        assert title in panel
+        assert ('class="card"' in panel) == (layer == 1)
+        assert ("No feature index" in panel) == (layer == 0)

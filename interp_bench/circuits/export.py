@@ -4,6 +4,7 @@ given for a layer."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from interp_bench.circuits.graph import Graph
@@ -61,8 +62,8 @@ def graph_dict(graph: Graph, pruned: Pruned, *, tokenizer=None, meta: dict | Non
         "n_layers": graph.n_layers,
         "skip_positions": graph.extra.get("skip_positions", []),
         "scores": {
-            "replacement": pruned.replacement_score,
-            "completeness": pruned.completeness_score,
+            "replacement": finite(pruned.replacement_score),
+            "completeness": finite(pruned.completeness_score),
         },
         "stats": {
             "active_features": graph.n_features,
@@ -75,6 +76,11 @@ def graph_dict(graph: Graph, pruned: Pruned, *, tokenizer=None, meta: dict | Non
         "nodes": nodes,
         "edges": edges,
     }
+
+
+def finite(x: float) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    return float(x) if math.isfinite(x) else None
 
 
 def _decode(tokenizer, token: int) -> str:
@@ -102,8 +108,8 @@ def feature_cards(data: dict, index_dirs: dict[int, str | Path], n_examples: int
             for e in card["top"][:n_examples]
         ]
         cards[f"{node['layer']}.{node['feature']}"] = {
-            "density": card["density"],
-            "max_act": card["max_act"],
+            "density": finite(card["density"]),
+            "max_act": finite(card["max_act"]),
             "top": top,
             "promoted": [t for t, _ in card.get("promoted", [])[:8]],
         }
@@ -115,7 +121,7 @@ def write_json(data: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 

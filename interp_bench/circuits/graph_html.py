@@ -86,12 +86,17 @@ nodes.forEach(n => {
                                  : {cx: n.x, cy: n.y, r: n.kind === "feature" ? 5 : 7};
   n.el = el(shape, {...attrs, class: "node " + n.kind, "data-id": n.id}, gNodes);
   el("title", {}, n.el).textContent = n.id;
+  if (n.kind === "logit") {
+    const t = el("text", {x: n.x, y: n.y - 10, "font-size": 9, "text-anchor": "middle"}, gNodes);
+    t.textContent = JSON.stringify(n.token_str).slice(1, -1);
+  }
   n.el.addEventListener("click", () => select(n.id));
 });
 document.getElementById("meta").textContent =
   `${nodes.length} nodes, ${edges.length} edges kept of ${data.stats.nodes} nodes; ` +
-  `replacement score ${data.scores.replacement.toFixed(3)}, ` +
-  `completeness ${data.scores.completeness.toFixed(3)}`;
+  `replacement score ${num(data.scores.replacement, 3)}, ` +
+  `completeness ${num(data.scores.completeness, 3)}`;
+function num(x, d) { return x === null || x === undefined ? "n/a" : x.toFixed(d); }
 function esc(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
 function label(n) {
   if (n.kind === "feature") return `Feature ${n.feature} (layer ${n.layer}, pos ${n.pos})`;
@@ -107,8 +112,9 @@ function edgeTable(list, key) {
 function cardHtml(n) {
   const c = cards[n.layer + "." + n.feature];
   if (!c) return "<p>No feature index for this layer.</p>";
-  let h = `<div class="card"><b>Feature card</b>: density ${c.density.toExponential(2)}, ` +
-          `max act ${c.max_act.toFixed(2)}`;
+  const density = c.density === null ? "n/a" : c.density.toExponential(2);
+  let h = `<div class="card"><b>Feature card</b>: density ${density}, ` +
+          `max act ${num(c.max_act, 2)}`;
   if (c.promoted.length) h += `<br>Promoted: ${c.promoted.map(esc).join(" ")}`;
   h += "<br>Top activations:";
   c.top.forEach(ex => {
@@ -142,7 +148,9 @@ if (m) select(decodeURIComponent(m[1]));
 def write_graph_html(data: dict, path: str | Path, cards: dict | None = None) -> Path:
     """Write the page for a graph dict (`export.graph_dict`), with optional feature cards."""
     payload = dict(data, cards=cards or {})
-    text = json.dumps(payload).replace("</", "<\\/")  # no `</script>` inside the data block
+    text = json.dumps(payload, allow_nan=False).replace(
+        "</", "<\\/"
+    )  # no `</script>` inside the data block
     title = html.escape(f"Attribution graph: {data.get('prompt', '')!r}")
     page = _PAGE.replace("__TITLE__", title).replace("__DATA__", text)
     path = Path(path)
