@@ -369,3 +369,27 @@ def test_graph_html_renders_in_chromium(cli_out, tmp_path):
         assert title in panel
         assert ('class="card"' in panel) == (layer == 1)
         assert ("No feature index" in panel) == (layer == 0)
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_replacement_is_exact():
+    """RMSNorm, RoPE, GQA and a gated MLP through the bridge: transcoders at three layers (the
+    other MLPs are pure error nodes), clean logits reproduced, every input complete."""
+    from activation_cache.models import load_model
+
+    model = load_model("smollm2-135m", device="cpu")
+    d = model.cfg.d_model
+    torch.manual_seed(0)
+    dicts = []
+    for layer in (0, 14, 29):
+        hooks = {"hook_in": f"L{layer}.mlp_in", "hook_out": f"L{layer}.mlp_out"}
+        cfg = DictionaryConfig(d_in=d, d_sae=256, d_out=d, arch="topk", k=8, **hooks)
+        dicts.append(SparseDictionary(cfg).eval())
+    rep = build_replacement(model, transcoder_set(model, dicts), model.to_tokens("To be, or not"))
+    with torch.no_grad():
+        logits, _, _ = rep.forward()
+    clean = model(rep.tokens)[0]
+    assert (logits - clean).abs().max() < 1e-3 * clean.abs().max()
+    g = attribute(rep, batch_size=32)
+    torch.testing.assert_close(g.adjacency.sum(1) + g.biases, g.inputs, atol=1e-3, rtol=1e-4)
+    assert set(g.features["layer"].tolist()) == {0, 14, 29}
