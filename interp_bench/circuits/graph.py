@@ -125,7 +125,7 @@ class _Rows:
         self.resid0 = rep.resid0.detach().clone().requires_grad_(True)
         self.writes = [w.detach().clone().requires_grad_(True) for w in rep.writes()]
         with torch.enable_grad():
-            logits, mlp_in, final = rep.forward(self.resid0, self.writes)
+            _, mlp_in, final = rep.forward(self.resid0, self.writes)
             f = rep.features
             self.per_layer = {}  # layer -> positions in the feature list
             self.outputs: list[Tensor] = []  # one target tensor per layer with features, + logits
@@ -149,10 +149,7 @@ class _Rows:
             self.where[len(f) :, 1] = torch.arange(len(logit_ids))
             self.outputs.append(logit_out)
         self.decoders = {l: self._padded(l) for l in self.per_layer}
-        self.logits = logits.detach()
-        self.final = final.detach()
         self.values = torch.cat([o.detach().float() for o in self.outputs])
-        self.n_targets = len(f) + len(logit_ids)
         self.n_nodes = len(f) + (n + 1) * seq + len(logit_ids)
         self.dtype = dtype
 
@@ -226,7 +223,7 @@ class _Rows:
 def _biases(rep: Replacement, logit_ids: Tensor, per_layer: dict) -> Tensor:
     """Each target's input in the frozen model with every source node set to zero."""
     zero0 = torch.zeros_like(rep.resid0)
-    logits, mlp_in, final = rep.forward(zero0, [b.clone() for b in rep.bias])
+    _, mlp_in, final = rep.forward(zero0, [b.clone() for b in rep.bias])
     f = rep.features
     out = torch.zeros(len(f) + len(logit_ids))
     for layer, sel in per_layer.items():
