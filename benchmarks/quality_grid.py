@@ -255,6 +255,9 @@ def run_cell(cell: dict, train_dir: Path, x_eval: Tensor, args, variants: list) 
             t0 = time.perf_counter()
             trainers[n].step(x)
             seconds[n] += time.perf_counter() - t0
+        if (i + 1) % max(1, steps // 4) == 0 and i + 1 < steps:
+            rates = "  ".join(f"{n} {(i + 1) * len(x) / seconds[n]:,.0f}" for n in names)
+            print(f"    step {i + 1}/{steps} tok/s: {rates}", flush=True)
     # One typical-token cut for every trainer: 10x the median norm of the whole held-out set.
     typical_norm = OUTLIER_NORM * x_eval.double().norm(dim=1).median().item()
     dicts = [

@@ -128,3 +128,13 @@ def test_cli_flag_takes_a_comma_list():
     assert config_from_args(DictionaryConfig, p.parse_args([]), d_in=4, d_sae=64).matryoshka is None
     with pytest.raises(SystemExit):
         p.parse_args(["--matryoshka", "64,x"])
+
+
+def test_train_help_lists_the_flag():
+    """`interp-bench train --help` renders (field docs holding '%' once broke it)."""
+    from interp_bench.commands import train as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    text = p.format_help()
+    assert "--matryoshka" in text and "256,1024,4608" in text
