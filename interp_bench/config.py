@@ -8,6 +8,7 @@ typed once. Every config checks its own values in ``__post_init__``, before anyt
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -103,6 +104,10 @@ class DictionaryConfig(_JsonMixin):
     batch's typical k-th largest pre-activation, so TopK itself picks it on those tokens; linear:
     AuxK on un-ReLU'd pre-activations. auto = recenter for transcoders, none for SAEs
     (bench_transcoder.py table)"""
+    matryoshka: tuple[int, ...] | None = None
+    """topk / batchtopk: Matryoshka prefix sizes, e.g. 256,1024,4608 (last = d_sae): latents
+    0..m-1 are trained to reconstruct on their own for each m, loss summed over the prefixes
+    (Bussmann et al. 2025), so early latents keep general features; None: a plain dictionary"""
     threshold_ema: float = 0.99
     """batchtopk: EMA decay of the inference threshold"""
     decode: str = "auto"
@@ -129,6 +134,21 @@ class DictionaryConfig(_JsonMixin):
         _check(self.d_out is None or self.d_out > 0, f"d_out must be positive, got {self.d_out}")
         if self.arch in ("topk", "batchtopk"):
             _check(0 < self.k <= self.d_sae, f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.matryoshka is not None:
+            self.matryoshka = tuple(int(m) for m in self.matryoshka)
+            m = self.matryoshka
+            _check(
+                self.arch in ("topk", "batchtopk"),
+                f"matryoshka applies to topk and batchtopk, not {self.arch!r}",
+            )
+            _check(
+                len(m) > 0
+                and m[0] > 0
+                and all(a < b for a, b in itertools.pairwise(m))
+                and m[-1] == self.d_sae,
+                f"matryoshka prefix sizes must increase and end at d_sae={self.d_sae}, got "
+                f"{','.join(map(str, m))}; e.g. {self.d_sae // 16},{self.d_sae // 4},{self.d_sae}",
+            )
         _check(self.sparsity in ("l1", "kl"), f"sparsity must be l1 or kl, got {self.sparsity!r}")
         _check(
             self.decode in ("auto", "sparse", "dense"),
@@ -187,7 +207,8 @@ class DictionaryConfig(_JsonMixin):
         hook = self.hook_in or "x"
         if self.hook_out:
             hook = f"{hook}-to-{self.hook_out}"
-        return f"{hook}-{self.arch}-{self.d_sae}"
+        arch = f"matryoshka-{self.arch}" if self.matryoshka else self.arch
+        return f"{hook}-{arch}-{self.d_sae}"
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,14 @@ def _base_type(annotation: Any) -> type:
     return args[0] if args else annotation
 
 
+def _sequence_item(annotation: Any) -> type | None:
+    """tuple[int, ...] / list[int] -> int; None for anything else."""
+    if typing.get_origin(annotation) not in (tuple, list):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    return args[0] if args and args[0] in (int, float, str) else None
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -82,7 +90,8 @@ def add_config_arguments(
         if (include is not None and f.name not in include) or f.name in exclude:
             continue
         kind = _base_type(hints[f.name])
-        if kind not in (int, float, str, bool):
+        item = _sequence_item(kind)
+        if kind not in (int, float, str, bool) and item is None:
             continue
         default = (defaults or {}).get(f.name, f.default)
         if default is dataclasses.MISSING:
@@ -94,6 +103,17 @@ def add_config_arguments(
         if kind is bool:
             group.add_argument(
                 *flags, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+            continue
+        if item is not None:  # a tuple / list field takes one comma-separated value
+            parse = _list_of({int: parse_count, float: parse_float, str: str}[item])
+            shown = "none" if default is None else ",".join(map(str, default))
+            group.add_argument(
+                *flags,
+                type=parse,
+                default=default,
+                dest=f.name,
+                help=f"{help_text}; comma-separated (default: {shown})",
             )
             continue
         parse = {int: parse_count, float: parse_float, str: str}[kind]

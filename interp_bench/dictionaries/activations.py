@@ -21,6 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.matryoshka import (
+    dense_prefix_decode,
+    sparse_prefix_decode,
+    topk_prefix_decode,
+)
 from interp_bench.dictionaries.topk import (
     SparseDecode,
     TopKLayout,
@@ -52,6 +57,9 @@ class Encoded(NamedTuple):
     l0: Tensor  # mean active latents per token (scalar)
     fire_counts: Tensor  # long [d_sae]: tokens of the batch each latent fired on
     aux: AuxTerms | None  # AuxK terms, or None when no latent is dead
+    # Matryoshka: [B, len(prefixes), d_out] reconstructions of each latent prefix (b_dec
+    # included; the last is ``recon``), else None
+    prefixes: Tensor | None = None
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -140,7 +148,12 @@ class Activation(nn.Module):
         """Dense reference path: latents ``[B, d_sae]`` through autograd."""
         pre = torch.addmm(d.b_enc, d.sae_in(x), d.W_enc)
         acts = self.train_acts(pre)
-        recon = acts @ d.W_dec + d.b_dec
+        prefixes = None
+        if self.cfg.matryoshka:
+            prefixes = dense_prefix_decode(acts, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = acts @ d.W_dec + d.b_dec
         active = acts > 0
         aux = None
         if self.auxk:
@@ -148,7 +161,7 @@ class Activation(nn.Module):
             if aux_idx is not None:
                 aux = AuxTerms(self.aux_values(pre.gather(1, aux_idx)), aux_idx, scale)
         penalty = self.penalty(pre, acts, d.W_dec)
-        return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux)
+        return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux, prefixes)
 
     def aux_values(self, pre: Tensor) -> Tensor:
         """AuxK's latent values from the chosen dead latents' pre-activations: ReLU'd, or as
@@ -237,9 +250,14 @@ class TopK(Activation):
         )
         raw = gather_pre(x, d.b_shift, d.W_enc, d.b_enc, pre, enc_layout, sae_in)
         vals = raw[:, :k].relu()
-        recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
+        prefixes = None
+        if self.cfg.matryoshka:
+            prefixes = topk_prefix_decode(vals, idx, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
         aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
-        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux)
+        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
     def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
         """Reference path (autograd through dense products), also the fallback for large k."""
@@ -250,9 +268,15 @@ class TopK(Activation):
         all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
         raw = pre.gather(1, all_idx)
         vals = raw[:, :k].relu()
-        recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
+        prefixes = None
+        if self.cfg.matryoshka:
+            dense = vals.new_zeros(len(x), d.d_sae).scatter_add(1, idx, vals)
+            prefixes = dense_prefix_decode(dense, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
         aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
-        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux)
+        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
 
 @torch.no_grad()
@@ -325,7 +349,16 @@ class BatchTopK(Activation):
         args = (x, d.b_shift, d.W_enc, d.b_enc, pre)
         vals = gather_pre(*args, layout, sae_in).relu()  # [nnz], row-major
         self.update_threshold(vals.detach())
-        recon = SparseDecode.apply(vals, layout, d.W_dec) + d.b_dec
+        prefixes = None
+        if self.cfg.matryoshka:
+            rows = torch.div(layout.flat, d.d_sae, rounding_mode="floor")
+            prefixes = sparse_prefix_decode(
+                vals, rows, layout.col, len(x), d.W_dec, self.cfg.matryoshka
+            )
+            prefixes = prefixes + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = SparseDecode.apply(vals, layout, d.W_dec) + d.b_dec
         active = vals > 0
         counts = torch.bincount(layout.col[active], minlength=d.d_sae)
         l0 = active.sum().float() / len(x)
@@ -334,7 +367,7 @@ class BatchTopK(Activation):
         if aux_idx is not None:
             aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
             aux = AuxTerms(aux_vals, aux_idx, aux_scale)
-        return Encoded(recon, recon.new_zeros(()), l0, counts, aux)
+        return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 
 class JumpReLU(Activation):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.activations import make_activation
 from interp_bench.dictionaries.evaluate import batch_fvu
+from interp_bench.dictionaries.matryoshka import matryoshka_loss
 from interp_bench.dictionaries.revive import recenter_dead
 from interp_bench.dictionaries.topk import select_in_bf16, sparse_decode
 
@@ -194,17 +195,21 @@ class SparseDictionary(nn.Module):
         target = target.reshape(-1, self.d_out).to(self.W_dec.dtype)
         enc = self.act.train_forward(self, x, dead_mask if self.act.auxk else None)
         recon = enc.recon
-        if self.W_skip is not None:
-            recon = recon + x @ self.W_skip
+        skip = x @ self.W_skip if self.W_skip is not None else None
+        if skip is not None:
+            recon = recon + skip
         err = target - recon
         mse = err.pow(2).sum(-1).mean()
+        recon_loss = mse
+        if enc.prefixes is not None:  # Matryoshka: every prefix reconstructs on its own
+            recon_loss = matryoshka_loss(enc.prefixes, target, skip)
         if enc.aux is not None:
             e_hat = sparse_decode(enc.aux.values, enc.aux.indices, self.W_dec)
             aux = enc.aux.scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
         else:
             aux = mse.new_zeros(())
         sparsity = self.act.coefficient(warmup) * enc.penalty
-        loss = mse + self.cfg.auxk_alpha * aux + sparsity
+        loss = recon_loss + self.cfg.auxk_alpha * aux + sparsity
         return ForwardOutput(
             loss, mse, aux, sparsity, enc.l0, enc.fire_counts, batch_fvu(mse.detach(), target)
         )
