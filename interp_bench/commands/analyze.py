@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from activation_cache.shards import read_manifest
     from interp_bench.analysis.density import cache_stream
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+    from interp_bench.commands import preflight as pf
     from interp_bench.dictionaries.dictionary import load_dictionary
 
     acts_dir = Path(args.activations)
@@ -42,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if not (Path(args.dictionary) / "cfg.json").exists():
         raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")
-    if args.top_k < 1 or args.window < 0 or args.batch_tokens < 1:
-        raise ValueError("--top-k and --batch-tokens must be positive, --window non-negative")
+    pf.positive(tokens=args.tokens, top_k=args.top_k, batch_tokens=args.batch_tokens)
+    pf.non_negative(window=args.window)
+    d_sae = pf.dictionary_cfg(args.dictionary).get("d_sae", 0)
+    reservoir = AnalysisConfig.reservoir
+    # context windows of the kept examples: float activations and int64 token ids
+    need = d_sae * (args.top_k + reservoir) * (2 * args.window + 1) * (4 + 8)
+    pf.affordable(need, f"--top-k {args.top_k} --window {args.window}", "lower them")
     dictionary = load_dictionary(args.dictionary, device=args.device)
     dictionary.eval()
     manifest = read_manifest(acts_dir)
@@ -53,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
     model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
     out = Path(args.out) if args.out else Path(args.dictionary) / "analysis"
     cfg = AnalysisConfig(top_k=args.top_k, window=args.window)
+    total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)
     index = analyze(
         dictionary,
         cache_stream(acts_dir, hooks, args.batch_tokens),
         out,
         cfg,
         model=model,
-        max_tokens=args.tokens,
+        max_tokens=total,  # a known total gives the bar its ETA
         progress=True,
     )
     d, r = index.meta["density"], index.recon

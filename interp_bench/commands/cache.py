@@ -28,16 +28,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model, so a typo costs no model load."""
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(tokens=args.tokens, batch_size=args.batch_size, shard_tokens=args.shard_tokens)
+    if args.context_len < 2:
+        raise ValueError(f"--context-len must be >= 2 (BOS and one token), got {args.context_len}")
+    facts = pf.model_facts(args.model)
+    pf.hook_names(args.hooks, facts)
+    pf.fits_context(facts, args.context_len, "--context-len", "lower it")
+
+
 def run(args: argparse.Namespace) -> int:
     from activation_cache.cache import cache_activations
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import default_device, load_model
     from activation_cache.shards import STORAGE_DTYPES
+    from interp_bench.commands import preflight as pf
 
     if args.dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
+    check_args(args)
     device = args.device or default_device()
     model = load_model(args.model, device=device)
+    pf.fits_context(pf.loaded_facts(model), args.context_len, "--context-len", "lower it")
     corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
     splits = load_corpus(corpus_cfg, model.tokenizer)
     tokens = splits.train if args.split == "train" else splits.eval

@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="training tokens per step")
     p.add_argument("--lr", type=float, help="learning rate (default: scaled with d_sae)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--out", default="runs/demo", help="run folder (re-running resumes)")
+    p.add_argument(
+        "--out", help="run folder, re-running resumes (default: runs/demo, runs/quick with --quick)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -40,7 +42,6 @@ def config_from_args(args: argparse.Namespace):
         "k": args.k,
         "lr": args.lr,
         "device": args.device,
-        "out": args.out,
         "progress": not args.no_progress,
     }
     optional = {
@@ -49,16 +50,49 @@ def config_from_args(args: argparse.Namespace):
         "splice_tokens": args.splice_tokens,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "out": args.out,
     }
     overrides |= {k: v for k, v in optional.items() if v is not None}
     for name in ("train_tokens", "eval_tokens", "splice_tokens", "epochs", "batch_size"):
         if name in overrides and overrides[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg) -> None:
+    """Every check that needs no model, so a bad argument costs no model load."""
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(expansion=cfg.expansion, k=cfg.k, lr=cfg.lr)
+    pf.finite("lr", cfg.lr)
+    facts = pf.model_facts(cfg.model)
+    if facts.d_model is not None and cfg.k > cfg.expansion * facts.d_model:
+        raise ValueError(f"--k {cfg.k} exceeds d_sae = {cfg.expansion * facts.d_model}")
+    pf.fits_context(facts, cfg.context_len, "the demo's context", "use a model with more")
+    if cfg.layer is not None:
+        n = facts.n_layers
+        if cfg.layer < 0 or (n is not None and cfg.layer >= n):
+            top = f"0..{n - 1}" if n is not None else ">= 0"
+            raise ValueError(f"--layer {cfg.layer} out of range: this model has layers {top}")
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from interp_bench.commands.pipeline import run_demo
 
-    run_demo(config_from_args(args))
+    cfg = config_from_args(args)
+    try:
+        run_demo(cfg)
+    except KeyboardInterrupt:
+        # One line instead of a traceback: every finished stage and cached shard is kept.
+        again = "make quick" if args.quick else "make demo"
+        print(
+            f"\ninterrupted; rerun the same command ({again}, or interp-bench demo with the same "
+            f"arguments) to resume: finished stages in {cfg.out} are skipped",
+            file=sys.stderr,
+        )
+        return 130
     return 0

@@ -54,6 +54,24 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
 
 
+# Architectures we write that SAELens 6.54 has no class for: only our loader reads them.
+NO_SAELENS_CLASS = ("topk_transcoder",)
+
+
+def loads_in_saelens(cfg: DictionaryConfig) -> bool:
+    """True when SAELens's `SAE.load_from_disk` reads a folder saved with this config."""
+    return saelens_architecture(cfg) not in NO_SAELENS_CLASS
+
+
+def how_to_load(cfg: DictionaryConfig) -> str:
+    """One line saying exactly what loads a saved folder, for messages and the demo's table."""
+    ours = "interp_bench.dictionaries.dictionary.load_dictionary(path)"
+    if loads_in_saelens(cfg):
+        return f"{ours}, or SAELens: sae_lens.SAE.load_from_disk(path)"
+    arch = saelens_architecture(cfg)
+    return f"{ours} only (SAELens {SAELENS_FORMAT_VERSION[:4]} has no {arch} class)"
+
+
 def tl_hook_name(short: str) -> str:
     """Best-effort TransformerLens name for a short hook name like 'L8.resid_post'."""
     layer, _, kind = short.partition(".")
