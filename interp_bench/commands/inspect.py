@@ -34,6 +34,32 @@ def summary(manifest) -> list[str]:
     return lines
 
 
+def resume_hint(manifest, out) -> str:
+    """How to finish an incomplete cache: the command that made it, which resumes."""
+    from pathlib import Path
+
+    out = Path(out).resolve()
+    m, c = manifest, manifest.config
+    if "corpus" not in c:  # written by the demo (acts/<split> inside a run folder)
+        run = out.parent.parent if out.parent.name == "acts" else out
+        return (
+            f"to finish it, rerun the demo that made it (it resumes): interp-bench demo --out {run}"
+        )
+    cmd = [
+        "interp-bench cache",
+        f"--model {m.model}",
+        f"--hooks {','.join(h['short'] for h in m.hooks)}",
+        f"--corpus {c['corpus']}",
+        f"--split {c.get('split', 'train')}",
+        f"--context-len {m.context_len}",
+        f"--dtype {m.dtype}",
+        f"--tokens {m.n_tokens_planned}",
+        f"--shard-tokens {m.seqs_per_shard * m.context_len}",
+        f"--out {out}",
+    ]
+    return "to finish it, run again (it resumes): " + " ".join(cmd)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -59,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     what = "sizes" if args.no_verify else "sha256"
     print(f"ok: {len(manifest.shards)} shards pass ({what} checked)")
+    if not manifest.complete:
+        print(resume_hint(manifest, out))
     return 0
