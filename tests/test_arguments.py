@@ -20,11 +20,13 @@ from interp_bench.dictionaries.dictionary import SparseDictionary
 @pytest.fixture
 def no_model(monkeypatch):
     from activation_cache import models
+    from interp_bench.commands import pipeline
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(pipeline, "load_model", refuse)  # bound at import there
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +171,41 @@ def test_report_top_zero(tmp_path, capsys):
 def test_demo_checks_before_loading(extra, message, no_model, tmp_path, capsys):
     err = one_line_error(["demo", "--quick", "--out", str(tmp_path / "run"), *extra], capsys)
     assert message in err
+
+
+CHEAP = [
+    ["cache", "--hooks", "blocks.15.hook_resid_post", "--out", "{tmp}/c"],
+    ["steer", "--dictionary", "{sae}", "--latent", "1", "--prompt", "hi", "--temperature", "0"],
+    ["splice", "--dictionary", "{sae}", "--batch-size", "0"],
+    ["analyze", "--dictionary", "{sae}", "--activations", "{tmp}", "--tokens", "0"],
+    ["demo", "--quick", "--layer", "40"],
+    ["report", "{tmp}", "--top", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", CHEAP, ids=[a[0] for a in CHEAP])
+def test_checks_import_no_torch(argv, sae_dir, tmp_path):
+    """Importing torch alone took 15 s on the shared 2-core machine: a bad argument must be
+    answered without it (and so without any model)."""
+    import subprocess
+    import sys
+
+    argv = [a.format(tmp=tmp_path, sae=sae_dir / "smol") for a in argv]
+    (tmp_path / "manifest.json").write_text("{}")
+    code = (
+        "import sys; from interp_bench.cli import main; rc = main(sys.argv[1:]); "
+        "print('torch' in sys.modules); sys.exit(rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout.strip() == "False", (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_copied_names_match_their_sources():
+    from activation_cache.hooks import KINDS
+    from activation_cache.models import EMBEDDED
+    from interp_bench.analysis.top_examples import AnalysisConfig
+    from interp_bench.commands import analyze, preflight
+
+    assert preflight.KINDS == KINDS and preflight.EMBEDDED == EMBEDDED
+    assert AnalysisConfig.reservoir == analyze.RESERVOIR

@@ -29,27 +29,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda (default: the dictionary's load default)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from activation_cache.shards import read_manifest
-    from interp_bench.analysis.density import cache_stream
-    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+# AnalysisConfig.reservoir (a copy: these checks import no torch; a test keeps them equal)
+RESERVOIR = 64
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs neither torch nor the model: answers in about a second."""
     from interp_bench.commands import preflight as pf
-    from interp_bench.dictionaries.dictionary import load_dictionary
 
     acts_dir = Path(args.activations)
     if not (acts_dir / "manifest.json").exists():
         raise FileNotFoundError(
             f"no activation cache at {acts_dir}; run `interp-bench cache --split eval` first"
         )
-    if not (Path(args.dictionary) / "cfg.json").exists():
-        raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")
+    d_sae = pf.dictionary_cfg(args.dictionary).get("d_sae", 0)
     pf.positive(tokens=args.tokens, top_k=args.top_k, batch_tokens=args.batch_tokens)
     pf.non_negative(window=args.window)
-    d_sae = pf.dictionary_cfg(args.dictionary).get("d_sae", 0)
-    reservoir = AnalysisConfig.reservoir
     # context windows of the kept examples: float activations and int64 token ids
-    need = d_sae * (args.top_k + reservoir) * (2 * args.window + 1) * (4 + 8)
+    need = d_sae * (args.top_k + RESERVOIR) * (2 * args.window + 1) * (4 + 8)
     pf.affordable(need, f"--top-k {args.top_k} --window {args.window}", "lower them")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    from activation_cache.shards import read_manifest
+    from interp_bench.analysis.density import cache_stream
+    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+    from interp_bench.dictionaries.dictionary import load_dictionary
+
+    acts_dir = Path(args.activations)
     dictionary = load_dictionary(args.dictionary, device=args.device)
     dictionary.eval()
     manifest = read_manifest(acts_dir)

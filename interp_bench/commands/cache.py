@@ -41,6 +41,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before any heavy import: answers in about a second
     from activation_cache.cache import cache_activations
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import default_device, load_model
@@ -49,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
-    check_args(args)
     device = args.device or default_device()
     model = load_model(args.model, device=device)
     pf.fits_context(pf.loaded_facts(model), args.context_len, "--context-len", "lower it")

