@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .hooks import capturing, resolve_hooks
+from .hooks import capturing, hook_width, resolve_hooks
 from .shards import (
     MANIFEST,
     STORAGE_DTYPES,
@@ -113,7 +113,7 @@ def cache_activations(
     specs = resolve_hooks(model, hooks)
     n_seq, ctx = tokens.shape
     seqs_per_shard = max(1, shard_tokens // ctx)
-    d = int(model.cfg.d_model)
+    width = {s.short: hook_width(model, s) for s in specs}
     st_dtype = STORAGE_DTYPES[dtype]
     model_name = meta.pop("model", None) or _model_name(model)
     tokenizer = str(meta.pop("tokenizer", ""))
@@ -151,7 +151,13 @@ def cache_activations(
         manifest = Manifest(
             model=model_name,
             hooks=[
-                {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
+                {
+                    "short": s.short,
+                    "tl_name": s.tl_name,
+                    "layer": s.layer,
+                    "kind": s.kind,
+                    "d": width[s.short],
+                }
                 for s in specs
             ],
             dtype=dtype,
@@ -180,12 +186,13 @@ def cache_activations(
         for index in range(len(manifest.shards), n_shards):
             s0, s1 = index * seqs_per_shard, min((index + 1) * seqs_per_shard, n_seq)
             n = (s1 - s0) * ctx
-            bufs = {s.short: torch.empty(n, d, dtype=st_dtype) for s in specs}
+            bufs = {s.short: torch.empty(n, width[s.short], dtype=st_dtype) for s in specs}
             for b0 in range(s0, s1, batch_size):
                 b1 = min(b0 + batch_size, s1)
                 acts = capture(tokens[b0:b1].to(device))
                 rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
                 for short, act in acts.items():
+                    d = width[short]
                     if act.shape[-1] != d:
                         raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
                     bufs[short][rows].copy_(act.reshape(-1, d))

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from activation_cache.hooks import HookSpec, resolve_hooks
+from activation_cache.hooks import HookSpec, flat, like, resolve_hooks
 
 
 def hook_point(model, short: str) -> HookSpec:
@@ -206,14 +206,14 @@ def _token_bar(tokens: Tensor, batch_size: int, progress: bool, desc: str) -> It
 
 def _store(store: dict, key: str):
     def fn(act, hook):
-        store[key] = act.detach()
+        store[key] = flat(act.detach())
 
     return fn
 
 
 def _replace(value: Tensor):
     def fn(act, hook):
-        return value.to(act.dtype)
+        return like(value, act)
 
     return fn
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from activation_cache.hooks import capture
+from activation_cache.hooks import capture, flat
 from interp_bench.analysis.splice import hook_point
 
 MODES = ("add", "clamp")
@@ -88,9 +88,10 @@ def steering_hooks(
         return m.to(w_dec.device)
 
     def capture(act, hook):
-        captured["x"] = act
+        captured["x"] = flat(act)
 
-    def steer(act, hook):
+    def steer(act4, hook):
+        act = flat(act4)  # per-head `z` is steered in its flattened n_heads * d_head space
         rows, seq_len = act.shape[:2]
         if len(steers) not in (1, rows):
             raise ValueError(f"{len(steers)} steers for a batch of {rows} rows: give one per row")
@@ -103,7 +104,7 @@ def steering_hooks(
             amount = torch.where(clamp[:, None], target[:, None] - f_i, amount)
         amount = amount * mask(seq_len)
         delta = amount[..., None] * w_dec[latents][:, None, :]
-        return act + delta.to(act.dtype)
+        return (act + delta.to(act.dtype)).view_as(act4)
 
     hooks = [(p_out.tl_name, steer)]
     if p_in is not p_out:

