@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
+from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
 FORMAT_VERSION = 1
@@ -275,6 +276,7 @@ def analyze(
     # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
     arrays |= _examples("top", *top.sorted(), tokens, seq_all, cfg.window)
     arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
+    arrays |= nearest_latents(dictionary.W_dec)
 
     logits_note = None
     if model is not None and _output_kind(dcfg) in RESIDUAL_KINDS:
@@ -408,11 +410,12 @@ class FeatureIndex:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_dir():
-            # usually a relative path read from elsewhere (a notebook's kernel runs in notebooks/)
+        if not self.path.is_absolute() and not self.path.is_dir():
+            # a relative path read from elsewhere (a notebook's kernel runs in notebooks/): the
+            # index may well exist, relative to another folder
             raise FileNotFoundError(
-                f"{self.path} does not exist (resolved from {Path.cwd()}): give the index "
-                "folder's absolute path"
+                f"{self.path} does not exist relative to the current folder {Path.cwd()}: "
+                "give the index folder's absolute path"
             )
         if not (self.path / "index.json").exists():
             raise FileNotFoundError(
@@ -495,6 +498,15 @@ class FeatureIndex:
             ],
             "promoted": [],
             "suppressed": [],
+            # nearest latents by decoder cosine (indexes written before this field have none)
+            "neighbours": [
+                (int(j), float(c))
+                for j, c in zip(
+                    a["neighbour_ids"][i].tolist() if "neighbour_ids" in a else [],
+                    a["neighbour_cos"][i].tolist() if "neighbour_cos" in a else [],
+                    strict=True,
+                )
+            ],
         }
         if "logit_pos_ids" in a:
             for key, name in (("pos", "promoted"), ("neg", "suppressed")):
