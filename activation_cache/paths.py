@@ -29,6 +29,16 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
+def save_tensors(tensors: dict, path: Path | str, metadata: dict | None = None) -> Path:
+    """`safetensors.torch.save_file`, then the umask's mode: save_file creates its files 0600,
+    so dictionaries and feature indexes were unreadable by collaborators."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, umask_mode())
+    return Path(path)
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write `text` to a per-process temp name beside `path`, then rename: a reader sees the old
     file or the new one, never half; the file gets the umask's mode."""

@@ -138,3 +138,21 @@ def test_steer_html_renders_offline(on_tiny_model, sae, tmp_path, capsys):
     dom = _offline_dom((sae / "steer_latent3.html").as_uri(), tmp_path)
     assert 'class="main-svg"' in dom, dom[-1500:]  # plotly drew the figure
     assert "Steering latent 3" in dom
+
+
+def test_saved_dictionary_and_index_have_the_umask_mode(tiny_model, tmp_path, umask_022):
+    """safetensors' save_file creates 0600 files: weights and indexes were private."""
+    from interp_bench.analysis.density import model_stream
+    from interp_bench.analysis.top_examples import AnalysisConfig, analyze
+
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(d_in=64, d_sae=32, arch="topk", k=4, hook_in="L1.resid_post")
+    d = SparseDictionary(cfg)
+    d.save(tmp_path / "sae")
+    tokens = torch.randint(0, 50000, (4, 16))
+    tokens[:, 0] = 50256
+    analyze(d, model_stream(tiny_model, tokens, ["L1.resid_post"]), tmp_path / "index",
+            AnalysisConfig(top_k=3, window=2))  # fmt: skip
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}

@@ -30,6 +30,9 @@ def test_summary_numbers_are_sensible(small_run):
     from interp_bench.commands.pipeline import read_summary
 
     assert read_summary(out) == summary
+    rows = _rows(summary)  # each row says what loads its own dictionary
+    assert "SAE.load_from_disk" in rows["sae"]["loads_with"]
+    assert "only (SAELens 6.54 has no topk_transcoder class)" in rows["transcoder"]["loads_with"]
     on_disk = json.loads((out / "summary.json").read_text())["dictionaries"]
     assert all(not Path(r["report"]).is_absolute() for r in on_disk)  # moves with the folder
     assert summary["layer"] == 15  # the middle of SmolLM2's 30 layers

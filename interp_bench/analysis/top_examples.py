@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from activation_cache.paths import save_tensors
 from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
 from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
@@ -397,8 +398,8 @@ def write_feature_index(out_dir, meta, arrays, stream, recon, vocab) -> FeatureI
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.json").unlink(missing_ok=True)
-    save_file({k: v.contiguous() for k, v in arrays.items()}, str(out / "features.safetensors"))
-    save_file({k: v.contiguous() for k, v in stream.items()}, str(out / "stream.safetensors"))
+    save_tensors({k: v.contiguous() for k, v in arrays.items()}, out / "features.safetensors")
+    save_tensors({k: v.contiguous() for k, v in stream.items()}, out / "stream.safetensors")
     (out / "recon.json").write_text(json.dumps(recon, indent=1, allow_nan=True))
     (out / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
     (out / "index.json").write_text(json.dumps(meta, indent=2))

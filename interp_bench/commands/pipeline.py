@@ -317,7 +317,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         reports[name] = report
 
     rows = []
-    for name, m, s in zip(names, metrics, splice, strict=True):
+    for name, d, m, s in zip(names, dicts, metrics, splice, strict=True):
         rows.append(
             {
                 "name": name,

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from activation_cache.paths import save_tensors
 from interp_bench.config import DictionaryConfig
 
 CFG_FILE = "cfg.json"
@@ -142,7 +143,7 @@ def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None)
     if d.is_transcoder:
         out["d_out"] = cfg.out_dim
     tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CFG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
+    save_tensors(state, tmp_w)
     tmp_c.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp_w, path / WEIGHTS_FILE)
     os.replace(tmp_c, path / CFG_FILE)
