@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .hooks import capturing, resolve_hooks
+from .hooks import capturing, hook_width, resolve_hooks
 from .shards import (
     MANIFEST,
     STORAGE_DTYPES,
@@ -167,7 +167,7 @@ def cache_activations(
     specs = resolve_hooks(model, hooks)
     n_seq, ctx = tokens.shape
     seqs_per_shard = max(1, shard_tokens // ctx)
-    d = int(model.cfg.d_model)
+    width = {s.short: hook_width(model, s) for s in specs}
     model_name = meta.pop("model", None) or _model_name(model)
     tokenizer = str(meta.pop("tokenizer", ""))
     fingerprint = str(meta.pop("corpus_fingerprint", ""))
@@ -196,7 +196,13 @@ def cache_activations(
     fresh = Manifest(
         model=model_name,
         hooks=[
-            {"short": s.short, "tl_name": s.tl_name, "layer": s.layer, "kind": s.kind, "d": d}
+            {
+                "short": s.short,
+                "tl_name": s.tl_name,
+                "layer": s.layer,
+                "kind": s.kind,
+                "d": width[s.short],
+            }
             for s in specs
         ],
         dtype=dtype,
@@ -214,7 +220,8 @@ def cache_activations(
 def _fill(model, tokens, specs, out_dir: Path, fresh: Manifest, batch_size: int, progress: bool):
     """Resume or start the cache in a locked folder."""
     config, ctx, n_seq = fresh.config, fresh.context_len, fresh.n_sequences
-    seqs_per_shard, d = fresh.seqs_per_shard, int(model.cfg.d_model)
+    seqs_per_shard = fresh.seqs_per_shard
+    width = {h["short"]: int(h["d"]) for h in fresh.hooks}
     st_dtype = STORAGE_DTYPES[fresh.dtype]
     tag = cache_tag(config)
     if (out_dir / MANIFEST).exists():
@@ -246,12 +253,13 @@ def _fill(model, tokens, specs, out_dir: Path, fresh: Manifest, batch_size: int,
         for index in range(len(manifest.shards), n_shards):
             s0, s1 = index * seqs_per_shard, min((index + 1) * seqs_per_shard, n_seq)
             n = (s1 - s0) * ctx
-            bufs = {s.short: torch.empty(n, d, dtype=st_dtype) for s in specs}
+            bufs = {s.short: torch.empty(n, width[s.short], dtype=st_dtype) for s in specs}
             for b0 in range(s0, s1, batch_size):
                 b1 = min(b0 + batch_size, s1)
                 acts = capture(tokens[b0:b1].to(device))
                 rows = slice((b0 - s0) * ctx, (b1 - s0) * ctx)
                 for short, act in acts.items():
+                    d = width[short]
                     if act.shape[-1] != d:
                         raise ValueError(f"hook {short} has width {act.shape[-1]}, expected {d}")
                     bufs[short][rows].copy_(act.reshape(-1, d))

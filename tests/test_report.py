@@ -152,3 +152,24 @@ def test_figures_build(report_html):
     rows = feature_card(index, live).data[-1].y  # one heatmap row per top example
     assert len(rows) == len(set(rows)) == min(10, len(index.feature(live)["top"]))
     assert "dead" in density_histogram(index).layout.title.text
+
+
+def test_nearest_latents_by_decoder_cosine(report_html):
+    """Each card lists the latents whose decoder rows are closest to its own, in order."""
+    from interp_bench.analysis.neighbours import nearest_latents
+
+    index = load_feature_index(report_html.parent)
+    W = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+    W[7] = W[3] * 2  # same direction, other norm
+    nb = nearest_latents(W, n=5, chunk=16)
+    assert nb["neighbour_ids"][3, 0] == 7 and nb["neighbour_ids"][7, 0] == 3
+    assert float(nb["neighbour_cos"][3, 0]) == pytest.approx(1.0, abs=1e-3)
+    sims = W @ W.T / (W.norm(dim=1)[:, None] * W.norm(dim=1)[None])
+    sims.fill_diagonal_(-2)
+    assert torch.equal(nb["neighbour_ids"][:, :5].long(), sims.topk(5, dim=1).indices)
+    card = index.feature(0)
+    assert len(card["neighbours"]) == 8 and 0 not in [j for j, _ in card["neighbours"]]
+    cos = [c for _, c in card["neighbours"]]
+    assert cos == sorted(cos, reverse=True)
+    page = report_html.read_text()
+    assert '"nb":[[' in page and "Similar latents (decoder cosine)" in page

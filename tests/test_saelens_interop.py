@@ -135,3 +135,24 @@ def test_load_errors(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="gated"):
         load_dictionary(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
+def test_how_to_load_is_true(tmp_path, arch, kind):
+    """The demo's "loads with" line promises SAELens exactly when SAELens loads the folder."""
+    from interp_bench.dictionaries.saelens_format import how_to_load, loads_in_saelens
+
+    m = random_dictionary(arch, kind != "sae", kind == "skip_transcoder")
+    save_dictionary(m, tmp_path)
+    line = how_to_load(m.cfg)
+    assert "load_dictionary(path)" in line
+    try:
+        sae_lens.SAE.load_from_disk(str(tmp_path))
+        loaded = True
+    except (KeyError, ValueError):  # SAELens 6.54: KeyError 'topk_transcoder'
+        loaded = False
+    assert loads_in_saelens(m.cfg) == loaded
+    assert ("SAE.load_from_disk" in line) == loaded
+    if not loaded:
+        assert "only" in line and "has no topk_transcoder class" in line

@@ -260,7 +260,7 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
     assert cmd.run(parser.parse_args(argv)) == 0
     out = capsys.readouterr().out
     assert "greedy" in out and "sampled" in out
-    result = json.loads((tmp_path / "steer.json").read_text())
+    result = json.loads((tmp_path / "steer" / "steer_latent3.json").read_text())
     assert [(r["mode"], r["value"]) for r in result["rows"]] == [
         ("add", 0),
         ("add", 40),
@@ -271,6 +271,6 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
         0, abs=1e-7
     )
     assert strong["neutral_kl"] > 0 and strong["target_logprob_change"] != 0
-    assert (tmp_path / "steer.html").stat().st_size > 1000
+    assert (tmp_path / "steer" / "steer_latent3.html").stat().st_size > 1000
     with pytest.raises(ValueError, match="out of range"):
         cmd.run(parser.parse_args([*argv[:3], "999", *argv[4:]]))

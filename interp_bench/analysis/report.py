@@ -83,6 +83,9 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
                 vals = a[f"logit_{key}_vals"][i].tolist()
                 rec[name] = [[t, _r(v)] for t, v in zip(ids, vals, strict=True)]
                 used.update(ids)
+        if "neighbour_ids" in a:  # nearest latents by decoder cosine
+            pairs = zip(a["neighbour_ids"][i].tolist(), a["neighbour_cos"][i].tolist(), strict=True)
+            rec["nb"] = [[j, _r(c)] for j, c in pairs]
         feats.append(rec)
     r = index.recon
     recon = {k: r.get(k) for k in ("n_tokens", "mean_rel_err", "nmse", "rel_err_quantiles")}
@@ -293,6 +296,20 @@ function card(f) {
     };
     logits("Promoted tokens", f.p, "pos");
     logits("Suppressed tokens", f.s, "neg");
+  }
+  if (f.nb && f.nb.length) {
+    side.appendChild(el("div", "q", "Similar latents (decoder cosine)"));
+    f.nb.forEach(([j, cs]) => {
+      const r = el("div", "logit nb");
+      const a = el("a", null, "#" + j);
+      a.href = "#q=" + j;
+      a.addEventListener("click", (ev) => {
+        ev.preventDefault(); $("q").value = String(j); update();
+      });
+      r.appendChild(a);
+      r.appendChild(el("span", null, fmt(cs)));
+      side.appendChild(r);
+    });
   }
   cols.appendChild(main); cols.appendChild(side); c.appendChild(cols);
   return c;

@@ -19,13 +19,13 @@ prediction is left out of the statistics.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
-from activation_cache.hooks import HookSpec, resolve_hooks
+from activation_cache.hooks import HookSpec, flat, like, resolve_hooks
 from interp_bench.dictionaries.evaluate import QualityMeter
 
 
@@ -140,13 +140,15 @@ def _check_dims(model, name: str, d, x_in: Tensor, x_out: Tensor) -> None:
 
 
 @torch.inference_mode()
-def ablation_means(model, tokens: Tensor, shorts: Sequence[str], batch_size: int = 8) -> dict:
+def ablation_means(
+    model, tokens: Tensor, shorts: Sequence[str], batch_size: int = 8, progress: bool = False
+) -> dict:
     """Mean activation over all non-BOS positions at each hook: a cheap pass up to the last hook."""
     points = [hook_point(model, s) for s in shorts]
     stop = max(p.layer for p in points) + 1
     sums = {p.short: None for p in points}
     count = 0
-    for start in range(0, len(tokens), batch_size):
+    for start in _token_bar(tokens, batch_size, progress, "splice: ablation means"):
         batch = tokens[start : start + batch_size].to(_device(model))
         store = {}
         hooks = [(p.tl_name, _store(store, p.short)) for p in points]
@@ -158,16 +160,32 @@ def ablation_means(model, tokens: Tensor, shorts: Sequence[str], batch_size: int
     return {short: (s / count).float() for short, s in sums.items()}
 
 
+def _token_bar(tokens: Tensor, batch_size: int, progress: bool, desc: str) -> Iterator[int]:
+    """Batch start rows; with `progress`, a tqdm bar that counts tokens (a bar counting batches
+    sits at 0/1 for minutes on a small run) and gives its ETA."""
+    starts = range(0, len(tokens), batch_size)
+    if not progress:
+        yield from starts
+        return
+    from tqdm.auto import tqdm
+
+    total = tokens.numel()
+    with tqdm(total=total, desc=desc, unit="tok", unit_scale=total >= 10_000) as bar:
+        for start in starts:
+            yield start
+            bar.update(tokens[start : start + batch_size].numel())
+
+
 def _store(store: dict, key: str):
     def fn(act, hook):
-        store[key] = act.detach()
+        store[key] = flat(act.detach())
 
     return fn
 
 
 def _replace(value: Tensor):
     def fn(act, hook):
-        return value.to(act.dtype)
+        return like(value, act)
 
     return fn
 
@@ -216,7 +234,7 @@ def spliced_loss(
     points = {p.short: p for _, _, p_in, p_out in plan for p in (p_in, p_out)}
     splice_points = {p_out.short: p_out for *_, p_out in plan}
     if means is None:
-        means = ablation_means(model, tokens, list(splice_points), batch_size)
+        means = ablation_means(model, tokens, list(splice_points), batch_size, progress)
     missing = set(splice_points) - set(means)
     if missing:
         raise ValueError(f"means lack hooks {sorted(missing)}: compute them on the same model")
@@ -228,12 +246,7 @@ def spliced_loss(
     n_pred = 0
     t0 = time.perf_counter()
 
-    batches = range(0, len(tokens), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="splice", unit="batch")
-    for start in batches:
+    for start in _token_bar(tokens, batch_size, progress, "splice: clean, ablated, spliced"):
         batch = tokens[start : start + batch_size].to(_device(model))
         store: dict[str, Tensor] = {}
         hooks = [(p.tl_name, _store(store, short)) for short, p in points.items()]

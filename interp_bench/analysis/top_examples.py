@@ -36,10 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from activation_cache.paths import save_tensors
 from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
+from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
 FORMAT_VERSION = 1
@@ -278,6 +280,7 @@ def analyze(
     # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
     arrays |= _examples("top", *top.sorted(), tokens, seq_all, cfg.window)
     arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
+    arrays |= nearest_latents(dictionary.W_dec)
 
     logits_note = None
     if model is not None and _output_kind(dcfg) in RESIDUAL_KINDS:
@@ -437,8 +440,8 @@ def write_feature_index(out_dir, meta, arrays, stream, recon, vocab) -> FeatureI
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     aside = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
-        save_file({k: v.contiguous() for k, v in arrays.items()}, str(tmp / "features.safetensors"))
-        save_file({k: v.contiguous() for k, v in stream.items()}, str(tmp / "stream.safetensors"))
+        save_tensors({k: v.contiguous() for k, v in arrays.items()}, tmp / "features.safetensors")
+        save_tensors({k: v.contiguous() for k, v in stream.items()}, tmp / "stream.safetensors")
         (tmp / "recon.json").write_text(json.dumps(recon, indent=1, allow_nan=True))
         (tmp / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
         (tmp / "index.json").write_text(json.dumps(meta, indent=2))
@@ -457,6 +460,13 @@ class FeatureIndex:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if not self.path.is_absolute() and not self.path.is_dir():
+            # a relative path read from elsewhere (a notebook's kernel runs in notebooks/): the
+            # index may well exist, relative to another folder
+            raise FileNotFoundError(
+                f"{self.path} does not exist relative to the current folder {Path.cwd()}: "
+                "give the index folder's absolute path"
+            )
         if not (self.path / "index.json").exists():
             raise FileNotFoundError(
                 f"no feature index at {self.path} (index.json missing); run `interp-bench analyze`"
@@ -538,6 +548,15 @@ class FeatureIndex:
             ],
             "promoted": [],
             "suppressed": [],
+            # nearest latents by decoder cosine (indexes written before this field have none)
+            "neighbours": [
+                (int(j), float(c))
+                for j, c in zip(
+                    a["neighbour_ids"][i].tolist() if "neighbour_ids" in a else [],
+                    a["neighbour_cos"][i].tolist() if "neighbour_cos" in a else [],
+                    strict=True,
+                )
+            ],
         }
         if "logit_pos_ids" in a:
             for key, name in (("pos", "promoted"), ("neg", "suppressed")):

@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hooks",
         default="L15.resid_post,L15.mlp_in,L15.mlp_out",
-        help="comma-separated L<layer>.<kind>, kind in resid_pre, resid_post, mlp_in, mlp_out",
+        help="comma-separated L<layer>.<kind>, kind in resid_pre, resid_post, mlp_in, mlp_out, "
+        "attn_out, z (per-head, flattened)",
     )
     p.add_argument("--corpus", default="shakespeare", help="shakespeare, .txt file/folder, dataset")
     p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")
@@ -33,22 +34,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model, so a typo costs no model load."""
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(tokens=args.tokens, batch_size=args.batch_size, shard_tokens=args.shard_tokens)
+    if args.context_len < 2:
+        raise ValueError(f"--context-len must be >= 2 (BOS and one token), got {args.context_len}")
+    facts = pf.model_facts(args.model)
+    pf.hook_names(args.hooks, facts)
+    pf.fits_context(facts, args.context_len, "--context-len", "lower it")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before any heavy import: answers in about a second
     from activation_cache.cache import cache_activations
     from activation_cache.corpus import CorpusConfig, cache_metadata, load_corpus
     from activation_cache.models import default_device, load_model
     from activation_cache.shards import STORAGE_DTYPES
+    from interp_bench.commands import preflight as pf
 
     if args.dtype not in STORAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}")
     device = args.device or default_device()
     model = load_model(args.model, device=device)
-    n_ctx = int(model.cfg.n_ctx)
-    if args.context_len > n_ctx:  # before the corpus is read and tokenized
-        raise ValueError(
-            f"--context-len {args.context_len} is longer than {args.model}'s context of "
-            f"{n_ctx} tokens; use --context-len {n_ctx} or less"
-        )
+    pf.fits_context(pf.loaded_facts(model), args.context_len, "--context-len", "lower it")
     corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
     splits = load_corpus(corpus_cfg, model.tokenizer)
     tokens = splits.train if args.split == "train" else splits.eval

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 HELP = "Summarise an activation cache and verify its shards (non-zero exit if corrupt)."
 _SCAN_ROWS = 1 << 16  # rows per chunk of the --deep scan: bounded memory on any shard
@@ -42,7 +43,11 @@ def summary(manifest) -> list[str]:
 
 
 def resume_command(manifest, out) -> str:
-    """The `interp-bench cache` command that finishes this cache (same arguments)."""
+    """The command that finishes this cache (it resumes): the demo's, for a cache inside a demo
+    run folder (RUN/acts/{train,eval}), else `interp-bench cache` with the same arguments."""
+    out = Path(out)
+    if out.parent.name == "acts" and out.name in ("train", "eval"):
+        return shlex.join(["interp-bench", "demo", "--out", str(out.parent.parent.resolve())])
     c = manifest.config
     args = ["interp-bench", "cache", "--model", manifest.model, "--hooks", ",".join(c["hooks"])]
     if c.get("corpus"):
@@ -101,8 +106,6 @@ def shard_problems(out, manifest, *, sha: bool, deep: bool) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from activation_cache.shards import read_manifest
 
     out = Path(args.dir)
@@ -118,5 +121,5 @@ def run(args: argparse.Namespace) -> int:
     what = ("sizes" if args.no_verify else "sha256") + (", NaN/inf" if args.deep else "")
     print(f"ok: {len(manifest.shards)} shards pass (headers, {what} checked)")
     if not manifest.complete:
-        print(f"incomplete: finish it with `{resume_command(manifest, out)}`")
+        print(f"incomplete: finish it with `{resume_command(manifest, out)}` (it resumes)")
     return 0

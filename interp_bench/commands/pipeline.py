@@ -16,8 +16,12 @@ budget can be checked from throughput even on a busy machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import shlex
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -36,6 +40,7 @@ from interp_bench.analysis.splice import spliced_loss
 from interp_bench.analysis.top_examples import analyze
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionaries import evaluate, load_dictionary
+from interp_bench.dictionaries.saelens_format import how_to_load
 from interp_bench.training.trainer import Trainer, check_same_run
 
 
@@ -68,8 +73,14 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
+        """Its own folder (runs/quick), so an interrupted `make demo` never blocks `make quick`."""
         base = dict(
-            train_tokens=32_768, eval_tokens=8_192, epochs=2, splice_tokens=1_024, batch_size=1024
+            train_tokens=32_768,
+            eval_tokens=8_192,
+            epochs=2,
+            splice_tokens=1_024,
+            batch_size=1024,
+            out="runs/quick",
         )
         base.update(overrides)
         return cls(**base)
@@ -170,7 +181,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns (and writes) the summary."""
     t0 = time.perf_counter()
     clock = _Clock()
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser().resolve()  # printed paths must work from anywhere
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
@@ -290,7 +301,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         reports[name] = report
 
     rows = []
-    for name, m, s in zip(names, metrics, splice, strict=True):
+    for name, d, m, s in zip(names, dicts, metrics, splice, strict=True):
         rows.append(
             {
                 "name": name,
@@ -305,13 +316,17 @@ def run_demo(cfg: DemoConfig) -> dict:
                 "ce_recovered": s["ce_recovered"],
                 "ce_recovered_vs_mean": s["ce_recovered_vs_mean"],
                 "kl_spliced": s["kl_spliced"],
-                "dictionary": str(dict_dir / name),
-                "metrics": str(dict_dir / name / "metrics.jsonl"),
-                "index": str(out / "analysis" / name),
-                "report": str(reports[name]),
+                "loads_with": how_to_load(d.cfg),
+                # relative to the summary's folder: valid wherever the folder is moved or read
+                # from; `read_summary` resolves them
+                "dictionary": _rel(dict_dir / name, out),
+                "metrics": _rel(dict_dir / name / "metrics.jsonl", out),
+                "index": _rel(out / "analysis" / name, out),
+                "report": _rel(reports[name], out),
             }
         )
     summary = {
+        "paths_relative_to": "this file's folder",
         "model": cfg.model,
         "layer": layer,
         "hooks": hooks,
@@ -327,8 +342,83 @@ def run_demo(cfg: DemoConfig) -> dict:
     # Written last, together: a run folder with these two files is complete and consistent.
     (out / "demo_cfg.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary, out))
-    return summary
+    print(format_summary(resolve_paths(summary, out), out))
+    return resolve_paths(summary, out)
+
+
+PATH_KEYS = ("dictionary", "metrics", "index", "report")
+
+
+def _rel(path: Path, run: Path) -> str:
+    return str(Path(path).relative_to(run))
+
+
+def resolve_paths(summary: dict, run: Path) -> dict:
+    """The summary with every artifact path absolute (relative ones are taken from `run`)."""
+    run = Path(run).resolve()
+    rows = [
+        {k: str(run / v) if k in PATH_KEYS else v for k, v in r.items()}
+        for r in summary["dictionaries"]
+    ]
+    return {**summary, "dictionaries": rows}
+
+
+def read_summary(run: str | Path) -> dict:
+    """A run folder's summary.json with absolute artifact paths, whatever the reader's cwd."""
+    run = Path(run).expanduser().resolve()
+    path = run / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run `interp-bench demo --out {run}` first (it resumes)"
+        )
+    return resolve_paths(json.loads(path.read_text()), run)
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (holds notebooks/ and runs/)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def find_run(env: str = "INTERP_BENCH_RUN") -> Path:
+    """The run folder a notebook reads: `$INTERP_BENCH_RUN` (absolute, or relative to the current
+    folder or to the checkout), else the checkout's runs/demo, else its runs/quick."""
+    given = os.environ.get(env)
+    if given:
+        p = Path(given).expanduser()
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, repo_root() / p]
+        for c in candidates:
+            if (c / "summary.json").exists():
+                return c.resolve()
+        return candidates[-1].resolve()
+    for name in ("demo", "quick"):
+        if (repo_root() / "runs" / name / "summary.json").exists():
+            return repo_root() / "runs" / name
+    return repo_root() / "runs" / "quick"
+
+
+def notebook_hint(run: Path) -> list[str]:
+    """Commands that open the notebooks on `run` when pasted, with what is installed here."""
+    nb_dir = repo_root() / "notebooks"
+    if not nb_dir.is_dir():
+        return [f"notebooks are in the source checkout's notebooks/ (read {run / 'summary.json'})"]
+    jupyter = Path(sys.executable).parent / "jupyter"
+    env = f"INTERP_BENCH_RUN={shlex.quote(str(run))}"
+    if importlib.util.find_spec("jupyterlab") is not None:
+        return [f"cd {shlex.quote(str(nb_dir))} && {env} {shlex.quote(str(jupyter))} lab"]
+    if importlib.util.find_spec("notebook") is not None:
+        return [f"cd {shlex.quote(str(nb_dir))} && {env} {shlex.quote(str(jupyter))} notebook"]
+    pip = shlex.quote(str(Path(sys.executable).parent / "pip"))
+    lines = [f"Jupyter is not installed here; for the interactive notebooks: {pip} install "
+             f"jupyterlab, then cd {shlex.quote(str(nb_dir))} && {env} "
+             f"{shlex.quote(str(jupyter))} lab"]  # fmt: skip
+    if importlib.util.find_spec("nbclient") is not None:
+        out = shlex.quote(str(run / "notebooks" / "{notebook_name}"))
+        lines.append(
+            f"or run them all now, outputs saved under {run / 'notebooks'}: mkdir -p "
+            f"{shlex.quote(str(run / 'notebooks'))} && {env} {shlex.quote(str(jupyter))} "
+            f"execute --output={out} {shlex.quote(str(nb_dir))}/*.ipynb"
+        )
+    return lines
 
 
 def format_summary(summary: dict, out: Path) -> str:
@@ -360,12 +450,11 @@ def format_summary(summary: dict, out: Path) -> str:
         f"  activations   {out / 'acts'}   (interp-bench inspect {out / 'acts' / 'train'})",
     ]
     for r in summary["dictionaries"]:
-        lines.append(f"  {r['kind']:<13} {r['dictionary']}   (SAELens: SAE.load_from_disk(path))")
+        lines.append(f"  {r['kind']:<13} {r['dictionary']}")
+        lines.append(f"  {'':<13} loads with {r['loads_with']}")
         lines.append(f"  {'metrics':<13} {r['metrics']}   (notebooks/01_cache_and_train.ipynb)")
         lines.append(f"  {'report':<13} {r['report']}   (open in a browser, works offline)")
     lines.append(f"  {'summary':<13} {out / 'summary.json'}")
-    lines.append(
-        f"  {'notebooks':<13} INTERP_BENCH_RUN={out} jupyter lab notebooks/   "
-        "(browse, steer, transcoders)"
-    )
+    lines.append(f"  {'notebooks':<13} (browse, steer, transcoders)")
+    lines += [f"    {line}" for line in notebook_hint(out)]
     return "\n".join(lines)

@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     from activation_cache.models import default_device
     from activation_cache.reader import ActivationReader, hook_stats
+    from interp_bench.commands.train_report import epochs_note
     from interp_bench.config import TrainConfig
     from interp_bench.training import ddp
     from interp_bench.training.trainer import Trainer
@@ -217,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
             f"--batch-size {tc.batch_size} is more than the {reader.n_tokens} cached tokens "
             "this process reads; lower --batch-size or cache more tokens"
         )
+    note = epochs_note(tc.tokens, reader.n_tokens * ddp.world_size())
+    if note and ddp.is_main():
+        print(note)
     stats = {h: hook_stats(cache, h) for h in needed}
     trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=out)
     dicts = trainer.fit(reader, resume=args.resume)
@@ -261,14 +265,15 @@ def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
 def report(args, trainer, dicts, cfgs, needed, out: Path, eval_dir, device) -> None:
     """Print where each dictionary went and, with --eval-activations, its held-out quality."""
     from activation_cache.reader import ActivationReader
+    from interp_bench.commands.train_report import saved_line
     from interp_bench.dictionaries import evaluate
     from interp_bench.training import ddp
 
     tc = trainer.train_cfg
     if ddp.is_main():
-        for name, m in zip(trainer.names, trainer.last_metrics or [{}] * len(cfgs), strict=True):
-            last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
-            print(f"saved {(out / name).resolve()}  {last}")
+        last = trainer.last_metrics or [None] * len(cfgs)
+        for name, m in zip(trainer.names, last, strict=True):
+            print(saved_line(out / name, m))  # a finished run rerun prints its logged metrics
     if eval_dir is not None and ddp.is_main():
         held = ActivationReader(eval_dir, needed, tc.batch_size, shuffle=False, device=device)
         rows = evaluate(dicts, held, max_tokens=args.eval_tokens)

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from activation_cache.hooks import hooked_transformer_name
 from activation_cache.names import check_hook_name
+from activation_cache.paths import save_tensors
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.dictionary import SparseDictionary
 
@@ -55,6 +56,24 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
         return "topk_transcoder"
     base = "transcoder" if arch == "relu" else "jumprelu_transcoder"
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
+
+
+# Architectures we write that SAELens 6.54 has no class for: only our loader reads them.
+NO_SAELENS_CLASS = ("topk_transcoder",)
+
+
+def loads_in_saelens(cfg: DictionaryConfig) -> bool:
+    """True when SAELens's `SAE.load_from_disk` reads a folder saved with this config."""
+    return saelens_architecture(cfg) not in NO_SAELENS_CLASS
+
+
+def how_to_load(cfg: DictionaryConfig) -> str:
+    """One line saying exactly what loads a saved folder, for messages and the demo's table."""
+    ours = "interp_bench.dictionaries.load_dictionary(path)"
+    if loads_in_saelens(cfg):
+        return f"{ours}, or SAELens: sae_lens.SAE.load_from_disk(path)"
+    arch = saelens_architecture(cfg)
+    return f"{ours} only (SAELens {SAELENS_FORMAT_VERSION[:4]} has no {arch} class)"
 
 
 def save_dictionary(
@@ -113,7 +132,7 @@ def save_dictionary(
     if d.is_transcoder:
         out["d_out"] = cfg.out_dim
     tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CFG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
+    save_tensors(state, tmp_w)
     tmp_c.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp_w, path / WEIGHTS_FILE)
     os.replace(tmp_c, path / CFG_FILE)
