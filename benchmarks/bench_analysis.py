@@ -12,39 +12,18 @@ Activations are Gaussian with the model's width, served from memory in 4,096-tok
 128-token sequences (shard reading is measured by bench_cache). A TopK dictionary fixes the number
 of firing entries per token at k, so the bookkeeping cost matches a trained one.
 
-    python benchmarks/bench_analysis.py [--tokens 131072] [--d-sae 10240] [--k 32]
+    python -m benchmarks.bench_analysis [--tokens 131072] [--d-sae 10240] [--k 32]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def load_floor_model():
-    """The embedded SmolLM2 if it is available here, else the tiny random test model."""
-    try:
-        from activation_cache.models import load_model
-
-        return load_model("smollm2-135m", device="cpu"), "smollm2-135m (embedded)"
-    except Exception as err:  # any failure: fall back, and say so in the table
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import make_tiny_model
-
-        from activation_cache.tokenizers import gpt2_tokenizer
-
-        print(f"SmolLM2 unavailable ({err}); using the tiny random model")
-        return make_tiny_model(gpt2_tokenizer()), "tiny random GPT-2 (2 layers, d 64)"
+from benchmarks.common import OUT, floor_model, machine_info, print_table, write_json
 
 
 def time_forward(model, n_tokens: int, ctx: int = 128, batch: int = 8) -> float:
@@ -76,13 +55,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info()
     torch.manual_seed(0)
 
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
-    model, model_name = load_floor_model()
+    model, model_name = floor_model()
     d_model = model.cfg.d_model
     fwd = time_forward(model, args.forward_tokens)
 
@@ -105,20 +85,22 @@ def main() -> None:
     ana = args.tokens / timings["pass_s"]
     ana_cpu = args.tokens / (cpu_s * timings["pass_s"] / total_s)  # pass share of the CPU time
 
-    rows = [
-        ("model forward (floor), " + model_name, fwd, 1.0, ""),
-        (f"encode only, d_sae {args.d_sae}, k {args.k}", enc, enc / fwd, f"{enc_cpu:,.0f}"),
-        (f"analysis pass, d_sae {args.d_sae}, k {args.k}", ana, ana / fwd, f"{ana_cpu:,.0f}"),
-    ]
-    print(f"\n{'what':<62} {'tokens/s':>10} {'x floor':>8} {'tok/CPU-s':>10}")
-    for name, tps, ratio, cpu in rows:
-        print(f"{name:<62} {tps:>10,.0f} {ratio:>8.2f} {cpu:>10}")
+    print()
+    print_table(
+        [("what", ""), ("tokens/s", ",.0f"), ("x floor", ".2f"), ("tok/CPU-s", ",.0f")],
+        [
+            ["model forward (floor), " + model_name, fwd, 1.0, None],
+            [f"encode only, d_sae {args.d_sae}, k {args.k}", enc, enc / fwd, enc_cpu],
+            [f"analysis pass, d_sae {args.d_sae}, k {args.k}", ana, ana / fwd, ana_cpu],
+        ],
+    )
     print(f"fixed cost after the pass (logit effects over the vocab, contexts, writing): "
           f"{timings['finish_s']:.1f} s")  # fmt: skip
     est = 1e6 / ana + timings["finish_s"]
     print(f"\nanalysis of 1M tokens at this rate: {est / 60:.1f} min "
           f"(model forward over them: {1e6 / fwd / 60:.1f} min)")  # fmt: skip
     result = {
+        "machine": machine,
         "model": model_name,
         "threads": args.threads,
         "tokens": args.tokens,
@@ -133,9 +115,7 @@ def main() -> None:
         "finish_s": timings["finish_s"],
         "analysis_1m_tokens_min": est / 60,
     }
-    out_dir = Path(__file__).parent / "out"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / "bench_analysis.json").write_text(json.dumps(result, indent=2))
+    write_json(OUT / "bench_analysis.json", result)
 
 
 if __name__ == "__main__":

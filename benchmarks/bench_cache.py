@@ -12,17 +12,15 @@
    --threads / N), runs alternated: tokens/s of the caching itself (the time the CLI prints,
    model load excluded) and of the whole command, and the speed-up.
 
-    python benchmarks/bench_cache.py            # default sizes
-    python benchmarks/bench_cache.py --quick    # smaller, a couple of minutes on 2 busy cores
-    python benchmarks/bench_cache.py --nproc 2 --skip-caching --skip-reading   # ranks vs one
+    python -m benchmarks.bench_cache            # default sizes
+    python -m benchmarks.bench_cache --quick    # smaller, a couple of minutes on 2 busy cores
+    python -m benchmarks.bench_cache --nproc 2 --skip-caching --skip-reading   # ranks vs one
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -33,31 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from activation_cache.cache import cache_activations  # noqa: E402
-from activation_cache.hooks import resolve_hooks, stop_layer  # noqa: E402
-from activation_cache.reader import ActivationReader  # noqa: E402
-from activation_cache.shards import Manifest, ShardInfo, shard_name, write_manifest, write_shard  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "out" / "bench_cache.json"
-
-
-def corpus_tokens(model, n_seq: int, ctx: int) -> tuple[torch.Tensor, str]:
-    """Shakespeare train windows when the corpus loads offline, else random tokens (said so)."""
-    try:
-        from activation_cache.corpus import CorpusConfig, load_corpus
-
-        train = load_corpus(CorpusConfig(context_len=ctx), model.tokenizer).train
-        if len(train) >= n_seq:
-            return train[:n_seq], "shakespeare (train split)"
-        reason = f"only {len(train)} sequences"
-    except Exception as err:  # any failure: the benchmark still measures speed
-        reason = f"{type(err).__name__}: {err}"
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.cfg.d_vocab, (n_seq, ctx), generator=g)
-    tokens[:, 0] = model.tokenizer.bos_token_id or 0
-    return tokens, f"random tokens (corpus unavailable: {reason})"
+from activation_cache.cache import cache_activations
+from activation_cache.hooks import resolve_hooks, stop_layer
+from activation_cache.reader import ActivationReader
+from activation_cache.shards import Manifest, ShardInfo, shard_name, write_manifest, write_shard
+from benchmarks.common import (
+    OUT,
+    corpus_tokens,
+    machine_info,
+    machine_line,
+    print_table,
+    write_json,
+)
 
 
 def bench_caching(args) -> dict:
@@ -67,7 +52,7 @@ def bench_caching(args) -> dict:
     model = load_model("smollm2-135m", device=device)
     specs = resolve_hooks(model, [args.hook])
     n_seq = args.cache_tokens // args.context_len
-    tokens, source = corpus_tokens(model, n_seq, args.context_len)
+    tokens, source = corpus_tokens(model, n_seq, args.context_len, "train")
     stop = stop_layer(specs)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -206,7 +191,8 @@ def _cache_cli(args, out: Path, nproc: int, threads: int) -> tuple[float, float]
     root = Path(__file__).resolve().parents[1]
     cli = ["-m", "interp_bench.cli", "cache", "--model", "smollm2-135m", "--hooks", args.hook,
            "--tokens", str(args.nproc_tokens), "--context-len", str(args.context_len),
-           "--batch-size", str(args.batch_size), "--shard-tokens", str(args.nproc_shard_tokens),
+           "--batch-size", str(args.batch_size * args.context_len),  # the CLI counts tokens
+           "--shard-tokens", str(args.nproc_shard_tokens),
            "--out", str(out), "--device", args.device or "cpu"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(root)}  # fmt: skip
@@ -279,50 +265,45 @@ def main() -> None:
     args.cache_tokens = args.cache_tokens or (1024 if args.quick else 4096)
     args.read_tokens = args.read_tokens or (65536 if args.quick else 262144)
     args.reps = args.reps or (3 if args.quick else 5)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
 
-    result = {
-        "command": " ".join(["python", *sys.argv]),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "load_avg_start": os.getloadavg()[0],
-    }
+    result = {"machine": machine_info()}
     if not args.skip_caching:
         result["caching"] = bench_caching(args)
     if not args.skip_reading:
         result["reading"] = bench_reading(args)
     if args.nproc:
         result["nproc"] = bench_nproc(args)
-    result["load_avg_end"] = os.getloadavg()[0]
+    result["machine"]["loadavg_end"] = os.getloadavg()
 
-    print(f"\n{result['command']}  (torch {result['torch']}, {result['threads']} threads, "
-          f"load avg {result['load_avg_start']:.1f} -> {result['load_avg_end']:.1f})")  # fmt: skip
+    print(f"\n{result['machine']['command']}\n{machine_line(result['machine'])}")
     if "caching" in result:
         c = result["caching"]
         print(f"\ncaching {c['hook']} on {c['model']} ({c['device']}), {c['tokens_per_pass']} "
               f"tokens/pass x {c['reps']} reps, {c['token_source']}")  # fmt: skip
-        print(f"{'':28}{'tok/s (median)':>16}{'runs':>40}")
-        for k, name in (("plain", "plain forward, stopped"), ("cache", "cache_activations")):
-            runs = " ".join(f"{v:.0f}" for v in c[f"{k}_tok_s"])
-            print(f"{name:28}{c[f'{k}_tok_s_median']:>16.0f}{runs:>40}")
-        print(f"{'ratio cache / plain':28}{c['ratio']:>16.3f}   (target >= 0.9)")
-        print(f"{'  median of paired ratios':28}{c['ratio_pairs_median']:>16.3f}")
+        print_table(
+            [("", ""), ("tok/s (median)", ".0f"), ("runs", "")],
+            [[name, c[f"{k}_tok_s_median"], " ".join(f"{v:.0f}" for v in c[f"{k}_tok_s"])]
+             for k, name in (("plain", "plain forward, stopped"), ("cache", "cache_activations"))],
+        )  # fmt: skip
+        print(f"ratio cache / plain {c['ratio']:.3f} (target >= 0.9); "
+              f"median of paired ratios {c['ratio_pairs_median']:.3f}")  # fmt: skip
     if "reading" in result:
         r = result["reading"]
         print(f"\nreading {r['tokens']:,} tokens x {r['hooks']} hooks (d {r['d']}, fp16 on disk, "
               f"batches of {r['batch_size']}), {r['shards']} shards, "
               f"{r['file_bytes'] / 1e6:.0f} MB")  # fmt: skip
-        print(f"{'(GB/s of fp16 data read)':28}{'vectors/s':>14}{'GB/s':>10}{'vs raw':>10}")
-        for k, name in (
+        cases = (
             ("raw", "np.fromfile, whole files"),
             ("shuffled", "reader shuffled, fp32 out"),
             ("shuffled_fp16", "reader shuffled, fp16 out"),
             ("sequential", "reader in order, fp32 out"),
-        ):
-            ratio = r[f"{k}_GB_s"] / r["raw_GB_s"]
-            print(f"{name:28}{r[f'{k}_vec_s']:>14,.0f}{r[f'{k}_GB_s']:>10.2f}{ratio:>10.2f}")
+        )
+        print_table(
+            [("(GB/s of fp16 data read)", ""), ("vectors/s", ",.0f"), ("GB/s", ".2f"),
+             ("vs raw", ".2f")],
+            [[name, r[f"{k}_vec_s"], r[f"{k}_GB_s"], r[f"{k}_vs_raw"]] for k, name in cases],
+        )  # fmt: skip
     if "nproc" in result:
         n = result["nproc"]
         print(f"\ncaching {n['tokens']:,} tokens ({n['hook']}, smollm2-135m, shards of "
@@ -335,9 +316,7 @@ def main() -> None:
         print(f"{'torchrun, ' + str(n['nproc']) + ' ranks':30}{n['ranks_tok_s']:>14.0f}"
               f"{n['ranks_wall_tok_s']:>22.0f}")  # fmt: skip
         print(f"{'speed-up vs the faster one':30}{n['speedup']:>14.2f}{n['speedup_wall']:>22.2f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {OUT}")
+    write_json(OUT / "bench_cache.json", result)
 
 
 if __name__ == "__main__":

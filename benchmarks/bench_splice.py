@@ -15,39 +15,17 @@ the variants share the prefix up to the spliced block. We time, in one run:
 
 The JSON also records `ce_error_added - ce_clean` (must be ~0: the splice is exact).
 
-    python benchmarks/bench_splice.py [--tokens 1024] [--skip-shape]
+    python -m benchmarks.bench_splice [--tokens 1024] [--skip-shape]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def load_floor_model():
-    """The embedded SmolLM2 if it is available here, else the tiny random test model."""
-    try:
-        from activation_cache.models import load_model
-
-        return load_model("smollm2-135m", device="cpu"), "smollm2-135m (embedded, bridge)"
-    except Exception as err:  # any failure: fall back, and say so in the table
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import make_tiny_model
-
-        from activation_cache.tokenizers import gpt2_tokenizer
-
-        print(f"SmolLM2 unavailable ({err}); using the tiny random model")
-        return make_tiny_model(gpt2_tokenizer()), "tiny random GPT-2 (2 layers, d 64)"
+from benchmarks.common import OUT, corpus_tokens, floor_model, machine_info, print_table, write_json
 
 
 def smollm2_shaped_hooked_transformer(tokenizer=None):
@@ -76,23 +54,9 @@ def smollm2_shaped_hooked_transformer(tokenizer=None):
     return HookedTransformer(cfg, tokenizer=tokenizer).eval()
 
 
-def eval_tokens(model, n_tokens: int, ctx: int) -> tuple[torch.Tensor, str]:
-    n_seq = max(1, n_tokens // ctx)
-    try:
-        from activation_cache.corpus import CorpusConfig, load_corpus
-
-        ev = load_corpus(CorpusConfig(context_len=ctx), model.tokenizer).eval
-        if ev.shape[0] >= n_seq:
-            return ev[:n_seq], "shakespeare eval split"
-    except Exception as err:
-        print(f"corpus unavailable ({err}); using random tokens")
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, model.cfg.d_vocab, (n_seq, ctx), generator=g), "random tokens"
-
-
 def dictionaries(model, expansion: int = 8, k: int = 32) -> dict:
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
     d, layer = model.cfg.d_model, model.cfg.n_layers // 2
     torch.manual_seed(0)
@@ -141,9 +105,10 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--skip-shape", action="store_true", help="skip the share-prefix comparison")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "bench_splice.json"))
+    ap.add_argument("--out", default=str(OUT / "bench_splice.json"))
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    machine = machine_info()
 
     rows = []
 
@@ -175,8 +140,8 @@ def main() -> None:
 
     from interp_bench.analysis.splice import supports_start_at_layer
 
-    model, model_name = load_floor_model()
-    tokens, token_source = eval_tokens(model, args.tokens, args.ctx)
+    model, model_name = floor_model()
+    tokens, token_source = corpus_tokens(model, max(1, args.tokens // args.ctx), args.ctx, "eval")
     dicts = dictionaries(model)
     share = supports_start_at_layer(model)
     cases = [
@@ -201,31 +166,23 @@ def main() -> None:
         f"\n{args.tokens} tokens ({token_source}), batch {args.batch} x {args.ctx}, "
         f"{torch.get_num_threads()} threads"
     )
-    head = (
-        f"{'case':<44} {'model':<40} {'tok/s':>8} {'x floor':>8} {'tok/cpu-s':>9} "
-        f"{'x floor':>8} {'ideal':>6} {'exact gap':>10}"
-    )
-    print(head + "\n" + "-" * len(head))
-    for r in rows:
-        gap = f"{r['exactness_gap']:10.2e}" if "exactness_gap" in r else f"{'':>10}"
-        print(
-            f"{r['case']:<44} {r['model'][:40]:<40} {r['tokens_per_s']:8.1f} "
-            f"{r['fraction_of_floor']:8.3f} {r['tokens_per_cpu_s']:9.1f} "
-            f"{r['fraction_of_floor_cpu']:8.3f} {1 / r['forwards_ideal']:6.3f} {gap}"
-        )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    print_table(
+        [("case", ""), ("model", ""), ("tok/s", ".1f"), ("x floor", ".3f"), ("tok/cpu-s", ".1f"),
+         ("x floor", ".3f"), ("ideal", ".3f"), ("exact gap", ".2e")],
+        [[r["case"], r["model"][:40], r["tokens_per_s"], r["fraction_of_floor"],
+          r["tokens_per_cpu_s"], r["fraction_of_floor_cpu"], 1 / r["forwards_ideal"],
+          r.get("exactness_gap")] for r in rows],
+    )  # fmt: skip
     payload = {
+        "machine": machine,
         "tokens": int(tokens.numel()),
         "token_source": token_source,
         "batch": args.batch,
         "ctx": args.ctx,
-        "threads": torch.get_num_threads(),
         "rows": rows,
         "note": "ideal = 1 / full-depth forwards per token (clean, variants, half-depth mean pass)",
     }
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ shape as the floor (the one product no TopK implementation can skip).
 Timings on a shared machine are noisy, so variants are interleaved round by round and the
 median per variant is reported; compare ratios within one run.
 
-    python benchmarks/bench_topk.py                      # d_in 576, d_sae 4608, k 32, B 4096
-    python benchmarks/bench_topk.py --batch 1024 --rounds 3   # quick
-    python benchmarks/bench_topk.py --threads 1 --batchtopk --dead-fraction 0.3
+    python -m benchmarks.bench_topk                      # d_in 576, d_sae 4608, k 32, B 4096
+    python -m benchmarks.bench_topk --batch 1024 --rounds 3   # quick
+    python -m benchmarks.bench_topk --threads 1 --batchtopk --dead-fraction 0.3
 
 Rows named part_* time one kernel of the sparse step next to the plain torch op it replaces.
 """
@@ -15,16 +15,14 @@ Rows named part_* time one kernel of the sparse step next to the plain torch op 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import OUT, machine_info, print_table, write_json
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries import SparseDictionary
 from interp_bench.dictionaries.topk import TopKLayout, topk_rows
 
 
@@ -90,9 +88,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dead-fraction", type=float, default=0.0, help="AuxK on this many latents")
     p.add_argument("--batchtopk", action="store_true", help="also time BatchTopK sparse/dense")
-    p.add_argument("--out", default="benchmarks/out/bench_topk.json")
+    p.add_argument("--out", default=str(OUT / "bench_topk.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.d_in)
     dead = None
@@ -117,7 +116,6 @@ def main() -> None:
         f"TopK step fwd+bwd, d_in={args.d_in} d_sae={args.d_sae} k={args.k} B={args.batch} "
         f"threads={args.threads} dead={args.dead_fraction} (median of {args.rounds})"
     )
-    print(f"{'variant':30s} {'ms/step':>9s} {'enc-GFLOP/s':>12s} {'vs sparse':>10s}")
     for name, t in med.items():
         row = {
             "variant": name,
@@ -127,25 +125,17 @@ def main() -> None:
             "all_ms": [round(v * 1e3, 2) for v in times[name]],
         }
         rows.append(row)
-        print(
-            f"{name:30s} {row['ms_per_step']:9.1f} {row['encoder_gflops_per_s']:12.1f} "
-            f"{row['time_vs_interp_bench_sparse']:9.2f}x"
-        )
-    result = {
-        "benchmark": "bench_topk",
-        "args": vars(args),
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
-        "rows": rows,
-    }
+    print_table(
+        [("variant", ""), ("ms/step", ".1f"), ("enc-GFLOP/s", ".1f"), ("x sparse time", ".2f")],
+        [[r["variant"], r["ms_per_step"], r["encoder_gflops_per_s"],
+          r["time_vs_interp_bench_sparse"]] for r in rows],
+    )  # fmt: skip
+    result = {"benchmark": "bench_topk", "args": vars(args), "machine": machine, "rows": rows}
     if "sparsify_SparseCoder" in med:
         result["speedup_vs_sparsify"] = round(med["sparsify_SparseCoder"] / ours, 3)
         print(f"speed-up of interp_bench sparse over sparsify: {result['speedup_vs_sparsify']}x")
     result["speedup_vs_dense"] = round(med["interp_bench_dense"] / ours, 3)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ Rows: TopK (ours vs SAELens vs sparsify), JumpReLU and ReLU+L1 (ours vs SAELens;
 neither). Quality is measured afterwards on held-out activations (the eval split): FVU, L0 and the
 fraction of latents that never fire on those tokens.
 
-    python benchmarks/bench_train.py              # caches L15.resid_post once, ~10 min on 2 cores
-    python benchmarks/bench_train.py --quick      # ~1 min smoke run
-    python benchmarks/bench_train.py --synthetic  # no model: synthetic activations
+    python -m benchmarks.bench_train              # caches L15.resid_post once, ~10 min on 2 cores
+    python -m benchmarks.bench_train --quick      # ~1 min smoke run
+    python -m benchmarks.bench_train --synthetic  # no model: synthetic activations
 
 Prints a table and writes benchmarks/out/bench_train.json.
 """
@@ -19,26 +19,22 @@ Prints a table and writes benchmarks/out/bench_train.json.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import OUT, machine_info, machine_line, print_table, write_json
+from benchmarks.peers import ARCHS, SAELensPeer, SparsifyPeer
+from interp_bench.dictionaries import SparseDictionary, evaluate
+from interp_bench.dictionaries.evaluate import OUTLIER_NORM
 
-from peers import ARCHS, SAELensPeer, SparsifyPeer  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "out"
 HOOK = "L15.resid_post"
 CACHE_EVAL_TOKENS = 32768  # held-out tokens cached once (BOS rows are skipped when read)
 
@@ -47,7 +43,7 @@ CACHE_EVAL_TOKENS = 32768  # held-out tokens cached once (BOS rows are skipped w
 
 
 class OursAdapter:
-    """Our Trainer with one dictionary; defaults except the issue's settings."""
+    """Our Trainer with one dictionary; TrainConfig defaults except the run-length settings."""
 
     name = "ours"
 
@@ -62,35 +58,33 @@ class OursAdapter:
         tokens: int,
         overrides: dict | None = None,
     ):
-        """``overrides``: TrainConfig fields set after the warm-up caps (sweep_train uses it)."""
+        """``overrides``: TrainConfig fields set after the pinned ones (sweep_train uses it)."""
         from interp_bench.config import DictionaryConfig, TrainConfig
         from interp_bench.training.trainer import Trainer
 
         cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, arch=arch, k=k, hook_in=HOOK)
         train_cfg = TrainConfig(batch_size=batch_size, tokens=tokens, checkpoint_every=0)
-        # Our warm-ups (lr 100 steps, sparsity 1000 steps) are sized for 10M-token runs; a short
-        # benchmark run would spend most of its steps warming up, so cap them at 10% of the run.
-        steps = train_cfg.total_steps
-        train_cfg.warmup_steps = min(train_cfg.warmup_steps, steps // 10)
-        train_cfg.sparsity_warmup_steps = min(train_cfg.sparsity_warmup_steps, steps // 10)
+        # Pinned, not TrainConfig's run-length rule, so the recorded results stay comparable:
+        # warm-ups of lr 100 and sparsity 1000 steps capped at 10% of the run, and a 10M-token
+        # dead window (longer than any run here: AuxK never fires).
+        steps = train_cfg.schedule().total_steps
+        train_cfg.warmup_steps = min(100, steps // 10)
+        train_cfg.sparsity_warmup_steps = min(1000, steps // 10)
+        train_cfg.dead_tokens = 10_000_000
         for key, value in (overrides or {}).items():
             if not hasattr(train_cfg, key):
                 raise ValueError(f"TrainConfig has no field {key!r}")
             setattr(train_cfg, key, value)
         self.trainer = Trainer([cfg], train_cfg, device="cpu")
         self.config = {"dictionary": cfg.to_dict(), "train": train_cfg.to_dict()}
-        self._folded = None
 
     def step(self, x: Tensor) -> None:
         self.trainer.step({HOOK: x})
-        self._folded = None
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._folded is None:
-            self._folded = self.trainer.folded()[0].eval()
-        d = self._folded
-        return d(x), d.encode(x)
+    @contextmanager
+    def dictionary(self) -> Iterator[SparseDictionary]:
+        """A copy acting on raw activations (input scale folded in), as it would be saved."""
+        yield self.trainer.folded()[0].eval()
 
 
 class MatmulProbe:
@@ -249,58 +243,41 @@ def train_row(trainers: dict, batches: Iterator[Tensor], steps: int, log_every: 
     }
 
 
-OUTLIER_NORM = 10.0  # x median norm: above it a token counts as a massive activation
-
-
 @torch.no_grad()
-def outliers(x_eval: Tensor) -> tuple[Tensor, dict]:
-    """Which tokens are ordinary (norm <= OUTLIER_NORM x median), and how much of the held-out
-    variance the others carry: the data facts behind ``fvu_typical``."""
+def massive_activations(x_eval: Tensor) -> dict:
+    """The held-out set's massive-activation tokens (norm above OUTLIER_NORM x the median over
+    the whole set) and how much of its variance they carry: the facts behind ``fvu_typical``."""
     x64 = x_eval.double()
     norms = x64.norm(dim=1)
-    typical = norms <= OUTLIER_NORM * norms.median()
+    typical_norm = OUTLIER_NORM * norms.median().item()
+    big = norms > typical_norm
     dev = (x64 - x64.mean(0)).pow(2).sum(1)
-    return typical, {
-        "outlier_tokens": int((~typical).sum()),
-        "outlier_variance_share": (dev[~typical].sum() / dev.sum()).item(),
+    return {
+        "typical_norm": typical_norm,
+        "outlier_tokens": int(big.sum()),
+        "outlier_variance_share": (dev[big].sum() / dev.sum()).item(),
         "max_norm_over_median": (norms.max() / norms.median()).item(),
     }
 
 
-@torch.no_grad()
-def evaluate(trainer, x_eval: Tensor, batch_size: int = 4096) -> dict:
-    """FVU (against the eval set's own mean), mean L0, and latents that never fire.
+def held_out(dicts: list, x_eval: Tensor, batch_size: int = 4096) -> list[dict]:
+    """Each dictionary's quality on ``x_eval`` (every one reads it as its ``cfg.hook_in``), one
+    pass, by `interp_bench.dictionaries.evaluate`; the typical-token threshold is taken over the
+    whole held-out set, not its first batch, so ``fvu_typical`` does not depend on batching."""
+    hooks = {d.cfg.hook_in for d in dicts}
+    batches = (
+        dict.fromkeys(hooks, x_eval[s : s + batch_size]) for s in range(0, len(x_eval), batch_size)
+    )
+    stats = evaluate(dicts, batches, typical_norm=massive_activations(x_eval)["typical_norm"])
+    keys = ("fvu", "fvu_typical", "outlier_tokens", "l0", "dead_frac")
+    return [{**{k: getattr(s, k) for k in keys}, "eval_tokens": s.tokens} for s in stats]
 
-    ``fvu_typical`` is the FVU without the few massive-activation tokens (see ``outliers``; on
-    bench_train's eval set a handful of tokens hold most of the variance), so it says how well
-    ordinary tokens are reconstructed; ``fvu`` counts every token.
-    """
-    n, d = x_eval.shape
-    x64 = x_eval.double()
-    typical, stats = outliers(x_eval)
-    mean, mean_t = x64.mean(0), x64[typical].mean(0)
-    sse = tot = sse_t = tot_t = l0_sum = 0.0
-    fired = None
-    for s in range(0, n, batch_size):
-        x, keep = x64[s : s + batch_size], typical[s : s + batch_size]
-        recon, acts = trainer.evaluate(x_eval[s : s + batch_size])
-        err = (recon.double() - x).pow(2).sum(1)
-        sse += err.sum().item()
-        tot += (x - mean).pow(2).sum().item()
-        sse_t += err[keep].sum().item()
-        tot_t += (x[keep] - mean_t).pow(2).sum().item()
-        active = acts != 0
-        l0_sum += active.sum().item()
-        f = active.any(0)
-        fired = f if fired is None else fired | f
-    return {
-        "fvu": sse / tot,
-        "fvu_typical": sse_t / tot_t,
-        "outlier_tokens": stats["outlier_tokens"],
-        "l0": l0_sum / n,
-        "dead_frac": 1.0 - fired.float().mean().item(),
-        "eval_tokens": n,
-    }
+
+def quality(trainers: dict, x_eval: Tensor) -> dict[str, dict]:
+    """Held-out quality of every trainer's dictionary (ours and peers alike), in one pass."""
+    with ExitStack() as stack:
+        dicts = [stack.enter_context(t.dictionary()) for t in trainers.values()]
+        return dict(zip(trainers, held_out(dicts, x_eval), strict=True))
 
 
 def flops_per_step(arch: str, b: int, d_in: int, d_sae: int, k: int) -> int:
@@ -312,40 +289,15 @@ def flops_per_step(arch: str, b: int, d_in: int, d_sae: int, k: int) -> int:
     return 10 * b * d_in * d_sae
 
 
-def machine_info() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(pkg: str) -> str | None:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "sae_lens": version("sae-lens"),
-        "eai_sparsify": version("eai-sparsify"),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 # ---- main -------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(
+    argv=None, parser: argparse.ArgumentParser | None = None, name: str = "bench_train"
+) -> argparse.Namespace:
+    """bench_train's options, added to ``parser`` by the benchmarks that train on its data
+    (``name`` names their JSON)."""
+    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=786_432, help="training tokens, TopK row")
     p.add_argument(
         "--dense-tokens",
@@ -371,7 +323,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="use the shards cached so far instead of finishing an interrupted cache",
     )
-    p.add_argument("--out", default=str(OUT / "bench_train.json"))
+    p.add_argument("--out", default=str(OUT / f"{name}.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.tokens = 10 * args.batch_size
@@ -386,13 +338,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def load_data(args: argparse.Namespace) -> Data:
+    if args.synthetic:
+        return synthetic_data(576, args.batch_size, args.eval_tokens, args.seed)
+    return cached_data(args)
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     info = machine_info()
-    if args.synthetic:
-        data = synthetic_data(576, args.batch_size, args.eval_tokens, args.seed)
-    else:
-        data = cached_data(args)
+    data = load_data(args)
     d_in = data.d_in
     d_sae = args.expansion * d_in
     result = {
@@ -425,10 +380,10 @@ def run(args: argparse.Namespace) -> dict:
         epochs = tokens / data.train_tokens_available if data.train_tokens_available > 0 else None
         row = {"arch": arch, "tokens": tokens, "steps": steps, "epochs": epochs,
                "wall_s": timing["wall_s"], "matmul_gflops": mm_gflops, "trainers": {}}  # fmt: skip
-        for who in ROW_TRAINERS[arch]:
+        evals = quality({w: trainers[w] for w in ROW_TRAINERS[arch]}, data.eval)
+        for who, ev in evals.items():
             t = trainers[who]
             secs = timing["seconds"][who]
-            ev = evaluate(t, data.eval)
             row["trainers"][who] = {
                 "tokens_per_s": tokens / secs,
                 "train_s": secs,
@@ -481,29 +436,32 @@ def targets(row: dict) -> list[str]:
     return lines
 
 
-def print_table(result: dict) -> None:
-    m = result["machine"]
-    print(
-        f"\nmachine: {m['cpu_count']} cpus ({m['cpu']}), torch {m['torch']}, {m['threads']} "
-        f"threads, load {m['loadavg_start'][0]:.1f} -> {m['loadavg_end'][0]:.1f}; "
-        f"data {result['config']['data']}"
-    )
-    head = f"{'arch':9}{'trainer':10}{'tokens':>9}{'tok/s':>9}{'ours x':>8}{'GFLOP/s':>9}"
-    head += f"{'FVU':>8}{'FVU typ':>8}{'L0':>8}{'dead%':>7}"
-    print(head)
-    print("-" * len(head))
+TABLE = [
+    ("arch", ""),
+    ("trainer", ""),
+    ("tokens", ","),
+    ("tok/s", ",.0f"),
+    ("ours x", ".2f"),
+    ("GFLOP/s", ".1f"),
+    ("FVU", ".4f"),
+    ("FVU typ", ".4f"),
+    ("L0", ".1f"),
+    ("dead%", ".2f"),
+]
+
+
+def print_result(result: dict) -> None:
+    print(f"\n{machine_line(result['machine'])}; data {result['config']['data']}")
+    rows = []
     for row in result["rows"]:
         for who, r in row["trainers"].items():
-            print(
-                f"{row['arch']:9}{who:10}{row['tokens']:>9,}{r['tokens_per_s']:>9,.0f}"
-                f"{r['ours_speedup']:>8.2f}{r['achieved_gflops']:>9.1f}{r['fvu']:>8.4f}"
-                f"{r['fvu_typical']:>8.4f}"
-                f"{r['l0']:>8.1f}{100 * r['dead_frac']:>7.2f}"
-            )
-        print(
-            f"{row['arch']:9}{'matmul':10}{'':>9}{'':>9}{'':>8}{row['matmul_gflops']:>9.1f}"
-            "   (plain B x d_in @ d_in x d_sae, same rotation)"
-        )
+            rows.append(
+                [row["arch"], who, row["tokens"], r["tokens_per_s"], r["ours_speedup"],
+                 r["achieved_gflops"], r["fvu"], r["fvu_typical"], r["l0"], 100 * r["dead_frac"]]
+            )  # fmt: skip
+        rows.append([row["arch"], "matmul", None, None, None, row["matmul_gflops"], *[None] * 4])
+    print_table(TABLE, rows)
+    print("matmul: plain B x d_in @ d_in x d_sae, timed in the same rotation")
     for row in result["rows"]:
         for line in row["targets"]:
             print(f"[{row['arch']}] {line}")
@@ -512,12 +470,8 @@ def print_table(result: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print_table(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result["command"] = " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}")
+    print_result(result)
+    write_json(args.out, result)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Every CUDA path checked against the CPU path, and training timed against sparsify on the GPU.
 
-    python benchmarks/gpu_check.py                        # cuda, embedded SmolLM2-135M (< 8 min)
-    python benchmarks/gpu_check.py --device cpu --tiny    # tiny random model (the test suite)
+    python -m benchmarks.gpu_check                        # cuda, embedded SmolLM2-135M (< 8 min)
+    python -m benchmarks.gpu_check --device cpu --tiny    # tiny random model (the test suite)
 
 Each check prints PASS or FAIL with the measured difference and its tolerance; the exit code is
 1 when any check fails. The same weights, tokens and batches go to both devices.
@@ -35,10 +35,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import OUT as OUT_DIR
 
-OUT = Path(__file__).resolve().parent / "out" / "gpu_check.json"
+OUT = OUT_DIR / "gpu_check.json"
 TOL = {
     "cache_rel": 1e-3,
     "loss_rel_fp32": 1e-4,
@@ -199,9 +198,8 @@ def check_steer(rep, cpu_model, dev_model, d, device) -> None:
 
 def time_training(cache: Path, s, device) -> dict:
     """Median ms/step: our TopK trainer against sparsify's SparseCoder on the same batches."""
-    from peers import SparsifyPeer
-
     from activation_cache.reader import ActivationReader, hook_stats
+    from benchmarks.peers import SparsifyPeer
     from interp_bench.config import DictionaryConfig, TrainConfig
     from interp_bench.training.trainer import Trainer
 

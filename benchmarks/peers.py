@@ -3,8 +3,9 @@
 Each adapter owns one peer dictionary and exposes the same two calls, so the benchmark can feed
 every trainer the same activation batch in lock-step and time each step on its own:
 
-    peer.step(x)            one optimiser step on x [B, d_in] (raw activations)
-    peer.evaluate(x)        (reconstruction [B, d_in], dense latent activations [B, d_sae])
+    peer.step(x)                  one optimiser step on x [B, d_in] (raw activations)
+    with peer.dictionary() as d:  the peer's encode/decode in its evaluation state, behind the
+                                  attributes `interp_bench.dictionaries.evaluate` reads
 
 Peers keep their own defaults (optimiser, lr, schedule, init, auxiliary losses); only the
 dictionary shape, k and the batch come from the benchmark.
@@ -12,10 +13,36 @@ dictionary shape, k and the batch come from the benchmark.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 import torch
 from torch import Tensor
 
 ARCHS = ("topk", "jumprelu", "relu")
+
+
+class PeerDictionary:
+    """A peer SAE as our evaluator sees a dictionary: it reads the batches' ``cfg.hook_in`` and
+    reconstructs it; ``encode`` gives dense latents ``[B, d_sae]``, ``decode`` maps them back."""
+
+    W_skip = None
+
+    def __init__(
+        self,
+        encode: Callable[[Tensor], Tensor],
+        decode: Callable[[Tensor], Tensor],
+        weight: Tensor,
+        d_in: int,
+        d_sae: int,
+        hook: str,
+    ) -> None:
+        self.encode, self.decode = encode, decode
+        self.W_enc = weight  # the evaluator moves inputs to its device and dtype
+        self.d_in = self.d_out = d_in
+        self.d_sae = d_sae
+        self.cfg = SimpleNamespace(hook_in=hook, hook_out=None)
 
 
 class SAELensPeer:
@@ -87,15 +114,20 @@ class SAELensPeer:
         self.trainer.step(x)
         self.trainer.n_training_steps += 1
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @contextmanager
+    def dictionary(self, hook: str = "x") -> Iterator[PeerDictionary]:
+        """The SAE in eval mode (as SAELens evaluates it) until the block ends."""
+
+        def encode(x: Tensor) -> Tensor:
+            acts = self.sae.encode(x)
+            return acts.to_dense() if acts.is_sparse else acts
+
+        cfg = self.sae.cfg
         self.sae.eval()
-        acts = self.sae.encode(x.to(self.sae.dtype))
-        if acts.is_sparse:
-            acts = acts.to_dense()
-        recon = self.sae.decode(acts)
-        self.sae.train()
-        return recon, acts
+        try:
+            yield PeerDictionary(encode, self.sae.decode, self.sae.W_enc, cfg.d_in, cfg.d_sae, hook)
+        finally:
+            self.sae.train()
 
 
 class SparsifyPeer:
@@ -187,14 +219,23 @@ class SparsifyPeer:
             self.did_fire.zero_()
         self.global_step += 1
 
-    @torch.no_grad()
-    def evaluate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @contextmanager
+    def dictionary(self, hook: str = "x") -> Iterator[PeerDictionary]:
+        """The schedule-free average sparsify saves, swapped in until the block ends."""
+        sae = self.sae
+
+        def encode(x: Tensor) -> Tensor:
+            top_acts, top_idx, _ = sae.encode(x)
+            return top_acts.new_zeros(len(x), sae.num_latents).scatter_(1, top_idx, top_acts)
+
+        def decode(f: Tensor) -> Tensor:  # sparsify's own decoder, on the k largest latents
+            top_acts, top_idx = f.topk(sae.cfg.k, dim=-1, sorted=False)
+            return sae.decode(top_acts, top_idx)
+
         self.opt.eval()
         try:
-            top_acts, top_idx, _ = self.sae.encode(x.to(self.sae.dtype))
-            recon = self.sae.decode(top_acts, top_idx)
-            acts = recon.new_zeros(x.shape[0], self.sae.num_latents)
-            acts.scatter_(1, top_idx, top_acts.to(recon.dtype))
+            yield PeerDictionary(
+                encode, decode, sae.encoder.weight, sae.d_in, sae.num_latents, hook
+            )
         finally:
             self.opt.train()
-        return recon, acts

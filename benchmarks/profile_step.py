@@ -3,7 +3,7 @@
 bench_train says how fast the step is against the peers; this says which ops to work on next.
 Same shapes as bench_train (d_in 576, d_sae 4608, k 32, batch 4096), Gaussian activations.
 
-    python benchmarks/profile_step.py [--steps 10] [--threads 2]
+    python -m benchmarks.profile_step [--steps 10] [--threads 2]
 
 Prints the ops by self CPU time and writes benchmarks/out/profile_step.json (ms per step).
 """
@@ -11,17 +11,15 @@ Prints the ops by self CPU time and writes benchmarks/out/profile_step.json (ms 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.common import OUT, machine_info, write_json
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.training.trainer import Trainer
 
-OUT = Path(__file__).resolve().parent / "out"
 HOOK = "L15.resid_post"
 
 
@@ -32,9 +30,14 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=4096)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    machine = machine_info()
     x = torch.randn(args.batch_size, 576) + 1.0
     cfg = DictionaryConfig(d_in=576, d_sae=4608, arch="topk", k=32, hook_in=HOOK)
-    tc = TrainConfig(batch_size=args.batch_size, tokens=10**9, checkpoint_every=0)
+    # The settings TrainConfig had as fixed defaults when the recorded profiles were taken.
+    tc = TrainConfig(
+        batch_size=args.batch_size, tokens=10**9, checkpoint_every=0, warmup_steps=100,
+        sparsity_warmup_steps=1000, dead_tokens=10_000_000,
+    )  # fmt: skip
     trainer = Trainer([cfg], tc, device="cpu")
     for _ in range(3):  # warm up allocator and kernels
         trainer.step({HOOK: x})
@@ -59,12 +62,7 @@ def main() -> int:
         ),
         key=lambda r: -r["ms_per_step"],
     )[:30]
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / "profile_step.json"
-    out.write_text(
-        json.dumps({"step_ms": step_ms, "torch": torch.__version__, "ops": rows}, indent=1)
-    )
-    print(f"wrote {out}")
+    write_json(OUT / "profile_step.json", {"machine": machine, "step_ms": step_ms, "ops": rows})
     return 0
 
 

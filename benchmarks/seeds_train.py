@@ -4,11 +4,12 @@ bench_train trains each trainer once (seed 0), and one seed's FVU moves by sever
 the initialisation alone, so a single-seed gap of about 1% between ours and sparsify says little.
 This trains both on the same batches (same order, bench_train's budget and shapes) once per seed
 and compares the mean held-out FVU, with the spread, over all tokens and without the few
-massive-activation tokens (bench_train.evaluate's fvu_typical). SAELens is left out: its TopK
+massive-activation tokens (fvu_typical). SAELens is left out: its TopK
 FVU is far behind both (bench_train) and its dense step would triple the run time.
 
-    python benchmarks/seeds_train.py                   # seeds 0-4, about 6 min on 2 cores
-    python benchmarks/seeds_train.py --seeds 0,1,2
+    python -m benchmarks.seeds_train                   # seeds 0-4, about 6 min on 2 cores
+    python -m benchmarks.seeds_train --seeds 0,1,2
+    python -m benchmarks.seeds_train --seeds 0,1 --quick --synthetic  # smoke run
 
 Prints a table and writes benchmarks/out/seeds_train.json.
 """
@@ -16,29 +17,23 @@ Prints a table and writes benchmarks/out/seeds_train.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_train as bt  # noqa: E402
-from peers import SparsifyPeer  # noqa: E402
+from benchmarks import bench_train as bt
+from benchmarks.common import machine_info, print_table, write_json
+from benchmarks.peers import SparsifyPeer
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--out", default=str(bt.OUT / "seeds_train.json"))
-    own, rest = p.parse_known_args(argv)
-    args = bt.parse_args(rest)
-    seeds = [int(s) for s in own.seeds.split(",")]
+    args = bt.parse_args(argv, p, "seeds_train")
+    seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
-    data = bt.cached_data(args)
+    machine = machine_info()
+    data = bt.load_data(args)
     d_sae = data.d_in * args.expansion
     steps = args.tokens // args.batch_size
     rows = []
@@ -59,16 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         timing = bt.train_row(trainers, data.train(), steps, log_every=0)
-        for who, t in trainers.items():
+        for who, ev in bt.quality(trainers, data.eval).items():
             rows.append(
                 {
                     "seed": seed,
                     "trainer": who,
                     "tokens_per_s": steps * args.batch_size / timing["seconds"][who],
-                    **bt.evaluate(t, data.eval),
+                    **ev,
                 }
             )
-    _, data_facts = bt.outliers(data.eval)
+    data_facts = bt.massive_activations(data.eval)
     print(
         f"\nheld-out: {data.eval.shape[0]:,} tokens; {data_facts['outlier_tokens']} above "
         f"{bt.OUTLIER_NORM:g}x the median norm hold {data_facts['outlier_variance_share']:.0%} of "
@@ -76,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = {}
     print(f"\nTopK k={args.k}, d_sae {d_sae}, {steps} steps x {args.batch_size} tokens")
-    head = "".join(f"{f'seed {s}':>9}" for s in seeds)
-    print(f"{'trainer':10}{'metric':13}{head}{'mean':>9}{'sd':>8}")
+    table = []
     for who in ("ours", "sparsify"):
         mine = [r for r in rows if r["trainer"] == who]
         summary[who] = {"dead_max": max(r["dead_frac"] for r in mine)}
@@ -85,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[metric] for r in mine]
             mean, sd = statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
             summary[who] |= {f"{metric}_mean": mean, f"{metric}_sd": sd}
-            cells = "".join(f"{v:9.4f}" for v in vals)
-            print(f"{who:10}{metric:13}{cells}{mean:9.4f}{sd:8.4f}")
+            table.append([who, metric, *vals, mean, sd])
+    seed_cols = [(f"seed {s}", ".4f") for s in seeds]
+    print_table(
+        [("trainer", ""), ("metric", ""), *seed_cols, ("mean", ".4f"), ("sd", ".4f")], table
+    )
     ratios = {}
     for metric in ("fvu", "fvu_typical"):
         ratio = summary["ours"][f"{metric}_mean"] / summary["sparsify"][f"{metric}_mean"]
@@ -101,10 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         f"max dead: ours {summary['ours']['dead_max']:.2%}, "
         f"sparsify {summary['sparsify']['dead_max']:.2%}"
     )
-    out = Path(own.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "machine": bt.machine_info(),
+        "machine": machine,
         "config": {"steps": steps, "batch_size": args.batch_size, "k": args.k, "d_sae": d_sae},
         "seeds": seeds,
         "held_out": data_facts,
@@ -112,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "ratios": ratios,
     }
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return 0
 
 

@@ -4,25 +4,23 @@ bench_train compares trainers at their defaults; this sweep trains only ours, on
 on the same cached SmolLM2 L15.resid_post batches (same order) and the same held-out tokens, so
 the spread of FVU across nearby settings shows how much of a gap to a peer is noise.
 
-    python benchmarks/sweep_train.py                       # the settings below, ~5 min on 2 cores
-    python benchmarks/sweep_train.py '{"lr": 3e-3}' ...    # TrainConfig overrides as JSON
+    python -m benchmarks.sweep_train                       # the settings below, ~5 min on 2 cores
+    python -m benchmarks.sweep_train '{"lr": 3e-3}' ...    # TrainConfig overrides as JSON
+    python -m benchmarks.sweep_train --quick --synthetic   # smoke run (bench_train's options)
 
 Prints a table and writes benchmarks/out/sweep_train.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_train as bt  # noqa: E402
+from benchmarks import bench_train as bt
+from benchmarks.common import machine_info, print_table, write_json
 
 # The evidence for TrainConfig's Adam betas (0.8, 0.95): each pair on three initialisation seeds,
 # since one seed's all-token FVU moves by several percent with the initialisation alone.
@@ -52,36 +50,33 @@ def run_one(data: bt.Data, overrides: dict, steps: int, args) -> dict:
         "overrides": overrides,
         "lr": ours.trainer.lrs[0],
         "tokens_per_s": steps * args.batch_size / seconds,
-        **bt.evaluate(ours, data.eval),
+        **bt.quality({"ours": ours}, data.eval)["ours"],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    settings = [json.loads(a) for a in argv] or DEFAULT_SETTINGS
-    args = bt.parse_args([])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("settings", nargs="*", help="TrainConfig overrides as JSON, one run each")
+    args = bt.parse_args(argv, p, "sweep_train")
+    settings = [json.loads(a) for a in args.settings] or DEFAULT_SETTINGS
     torch.set_num_threads(args.threads)
-    data = bt.cached_data(args)
+    machine = machine_info()
+    data = bt.load_data(args)
     steps = args.tokens // args.batch_size
     rows = [run_one(data, s, steps, args) for s in settings]
     print(
         f"\nTopK k={args.k}, d_sae {data.d_in * args.expansion}, {steps} steps x "
         f"{args.batch_size} tokens, eval {data.eval.shape[0]:,} tokens"
     )
-    print(f"{'overrides':<40} {'lr':>9} {'FVU':>7} {'FVU typ':>8} {'dead%':>6} {'tok/s':>8}")
-    for r in rows:
-        print(
-            f"{json.dumps(r['overrides']):<40} {r['lr']:9.2e} {r['fvu']:7.4f} "
-            f"{r['fvu_typical']:8.4f} {100 * r['dead_frac']:6.2f} {r['tokens_per_s']:8,.0f}"
-        )
+    print_table(
+        [("overrides", ""), ("lr", ".2e"), ("FVU", ".4f"), ("FVU typ", ".4f"), ("dead%", ".2f"),
+         ("tok/s", ",.0f")],
+        [[json.dumps(r["overrides"]), r["lr"], r["fvu"], r["fvu_typical"], 100 * r["dead_frac"],
+          r["tokens_per_s"]] for r in rows],
+    )  # fmt: skip
     fvus = [r["fvu"] for r in rows]
     print(f"FVU spread: {min(fvus):.4f} .. {max(fvus):.4f}")
-    out = bt.OUT / "sweep_train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"machine": bt.machine_info(), "steps": steps, "rows": rows}, indent=1)
-    )
-    print(f"wrote {out}")
+    write_json(args.out, {"machine": machine, "steps": steps, "rows": rows})
     return 0
 
 

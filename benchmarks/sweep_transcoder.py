@@ -6,8 +6,8 @@ random encoder). This retrains the demo's transcoder, with the demo's training s
 setting, and reports held-out FVU, L0 and the never-firing fraction on the eval split.
 
     interp-bench demo --out runs/demo                                   # caches the activations
-    python benchmarks/sweep_transcoder.py --run runs/demo               # default settings, ~4 min
-    python benchmarks/sweep_transcoder.py --run runs/demo '{"encoder_init": "random"}' ...
+    python -m benchmarks.sweep_transcoder --run runs/demo               # default settings, ~4 min
+    python -m benchmarks.sweep_transcoder --run runs/demo '{"encoder_init": "random"}' ...
 
 Prints a table and writes benchmarks/out/sweep_transcoder.json.
 """
@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from activation_cache.reader import ActivationReader, hook_stats
+from activation_cache.shards import read_manifest
+from benchmarks.common import OUT, machine_info, print_table, write_json
+from interp_bench.commands.pipeline import DemoConfig, demo_train_config
+from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries import evaluate
+from interp_bench.training.trainer import Trainer
 
-from activation_cache.reader import ActivationReader, hook_stats  # noqa: E402
-from activation_cache.shards import read_manifest  # noqa: E402
-from interp_bench.commands.pipeline import DemoConfig, demo_train_config  # noqa: E402
-from interp_bench.config import DictionaryConfig  # noqa: E402
-from interp_bench.training.trainer import Trainer, evaluate  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_SETTINGS = [{"encoder_init": "random"}, {"encoder_init": "standardized"}]
 
 
@@ -42,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT / "sweep_transcoder.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    machine = machine_info()
     settings = [json.loads(a) for a in args.settings] or DEFAULT_SETTINGS
     acts = Path(args.run) / "acts"
     demo = DemoConfig(**json.loads((Path(args.run) / "demo_cfg.json").read_text()))
@@ -66,22 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         reader = ActivationReader(acts / "train", hooks, demo.batch_size, seed=demo.seed)
         dicts = trainer.fit(reader)
         eval_reader = ActivationReader(acts / "eval", hooks, demo.batch_size, shuffle=False)
-        metrics = evaluate(dicts, eval_reader, max_tokens=n_eval)[0]
+        metrics = evaluate(dicts, eval_reader, max_tokens=n_eval)[0].to_dict()
         rows.append({"overrides": overrides, **metrics, "seconds": time.perf_counter() - t0})
     print(
         f"\n{hook_in} -> {hook_out}, d_sae {demo.expansion * d}, k {demo.k}, "
-        f"{train_cfg.total_steps} steps x {train_cfg.batch_size} tokens"
+        f"{train_cfg.schedule().total_steps} steps x {train_cfg.batch_size} tokens"
     )
-    print(f"{'overrides':<40} {'FVU':>7} {'L0':>6} {'dead%':>7} {'s':>6}")
-    for r in rows:
-        print(
-            f"{json.dumps(r['overrides']):<40} {r['fvu']:7.4f} {r['l0']:6.1f} "
-            f"{100 * r['dead_frac']:7.2f} {r['seconds']:6.0f}"
-        )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"run": args.run, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    print_table(
+        [("overrides", ""), ("FVU", ".4f"), ("L0", ".1f"), ("dead%", ".2f"), ("s", ".0f")],
+        [[json.dumps(r["overrides"]), r["fvu"], r["l0"], 100 * r["dead_frac"], r["seconds"]]
+         for r in rows],
+    )  # fmt: skip
+    write_json(args.out, {"machine": machine, "run": args.run, "rows": rows})
     return 0
 
 

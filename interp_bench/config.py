@@ -1,14 +1,22 @@
-"""Plain dataclass configs for dictionaries and training, serialised as JSON next to artifacts."""
+"""Plain dataclass configs for dictionaries and training, serialised as JSON next to artifacts.
+
+Each field's docstring (the string right below it) is its documentation and its ``--help`` line
+(``interp_bench.commands.config_args`` builds the CLI flags from these classes), so a default is
+typed once. Every config checks its own values in ``__post_init__``, before anything expensive.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+REVIVE = ("auto", "none", "recenter", "fire", "linear")
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -40,76 +48,150 @@ class _JsonMixin:
         return cls.from_dict(json.loads(s))
 
 
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 @dataclass
 class DictionaryConfig(_JsonMixin):
     """Shape and sparsity method of one SAE (hook_out None) or transcoder (hook_out set)."""
 
     d_in: int
+    """input width (the hook's d_model)"""
     d_sae: int
-    arch: str = "topk"  # "relu" | "topk" | "batchtopk" | "jumprelu"
-    d_out: int | None = None  # None -> SAE (d_out = d_in); else transcoder output width
-    hook_in: str = ""  # short hook name, e.g. "L15.resid_post" or "L15.mlp_in"
-    hook_out: str | None = None  # transcoder target, e.g. "L15.mlp_out"; None for an SAE
+    """number of latents"""
+    arch: str = "topk"
+    """activation: relu (L1), topk (+AuxK), batchtopk, jumprelu (L0)"""
+    d_out: int | None = None
+    """transcoder output width; None for an SAE (d_out = d_in)"""
+    hook_in: str = ""
+    """input hook, e.g. L15.resid_post or L15.mlp_in"""
+    hook_out: str | None = None
+    """transcoder target hook, e.g. L15.mlp_out; None for an SAE"""
     model_name: str = ""
-    k: int = 32  # topk / batchtopk: active latents per token
-    skip: bool = False  # linear skip connection W_skip [d_in, d_out]
-    # "tied": W_enc = W_dec^T (needs d_out == d_in); "random": unit-norm random columns;
-    # "standardized": random, then each latent scaled and shifted so its pre-activation has mean 0
-    # and variance 1 on the first batch, so every latent starts with an equal chance to be chosen.
-    # "auto" = tied for an SAE, standardized for a transcoder (on the demo's transcoder: 35% of
-    # latents never fire against 50% with "random", at a lower FVU; benchmarks/sweep_transcoder.py).
+    """the model the activations came from"""
+    k: int = 32
+    """topk / batchtopk: active latents per token"""
+    skip: bool = False
+    """transcoder: add a linear skip connection W_skip [d_in, d_out]"""
     encoder_init: str = "auto"
-    # relu
-    sparsity: str = "l1"  # "l1" (decoder-norm weighted) | "kl" (KL(rho || rho_hat) per latent)
+    """tied (W_enc = W_dec^T, SAEs only), random (unit-norm columns), standardized (random, then
+    each latent's pre-activation scaled to mean 0 / variance 1 on the first batch, so every latent
+    starts with an equal chance to be chosen), or auto = tied for an SAE, standardized for a
+    transcoder (demo transcoder: 35% never-firing latents against 50% with random; RESULTS.md)"""
+    sparsity: str = "l1"
+    """relu: l1 (decoder-norm weighted) or kl (KL(rho || rho_hat) per latent)"""
     l1_coefficient: float = 5.0
-    kl_target: float = 0.01  # rho: target firing probability for the KL penalty
+    """relu: L1 coefficient"""
+    kl_target: float = 0.01
+    """relu with kl: target firing probability rho"""
     kl_coefficient: float = 1.0
-    # topk / batchtopk
+    """relu with kl: KL coefficient"""
     auxk_alpha: float = 1 / 32
-    auxk_k: int | None = None  # None -> d_in // 2 (Gao et al. 2024)
-    threshold_ema: float = 0.99  # batchtopk: EMA decay of the inference threshold
-    decode: str = "auto"  # topk decode path: "auto" | "sparse" | "dense"
-    # Dtype of the encoder product that only *chooses* the TopK/BatchTopK latents during sparse
-    # training; the chosen values are recomputed exactly in fp32. "auto" = bf16 on CPUs with AMX
-    # (about 4x the fp32 matmul rate there), else fp32.
-    select: str = "auto"  # "auto" | "bf16" | "fp32"
-    # jumprelu
+    """topk / batchtopk: weight of the AuxK loss that revives dead latents"""
+    auxk_k: int | None = None
+    """topk / batchtopk: dead latents AuxK uses per token (None: d_out // 2, Gao et al. 2024)"""
+    revive: str = "auto"
+    """topk / batchtopk: how latents declared dead get back into play. none: AuxK alone (it
+    reads ReLU'd pre-activations, so a latent negative on every token gets no gradient and stays
+    dead); recenter: a dead latent negative on the whole batch gets its b_enc raised until it is
+    positive on its top k/d_sae of the batch, so AuxK trains it; fire: raised further, to the
+    batch's typical k-th largest pre-activation, so TopK itself picks it on those tokens; linear:
+    AuxK on un-ReLU'd pre-activations. auto = recenter for transcoders, none for SAEs
+    (bench_transcoder.py table)"""
+    matryoshka: tuple[int, ...] | None = None
+    """topk / batchtopk: Matryoshka prefix sizes, e.g. 256,1024,4608 (last = d_sae): latents
+    0..m-1 are trained to reconstruct on their own for each m, loss summed over the prefixes
+    (Bussmann et al. 2025), so early latents keep general features; None: a plain dictionary"""
+    threshold_ema: float = 0.99
+    """batchtopk: EMA decay of the inference threshold"""
+    decode: str = "auto"
+    """topk / batchtopk training decode path: auto, sparse or dense"""
+    select: str = "auto"
+    """dtype of the encoder product that only chooses the TopK latents in sparse training (the
+    chosen values are recomputed exactly in fp32): auto = bf16 on CPUs with AMX (about 4x the fp32
+    rate there), else fp32"""
     l0_coefficient: float = 1.0
-    # Inputs are normalised to mean norm sqrt(d_in), so pre-activations are O(1): a threshold
-    # starting at 0.5 with a 0.1-wide STE window gets gradient from the start (0.01, SAELens's
-    # default, left thresholds far below the pre-activations for hundreds of steps).
+    """jumprelu: L0 coefficient"""
     jumprelu_bandwidth: float = 0.1
+    """jumprelu: width of the straight-through estimator's window. Inputs are normalised to mean
+    norm sqrt(d_in), so pre-activations are O(1) and a 0.1 window gets gradient from the start
+    (SAELens's 0.001 left thresholds far below the pre-activations for hundreds of steps)"""
     jumprelu_init_threshold: float = 0.5
+    """jumprelu: initial threshold"""
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.arch in ("topk", "batchtopk") and not 0 < self.k <= self.d_sae:
-            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
-        if self.sparsity not in ("l1", "kl"):
-            raise ValueError(f"sparsity must be 'l1' or 'kl', got {self.sparsity!r}")
-        if self.decode not in ("auto", "sparse", "dense"):
-            raise ValueError(f"decode must be auto, sparse or dense, got {self.decode!r}")
-        if self.select not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"select must be auto, bf16 or fp32, got {self.select!r}")
-        if self.encoder_init not in ("auto", "tied", "random", "standardized"):
-            raise ValueError(
-                "encoder_init must be auto, tied, random or standardized, "
-                f"got {self.encoder_init!r}"
+        _check(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        _check(
+            self.d_in > 0 and self.d_sae > 0,
+            f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}",
+        )
+        _check(self.d_out is None or self.d_out > 0, f"d_out must be positive, got {self.d_out}")
+        if self.arch in ("topk", "batchtopk"):
+            _check(0 < self.k <= self.d_sae, f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.matryoshka is not None:
+            self.matryoshka = tuple(int(m) for m in self.matryoshka)
+            m = self.matryoshka
+            _check(
+                self.arch in ("topk", "batchtopk"),
+                f"matryoshka applies to topk and batchtopk, not {self.arch!r}",
             )
-        if self.encoder_init == "tied" and self.out_dim != self.d_in:
-            raise ValueError(
-                f"encoder_init='tied' needs d_out == d_in (got {self.out_dim} != {self.d_in}); "
-                "use 'standardized' or 'random'"
+            _check(
+                len(m) > 0
+                and m[0] > 0
+                and all(a < b for a, b in itertools.pairwise(m))
+                and m[-1] == self.d_sae,
+                f"matryoshka prefix sizes must increase and end at d_sae={self.d_sae}, got "
+                f"{','.join(map(str, m))}; e.g. {self.d_sae // 16},{self.d_sae // 4},{self.d_sae}",
             )
+        _check(self.sparsity in ("l1", "kl"), f"sparsity must be l1 or kl, got {self.sparsity!r}")
+        _check(
+            self.decode in ("auto", "sparse", "dense"),
+            f"decode must be auto, sparse or dense, got {self.decode!r}",
+        )
+        _check(
+            self.select in ("auto", "bf16", "fp32"),
+            f"select must be auto, bf16 or fp32, got {self.select!r}",
+        )
+        _check(
+            self.encoder_init in ("auto", "tied", "random", "standardized"),
+            f"encoder_init must be auto, tied, random or standardized, got {self.encoder_init!r}",
+        )
+        _check(
+            self.encoder_init != "tied" or self.out_dim == self.d_in,
+            f"encoder_init='tied' needs d_out == d_in (got {self.out_dim} != {self.d_in}); "
+            "use 'standardized' or 'random'",
+        )
+        for name in ("l1_coefficient", "kl_coefficient", "l0_coefficient", "auxk_alpha"):
+            value = getattr(self, name)
+            _check(_finite(value) and value >= 0, f"{name} must be >= 0 and finite, got {value}")
+        _check(0 < self.kl_target < 1, f"kl_target must be in (0, 1), got {self.kl_target}")
+        _check(
+            self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
+            "jumprelu_bandwidth and jumprelu_init_threshold must be positive",
+        )
+        _check(
+            self.revive in REVIVE,
+            f"revive must be one of {', '.join(REVIVE)}, got {self.revive!r}",
+        )
+        _check(self.auxk_k is None or self.auxk_k > 0, f"auxk_k must be positive: {self.auxk_k}")
 
     @property
     def resolved_encoder_init(self) -> str:
         if self.encoder_init != "auto":
             return self.encoder_init
         return "standardized" if self.is_transcoder else "tied"
+
+    @property
+    def resolved_revive(self) -> str:
+        if self.revive != "auto":
+            return self.revive
+        return "recenter" if self.is_transcoder else "none"
 
     @property
     def is_transcoder(self) -> bool:
@@ -125,47 +207,126 @@ class DictionaryConfig(_JsonMixin):
         hook = self.hook_in or "x"
         if self.hook_out:
             hook = f"{hook}-to-{self.hook_out}"
-        return f"{hook}-{self.arch}-{self.d_sae}"
+        arch = f"matryoshka-{self.arch}" if self.matryoshka else self.arch
+        return f"{hook}-{arch}-{self.d_sae}"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's step counts, resolved from its TrainConfig and the tokens one step takes."""
+
+    total_steps: int
+    warmup_steps: int
+    sparsity_warmup_steps: int
+    dead_tokens: int
 
 
 @dataclass
 class TrainConfig(_JsonMixin):
-    """One training run (shared by all dictionaries trained on the same pass of reads)."""
+    """One training run (shared by all dictionaries trained on the same pass of reads).
 
-    # None -> auto: 1e-3 / sqrt(d_sae / 2**14), Gao et al.'s 1/sqrt(d_sae) scaling at 5x their
-    # constant: on 0.8M tokens (bench_train, TopK) it reached FVU 0.080 against 0.109 at 2e-4.
+    Settings that scale with the run's length default to None and are resolved by ``schedule``
+    from the token budget and the tokens one step actually takes."""
+
     lr: float | None = None
-    batch_size: int = 4096  # tokens per step (per rank under DDP)
-    tokens: int = 10_000_000  # total training tokens
-    warmup_steps: int = 100  # linear lr warm-up
-    decay_start: float = 0.8  # fraction of training after which lr decays to 0
-    lr_decay: str = "linear"  # "linear" | "cosine" shape of that decay
-    # Max grad norm per dictionary; <= 0 disables. Off by default: the summed-MSE gradient norm
-    # is O(sqrt(d)), so a clip at 1 rescaled every step and slowed convergence (bench_train).
+    """learning rate (None: 1e-3 / sqrt(d_sae / 2**14), Gao et al.'s 1/sqrt(d_sae) scaling at 5x
+    their constant: FVU 0.080 against 0.109 at 2e-4 on bench_train)"""
+    batch_size: int = 4096
+    """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
+    tokens: int = 10_000_000
+    """training tokens; training stops once this many have been seen"""
+    warmup_steps: int | None = None
+    """linear lr warm-up steps (None: min(100, 5% of the run's steps))"""
+    decay_start: float = 0.8
+    """fraction of training after which the lr decays to 0"""
+    lr_decay: str = "linear"
+    """shape of that decay: linear or cosine"""
     grad_clip: float = 0.0
+    """max gradient norm per dictionary; 0 disables (the summed-MSE gradient norm is
+    O(sqrt(d)), so a clip at 1 rescaled every step and slowed convergence)"""
     seed: int = 0
-    checkpoint_every: int = 1000  # steps; 0 disables intermediate checkpoints
-    log_every: int = 50  # steps between JSONL metric lines
-    dead_tokens: int = 10_000_000  # latent is dead after not firing on this many tokens
-    sparsity_warmup_steps: int = 1000  # l1 / l0 / kl coefficient warm-up -> sparsity_scale
-    # Adam's betas, lower than the usual (0.9, 0.999): a few massive-activation tokens (norms
-    # tens of times the median in SmolLM2's residual stream) give rare gradient spikes, and a slow
-    # second-moment average keeps the step size small for long after each one. On bench_train's
-    # data and budget (0.8, 0.95) gave lower held-out FVU than (0.9, 0.999) (sweep_train,
-    # seeds_train; benchmarks/RESULTS.md).
+    """initialisation seed (every dictionary starts as it would if trained alone)"""
+    checkpoint_every: int = 1000
+    """steps between checkpoints; 0 disables intermediate ones (the final state is still saved)"""
+    log_every: int = 50
+    """steps between metrics.jsonl lines"""
+    dead_tokens: int | None = None
+    """a latent is dead after not firing on this many tokens (None: min(10M, 10% of tokens))"""
+    sparsity_warmup_steps: int | None = None
+    """steps over which the L1 / L0 / KL coefficient warms up (None: min(1000, 5% of steps))"""
     adam_beta1: float = 0.8
+    """Adam beta1"""
     adam_beta2: float = 0.95
+    """Adam beta2. Lower than the usual (0.9, 0.999): a few massive-activation tokens give rare
+    gradient spikes, and a slow second-moment average keeps the step size small for long after
+    each one (sweep_train, seeds_train; benchmarks/RESULTS.md)"""
     adam_eps: float = 1e-8
-    autocast: bool = False  # bf16 autocast of the forward on CUDA
-    normalize_inputs: bool = True  # scale inputs/targets to mean norm sqrt(d) then fold at save
-    init_b_dec: str = "mean"  # "mean" | "median" (geometric) | "zero"
-    eval_every: int = 0  # steps between held-out evaluations; 0 disables
+    """Adam epsilon"""
+    autocast: bool = False
+    """bf16 autocast of the forward on CUDA"""
+    normalize_inputs: bool = True
+    """scale inputs and targets to mean norm sqrt(d) while training, folded into the saved
+    weights (so one learning rate fits every hook)"""
+    init_b_dec: str = "mean"
+    """b_dec from the first batch: mean, median (geometric) or zero"""
     device: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the run
+    """cpu, cuda, cuda:1 (None: cuda when present)"""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """free-form notes saved with the run"""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.lr is None or (_finite(self.lr) and self.lr > 0),
+            f"lr must be positive, got {self.lr}",
+        )
+        _check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        _check(
+            _finite(self.tokens) and self.tokens > 0, f"tokens must be positive, got {self.tokens}"
+        )
+        for name in ("warmup_steps", "sparsity_warmup_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"{name} must be >= 0, got {value}")
+        _check(self.log_every > 0, f"log_every must be positive, got {self.log_every}")
+        _check(
+            self.dead_tokens is None or self.dead_tokens > 0,
+            f"dead_tokens must be positive, got {self.dead_tokens}",
+        )
+        _check(0 <= self.decay_start <= 1, f"decay_start must be in [0, 1]: {self.decay_start}")
+        _check(
+            self.lr_decay in ("linear", "cosine"),
+            f"lr_decay must be linear or cosine, got {self.lr_decay!r}",
+        )
+        _check(_finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip must be >= 0")
+        _check(
+            0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
+            f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}",
+        )
+        _check(
+            self.init_b_dec in ("mean", "median", "zero"),
+            f"init_b_dec must be mean, median or zero, got {self.init_b_dec!r}",
+        )
 
     def auto_lr(self, d_sae: int) -> float:
         return self.lr if self.lr is not None else 1e-3 / (d_sae / 2**14) ** 0.5
 
-    @property
-    def total_steps(self) -> int:
-        return max(1, self.tokens // self.batch_size)
+    def schedule(self, step_tokens: int | None = None) -> Schedule:
+        """Step counts for steps of ``step_tokens`` tokens (all ranks together; default
+        ``batch_size``). A short run must not spend itself warming up, so the warm-ups are
+        capped at 5% of its steps, and the dead window at 10% of its tokens."""
+        step_tokens = step_tokens or self.batch_size
+        steps = max(1, math.ceil(self.tokens / step_tokens))
+        short = max(1, steps // 20)
+        return Schedule(
+            total_steps=steps,
+            warmup_steps=self.warmup_steps if self.warmup_steps is not None else min(100, short),
+            sparsity_warmup_steps=(
+                self.sparsity_warmup_steps
+                if self.sparsity_warmup_steps is not None
+                else min(1000, short)
+            ),
+            dead_tokens=(
+                self.dead_tokens
+                if self.dead_tokens is not None
+                else min(10_000_000, max(self.tokens // 10, step_tokens))
+            ),
+        )

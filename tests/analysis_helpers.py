@@ -4,7 +4,7 @@ sequential stream."""
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries import SparseDictionary
 
 
 def relu_dictionary(W_enc, b_enc, W_dec, hook_in, hook_out=None) -> SparseDictionary:

@@ -7,6 +7,7 @@ here (the module is imported once), so the expensive run happens once per test s
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 # A run small enough for the test suite yet with every stage doing real work.
@@ -31,5 +32,12 @@ def small_run_dir(base: str) -> tuple[Path, dict]:
     """(run folder, summary) of the small run under the session's base temp dir."""
     from interp_bench.commands.pipeline import run_demo
 
-    out = Path(base) / "small_run"
-    return out, run_demo(small_config(out))
+    # Run as `make demo` does: from the folder above, with a relative --out, so the summary's
+    # paths are tested for resolving from elsewhere (a notebook kernel runs in notebooks/).
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        summary = run_demo(small_config(Path("small_run")))
+    finally:
+        os.chdir(here)
+    return Path(base).resolve() / "small_run", summary

@@ -1,27 +1,15 @@
-"""The benchmark's peer adapters (SAELens, sparsify) take real steps on small random data."""
-
-import importlib.util
-import sys
-from pathlib import Path
+"""The benchmark's peer adapters (SAELens, sparsify) take real steps on small random data and are
+measured by the same held-out evaluator as our dictionaries."""
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 pytest.importorskip("sae_lens")
 pytest.importorskip("sparsify")
 
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
+from benchmarks import bench_train, peers  # noqa: E402
+from benchmarks.peers import PeerDictionary  # noqa: E402
+from interp_bench.dictionaries import evaluate  # noqa: E402
 
 D_IN, D_SAE, K, B = 16, 64, 4, 128
 
@@ -31,7 +19,7 @@ def _data(seed: int = 0) -> torch.Tensor:
     return torch.randn(B, D_IN, generator=g) + 2.0
 
 
-def _make(peers, who: str, arch: str):
+def _make(who: str, arch: str):
     if who == "sparsify":
         return peers.SparsifyPeer(D_IN, D_SAE, k=K, batch_size=B)
     return peers.SAELensPeer(arch, D_IN, D_SAE, k=K, batch_size=B, total_tokens=10 * B)
@@ -46,8 +34,7 @@ def _weights(peer) -> dict[str, torch.Tensor]:
     [("sparsify", "topk"), ("sae_lens", "topk"), ("sae_lens", "jumprelu"), ("sae_lens", "relu")],
 )
 def test_peer_steps_and_evaluates(who, arch):
-    peers = _load("peers")
-    peer = _make(peers, who, arch)
+    peer = _make(who, arch)
     x = _data()
     before = _weights(peer)
     peer.step(x)
@@ -57,20 +44,33 @@ def test_peer_steps_and_evaluates(who, arch):
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert "W_dec" in changed, f"{who}/{arch} did not update its decoder: {changed}"
 
-    recon, acts = peer.evaluate(x)
-    assert recon.shape == (B, D_IN) and acts.shape == (B, D_SAE)
+    with peer.dictionary() as d:
+        f = d.encode(x)
+        recon = d.decode(f)
+        stats = evaluate([d], [{d.cfg.hook_in: x}])[0]
+    assert f.shape == (B, D_SAE) and recon.shape == (B, D_IN)
     assert torch.isfinite(recon).all()
-    l0 = (acts != 0).sum(-1)
+    assert stats.tokens == B and 0 < stats.fvu < float("inf")
     if arch == "topk":
-        assert int(l0.max()) <= K
+        assert int((f > 0).sum(-1).max()) <= K and stats.l0 <= K
     # Evaluation leaves training state alone (sparsify swaps its schedule-free average in and
     # out with two lerps, exact up to rounding).
     for n, w in _weights(peer).items():
         torch.testing.assert_close(w, after[n])
 
 
+def test_sparsify_decode_matches_its_own_forward():
+    """The adapter's dense latents decode to what sparsify's own encode -> decode gives."""
+    peer = _make("sparsify", "topk")
+    peer.step(_data())
+    x = _data(1)
+    with peer.dictionary() as d:
+        top_acts, top_idx, _ = peer.sae.encode(x)
+        expected = peer.sae.decode(top_acts, top_idx)
+        torch.testing.assert_close(d.decode(d.encode(x)), expected)
+
+
 def test_sparsify_follows_its_trainer_init():
-    peers = _load("peers")
     peer = peers.SparsifyPeer(D_IN, D_SAE, k=K, batch_size=B)
     x = _data()
     # sparsify.Trainer: lr = 5e-3 / sqrt(num_latents / 2**14), b_dec = mean of the first batch.
@@ -83,47 +83,64 @@ def test_sparsify_follows_its_trainer_init():
     assert peer.global_step == 1
 
 
-def test_evaluate_metrics_on_a_known_reconstruction():
-    bench = _load("bench_train")
+def _constant(value: torch.Tensor, hook: str = "x") -> PeerDictionary:
+    """A dictionary that never fires and predicts ``value`` for every token."""
+    return PeerDictionary(
+        lambda x: torch.zeros(len(x), D_SAE),
+        lambda f: value.expand(len(f), -1),
+        torch.zeros(0),
+        D_IN,
+        D_SAE,
+        hook,
+    )
 
-    class Exact:
-        def evaluate(self, x):
-            acts = torch.zeros(x.shape[0], D_SAE)
-            acts[:, :3] = 1.0
-            return x.clone(), acts
 
-    class Mean:
-        def __init__(self, mean):
-            self.mean = mean
-
-        def evaluate(self, x):
-            return self.mean.expand_as(x), torch.zeros(x.shape[0], D_SAE)
-
+def test_held_out_counts_massive_tokens_by_the_whole_sets_median():
+    """fvu_typical leaves out tokens above 10x the median norm of the whole held-out set, even
+    when the first batch alone would set a higher threshold."""
     x = _data()
-    ev = bench.evaluate(Exact(), x, batch_size=50)
-    assert ev["fvu"] == pytest.approx(0.0, abs=1e-12)
-    assert ev["l0"] == pytest.approx(3.0)
-    assert ev["dead_frac"] == pytest.approx(1 - 3 / D_SAE)
-    ev = bench.evaluate(Mean(x.mean(0)), x, batch_size=50)
-    assert ev["fvu"] == pytest.approx(1.0, rel=1e-5)
+    x[:50] *= 5.0  # the first batch of 50 is larger than the rest: its median is ~5x
+    x[[60, 80]] *= 30.0  # two massive-activation tokens, ~30x the overall median norm
+    typical = torch.ones(len(x), dtype=torch.bool)
+    typical[[60, 80]] = False
+    ev = bench_train.held_out([_constant(x[typical].mean(0))], x, batch_size=50)[0]
+    assert ev["outlier_tokens"] == 2
+    assert ev["eval_tokens"] == B
+    # The typical tokens' own mean reconstructs them at FVU 1; the outliers push all-token FVU up.
+    assert ev["fvu_typical"] == pytest.approx(1.0, rel=1e-6)
+    assert ev["fvu"] > 1.0
     assert ev["l0"] == 0.0 and ev["dead_frac"] == 1.0
 
 
-def test_evaluate_separates_massive_activation_tokens():
-    """fvu_typical leaves out tokens above 10x the median norm; fvu counts them."""
-    bench = _load("bench_train")
+def test_held_out_evaluates_dictionaries_on_different_hooks_in_one_pass():
     x = _data()
-    x[[3, 17]] *= 100.0  # two massive-activation tokens
-    typical = torch.ones(len(x), dtype=torch.bool)
-    typical[[3, 17]] = False
-    mean_t = x[typical].mean(0)
+    mean = x.mean(0)
+    evs = bench_train.held_out([_constant(mean, "a"), _constant(torch.zeros(D_IN), "b")], x)
+    assert evs[0]["fvu"] == pytest.approx(1.0, rel=1e-6)
+    assert evs[1]["fvu"] > 1.0  # predicting zero is worse than predicting the mean
 
-    class ExactOnOutliers:  # reconstructs the outliers exactly, ordinary tokens by their mean
-        def evaluate(self, xb):
-            big = xb.norm(dim=1, keepdim=True) > 10 * x.norm(dim=1).median()
-            return torch.where(big, xb, mean_t.expand_as(xb)), torch.ones(len(xb), D_SAE)
 
-    ev = bench.evaluate(ExactOnOutliers(), x, batch_size=50)
-    assert ev["outlier_tokens"] == 2
-    assert ev["fvu_typical"] == pytest.approx(1.0, rel=1e-5)
-    assert ev["fvu"] < 0.05  # the two outliers hold almost all of the variance
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_transcoder_copies_into_our_dictionary_exactly(skip):
+    """bench_transcoder evaluates sparsify's transcoder through our SparseDictionary: the copy
+    must compute the same function as sparsify's own encode/decode (its averaged weights)."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_transcoder as bench
+
+    args = SimpleNamespace(expansion=4, k=K, batch_size=B, seed=0)
+    peer = bench.Sparsify(D_IN, args, skip=skip)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(B, D_IN, generator=g) + 1.0
+        peer.step({bench.HOOK_IN: x, bench.HOOK_OUT: torch.tanh(x) @ torch.ones(D_IN, D_IN)})
+    ours = peer.dictionary()
+    peer.opt.eval()
+    with torch.no_grad():
+        acts, idx, _ = peer.sae.encode(x)
+        ref = peer.sae.decode(acts, idx)
+        if skip:
+            ref = ref + x @ peer.sae.W_skip.mT
+    peer.opt.train()
+    torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-5)
+    assert ours.W_dec.abs().sum() > 0  # sparsify's zero-initialised decoder did train

@@ -112,17 +112,20 @@ def test_resume_after_injected_crash(tiny_model, tmp_path, monkeypatch):
         cache_activations(tiny_model, tokens, HOOKS, out, **kwargs)
     monkeypatch.setattr(cache_mod, "write_manifest", real)
     assert len(read_manifest(out).shards) == 2 and (out / "shard_00002.safetensors").exists()
-    (out / "shard_00003.safetensors.tmp").write_bytes(b"half a shard")
+    tag = shards_mod.cache_tag(read_manifest(out).config)
+    (out / f"shard_00003.safetensors.{tag}.99999.tmp").write_bytes(b"half a shard")
+    (out / "shard_00003.safetensors.tmp").write_bytes(b"not ours: no tag")
 
     manifest = cache_activations(tiny_model, tokens, HOOKS, out, **kwargs)
     assert manifest.complete and len(manifest.shards) == 5
-    assert not list(out.glob("*.tmp"))
+    assert [p.name for p in out.glob("*.tmp")] == ["shard_00003.safetensors.tmp"]
     assert_covers_once(out, tokens)
     got, want = read_all(out), read_all(ref_dir)
     for h in HOOKS:
         torch.testing.assert_close(got[h], want[h], rtol=0, atol=0)
 
 
+@pytest.mark.long
 def test_resume_after_sigkill(tiny_model, tmp_path):
     """A real SIGKILL of a caching subprocess mid-run, then a resume in this process."""
     out = tmp_path / "out"
@@ -234,7 +237,7 @@ def _run_inspect(out: Path, capsys, no_verify: bool = False) -> tuple[int, str]:
     from interp_bench.commands import inspect
 
     capsys.readouterr()
-    rc = inspect.run(argparse.Namespace(dir=str(out), no_verify=no_verify))
+    rc = inspect.run(argparse.Namespace(dir=str(out), no_verify=no_verify, deep=False))
     return rc, capsys.readouterr().out
 
 

@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -52,6 +53,7 @@ def _worker(rank: int, tmp: str, port: int) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.long
 def test_ddp_matches_single_process(tmp_path):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with socket.socket() as sock:

@@ -2,17 +2,11 @@
 
 import json
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmarks import gpu_check
 
 
-def test_gpu_check_runs_on_cpu(tmp_path, monkeypatch, one_thread):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(BENCH))
+def test_gpu_check_runs_on_cpu(tmp_path, monkeypatch):
     out = tmp_path / "gpu_check.json"
     monkeypatch.setattr(
         sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)]

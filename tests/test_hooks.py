@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from activation_cache.hooks import KINDS, capture, resolve_hooks, stop_layer
+from activation_cache.hooks import KINDS, capture, flat, resolve_hooks, stop_layer
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_resolve_names_on_bridge(tiny_bridge):
     "bad, fragment",
     [
         ("L2.resid_post", "out of range"),
-        ("L0.attn_out", "unknown hook"),
+        ("L0.attn_in", "unknown hook"),
         ("resid_post", "unknown hook"),
         ("blocks.0.hook_resid_post", "unknown hook"),
         ("L0.resid_post,L0.resid_post", "twice"),
@@ -84,7 +84,7 @@ def test_capture_equals_run_with_cache(tiny_model, tokens):
     _, cache = tiny_model.run_with_cache(tokens)
     for s in specs:
         assert acts[s.short].shape == (3, 12, 64)
-        torch.testing.assert_close(acts[s.short], cache[s.tl_name], rtol=0, atol=0)
+        torch.testing.assert_close(acts[s.short], flat(cache[s.tl_name]), rtol=0, atol=0)
 
 
 def test_capture_equals_run_with_cache_on_bridge(tiny_bridge, tokens):
@@ -92,7 +92,7 @@ def test_capture_equals_run_with_cache_on_bridge(tiny_bridge, tokens):
     acts = capture(tiny_bridge, tokens, specs)
     _, cache = tiny_bridge.run_with_cache(tokens)
     for s in specs:
-        torch.testing.assert_close(acts[s.short], cache[s.tl_name], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(acts[s.short], flat(cache[s.tl_name]), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("which", ["hooked", "bridge"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +27,14 @@ def _rows(summary: dict) -> dict[str, dict]:
 @pytest.mark.slow
 def test_summary_numbers_are_sensible(small_run):
     out, summary = small_run
-    assert json.loads((out / "summary.json").read_text()) == summary
+    from interp_bench.commands.pipeline import read_summary
+
+    assert read_summary(out) == summary
+    rows = _rows(summary)  # each row says what loads its own dictionary
+    assert "SAE.load_from_disk" in rows["sae"]["loads_with"]
+    assert "only (SAELens 6.54 has no topk_transcoder class)" in rows["transcoder"]["loads_with"]
+    on_disk = json.loads((out / "summary.json").read_text())["dictionaries"]
+    assert all(not Path(r["report"]).is_absolute() for r in on_disk)  # moves with the folder
     assert summary["layer"] == 15  # the middle of SmolLM2's 30 layers
     rows = _rows(summary)
     assert set(rows) == {"sae", "transcoder"}
@@ -53,7 +61,7 @@ def test_artifacts_exist_and_load(small_run):
     from sae_lens import SAE
 
     from interp_bench.analysis.top_examples import load_feature_index
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     out, summary = small_run
     for split in ("train", "eval"):

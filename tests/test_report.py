@@ -9,12 +9,12 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from interp_bench.analysis.density import model_stream
+from activation_cache.streams import model_stream
 from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
 from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
 from interp_bench.cli import main
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary
+from interp_bench.dictionaries import SparseDictionary, save_dictionary
 
 HOOK = "L1.resid_post"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory, tiny_model, tokens):
                       shard_tokens=100, progress=False)  # fmt: skip
     torch.manual_seed(1)
     cfg = DictionaryConfig(d_in=64, d_sae=96, arch="topk", k=6, hook_in=HOOK)
-    SparseDictionary(cfg).save(root / "sae")
+    save_dictionary(SparseDictionary(cfg), root / "sae")
     return root
 
 
@@ -49,7 +49,7 @@ def test_analyze_command_matches_direct_pass(run_dir, tiny_model, tokens, tmp_pa
     assert rc == 0, capsys.readouterr()
     assert "feature index" in capsys.readouterr().out
     cached = load_feature_index(run_dir / "sae" / "analysis")
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     d = load_dictionary(run_dir / "sae")
     direct = analyze(d, model_stream(tiny_model, tokens, [HOOK], batch_seqs=5), tmp_path,
@@ -71,7 +71,7 @@ def test_analyze_bad_input(run_dir, tmp_path, capsys):
                  "--activations", str(tmp_path)]) == 2  # fmt: skip
     assert "interp-bench cache" in capsys.readouterr().err
     other = DictionaryConfig(d_in=64, d_sae=8, arch="topk", k=2, hook_in="L0.resid_post")
-    SparseDictionary(other).save(tmp_path / "other")
+    save_dictionary(SparseDictionary(other), tmp_path / "other")
     assert main(["analyze", "--dictionary", str(tmp_path / "other"), "--activations",
                  str(run_dir / "acts"), "--model", "none"]) == 2  # fmt: skip
     assert "L1.resid_post" in capsys.readouterr().err
@@ -86,7 +86,7 @@ def test_analyze_bad_input(run_dir, tmp_path, capsys):
 def report_html(run_dir, tiny_model, tokens, tmp_path_factory):
     """An index with token strings and logit effects (from the model), and its report."""
     from interp_bench.analysis.report import write_report
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     out = tmp_path_factory.mktemp("index")
     d = load_dictionary(run_dir / "sae")
@@ -121,6 +121,7 @@ def _chromium(args, tmp_path, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.long
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
 def test_report_renders_in_chromium(report_html, tmp_path):
     url = report_html.resolve().as_uri()
@@ -151,3 +152,24 @@ def test_figures_build(report_html):
     rows = feature_card(index, live).data[-1].y  # one heatmap row per top example
     assert len(rows) == len(set(rows)) == min(10, len(index.feature(live)["top"]))
     assert "dead" in density_histogram(index).layout.title.text
+
+
+def test_nearest_latents_by_decoder_cosine(report_html):
+    """Each card lists the latents whose decoder rows are closest to its own, in order."""
+    from interp_bench.analysis.neighbours import nearest_latents
+
+    index = load_feature_index(report_html.parent)
+    W = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+    W[7] = W[3] * 2  # same direction, other norm
+    nb = nearest_latents(W, n=5, chunk=16)
+    assert nb["neighbour_ids"][3, 0] == 7 and nb["neighbour_ids"][7, 0] == 3
+    assert float(nb["neighbour_cos"][3, 0]) == pytest.approx(1.0, abs=1e-3)
+    sims = W @ W.T / (W.norm(dim=1)[:, None] * W.norm(dim=1)[None])
+    sims.fill_diagonal_(-2)
+    assert torch.equal(nb["neighbour_ids"][:, :5].long(), sims.topk(5, dim=1).indices)
+    card = index.feature(0)
+    assert len(card["neighbours"]) == 8 and 0 not in [j for j, _ in card["neighbours"]]
+    cos = [c for _, c in card["neighbours"]]
+    assert cos == sorted(cos, reverse=True)
+    page = report_html.read_text()
+    assert '"nb":[[' in page and "Similar latents (decoder cosine)" in page

@@ -9,14 +9,11 @@ import pytest
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary, load_dictionary
+from interp_bench.dictionaries import SparseDictionary, load_dictionary, save_dictionary
 
 sae_lens = pytest.importorskip("sae_lens")
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu"]
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_dictionary(arch: str, transcoder: bool = False, skip: bool = False):
@@ -37,7 +34,7 @@ def random_dictionary(arch: str, transcoder: bool = False, skip: bool = False):
         for p in m.parameters():
             p.add_(0.2 * torch.randn_like(p))
         if arch == "batchtopk":
-            m.topk_threshold.fill_(0.4)
+            m.act.topk_threshold.fill_(0.4)
     m.fold_scale(0.5, 0.5 if not transcoder else 0.25)
     return m
 
@@ -54,7 +51,7 @@ def same_outputs(a, b_encode, b_forward, x, out_atol=1e-5):
 @pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
 def test_round_trip(tmp_path, arch, kind):
     m = random_dictionary(arch, kind != "sae", kind == "skip_transcoder")
-    m.save(tmp_path, metadata={"note": "hello"})
+    save_dictionary(m, tmp_path, metadata={"note": "hello"})
     r = load_dictionary(tmp_path)
     assert r.cfg == m.cfg and r.folded_scales == m.folded_scales
     for name, t in m.state_dict().items():
@@ -71,7 +68,7 @@ def test_saelens_loads_ours(tmp_path, arch, kind):
     if arch == "topk" and kind != "sae":
         pytest.skip("SAELens 6.54 has no TopK transcoder class; ours only (see round trip)")
     m = random_dictionary(arch, kind != "sae", kind == "skip_transcoder")
-    m.save(tmp_path)
+    save_dictionary(m, tmp_path)
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
     expected = {
         "sae": {"relu": "standard", "topk": "topk"}.get(arch, "jumprelu"),
@@ -132,9 +129,30 @@ def test_we_load_saelens_folders(tmp_path, arch, cfg_kw):
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="cfg.json"):
         load_dictionary(tmp_path)
-    random_dictionary("topk").save(tmp_path)
+    save_dictionary(random_dictionary("topk"), tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     cfg["architecture"] = "gated"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="gated"):
         load_dictionary(tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder"])
+def test_how_to_load_is_true(tmp_path, arch, kind):
+    """The demo's "loads with" line promises SAELens exactly when SAELens loads the folder."""
+    from interp_bench.dictionaries.saelens_format import how_to_load, loads_in_saelens
+
+    m = random_dictionary(arch, kind != "sae", kind == "skip_transcoder")
+    save_dictionary(m, tmp_path)
+    line = how_to_load(m.cfg)
+    assert "load_dictionary(path)" in line
+    try:
+        sae_lens.SAE.load_from_disk(str(tmp_path))
+        loaded = True
+    except (KeyError, ValueError):  # SAELens 6.54: KeyError 'topk_transcoder'
+        loaded = False
+    assert loads_in_saelens(m.cfg) == loaded
+    assert ("SAE.load_from_disk" in line) == loaded
+    if not loaded:
+        assert "only" in line and "has no topk_transcoder class" in line

@@ -8,6 +8,7 @@ import torch
 from analysis_helpers import relu_dictionary
 
 from interp_bench.analysis.splice import format_table, spliced_loss
+from interp_bench.dictionaries import save_dictionary
 
 
 def perfect_sae(d: int, hook: str):
@@ -151,7 +152,7 @@ def test_bad_input_is_a_clear_error(tiny_model, tokens):
 
 def _real(cfg_kwargs: dict, seed: int = 0):
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
     torch.manual_seed(seed)
     return SparseDictionary(DictionaryConfig(**cfg_kwargs)).eval()
@@ -202,7 +203,7 @@ def bridge_setup(tmp_path_factory, gpt2_tokenizer):
     hf.save_pretrained(root / "model")
     gpt2_tokenizer.save_pretrained(root / "model")
     sae = _real({"d_in": 64, "d_sae": 128, "k": 8, "hook_in": "L1.resid_post"}, seed=3)
-    sae.save(root / "sae")
+    save_dictionary(sae, root / "sae")
     text = " ".join(
         f"Line {i} of a small held-out corpus about foxes and dogs." for i in range(400)
     )
@@ -221,7 +222,7 @@ def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
     cmd.add_arguments(parser)
     args = parser.parse_args(
         ["--dictionary", str(root / "sae"), "--model", str(root / "model"), "--corpus",
-         str(root / "corpus.txt"), "--tokens", "128", "--context-len", "32", "--batch-size", "2",
+         str(root / "corpus.txt"), "--tokens", "128", "--context-len", "32", "--batch-size", "64",
          "--out", str(root / "splice.json"), "--device", "cpu"]
     )  # fmt: skip
     assert cmd.run(args) == 0

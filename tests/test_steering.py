@@ -210,7 +210,7 @@ def test_sampled_rows_share_random_numbers(tiny_model, sae):
 
 def test_real_topk_dictionary_clamp_delta(tiny_model):
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary
 
     torch.manual_seed(0)
     d = SparseDictionary(DictionaryConfig(d_in=64, d_sae=128, k=16, hook_in="L1.resid_pre")).eval()
@@ -227,6 +227,7 @@ def test_real_topk_dictionary_clamp_delta(tiny_model):
     torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.long
 def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
     """End to end through `TransformerBridge`: generations, effects, JSON and HTML written."""
     import argparse
@@ -235,15 +236,16 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
 
     from interp_bench.commands import steer as cmd
     from interp_bench.config import DictionaryConfig
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+    from interp_bench.dictionaries import SparseDictionary, save_dictionary
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128)).save_pretrained(
         tmp_path / "model"
     )
     gpt2_tokenizer.save_pretrained(tmp_path / "model")
-    SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, hook_in="L0.resid_post")).save(
-        tmp_path / "sae"
+    save_dictionary(
+        SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, hook_in="L0.resid_post")),
+        tmp_path / "sae",
     )
     (tmp_path / "c.txt").write_text(
         " ".join(f"Neutral sentence {i} about weather." for i in range(300))
@@ -258,7 +260,7 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
     assert cmd.run(parser.parse_args(argv)) == 0
     out = capsys.readouterr().out
     assert "greedy" in out and "sampled" in out
-    result = json.loads((tmp_path / "steer.json").read_text())
+    result = json.loads((tmp_path / "steer" / "steer_latent3.json").read_text())
     assert [(r["mode"], r["value"]) for r in result["rows"]] == [
         ("add", 0),
         ("add", 40),
@@ -269,6 +271,6 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
         0, abs=1e-7
     )
     assert strong["neutral_kl"] > 0 and strong["target_logprob_change"] != 0
-    assert (tmp_path / "steer.html").stat().st_size > 1000
+    assert (tmp_path / "steer" / "steer_latent3.html").stat().st_size > 1000
     with pytest.raises(ValueError, match="out of range"):
         cmd.run(parser.parse_args([*argv[:3], "999", *argv[4:]]))

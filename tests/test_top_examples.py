@@ -6,7 +6,7 @@ import pytest
 import torch
 from analysis_helpers import batches, planted_stream, stand_in_dictionary
 
-from interp_bench.analysis.density import model_stream
+from activation_cache.streams import model_stream
 from interp_bench.analysis.top_examples import (
     AnalysisConfig,
     analyze,

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from activation_cache import models
-from activation_cache.shards import read_manifest, verify
+from activation_cache.shards import cache_tag, read_manifest, shard_name, temp_name, verify
 from interp_bench import cli
 
 TESTS = Path(__file__).parent
@@ -191,14 +191,14 @@ PER_RANK = 32
 
 @pytest.mark.parametrize("spread", ["data", "dicts"])
 def test_training_equals_one_process_on_the_same_global_batches(
-    one_process_cache, tmp_path, spread, one_thread
+    one_process_cache, tmp_path, spread
 ):
     """`data`: both dictionaries on both ranks, gradients all-reduced. `dicts`: one dictionary
     per rank, trained on gathered batches. Either way each saved dictionary equals one process
     trained on the same global batches."""
     from activation_cache.reader import ActivationReader, hook_stats
     from interp_bench.config import DictionaryConfig, TrainConfig
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
     from interp_bench.training.trainer import Trainer
 
     _, cache = one_process_cache
@@ -252,7 +252,7 @@ def test_training_rank_that_raises_stops_the_other_naming_it(one_process_cache, 
     assert "(rank 1 of 2): error: injected failure at step 4" in out1, out1[-3000:]
 
 
-def test_one_process_finishes_what_killed_ranks_left(tiny_model, tmp_path, one_thread):
+def test_one_process_finishes_what_killed_ranks_left(tiny_model, tmp_path):
     """No torchrun: a folder as a killed 2-rank run leaves it (rank 1 finished shards 1 and 3,
     a temp file half written) is finished by one process, reusing those shards untouched."""
     import shutil
@@ -268,8 +268,9 @@ def test_one_process_finishes_what_killed_ranks_left(tiny_model, tmp_path, one_t
     kept = [ref.shards[1], ref.shards[3]]
     for s in kept:
         shutil.copy2(tmp_path / "ref" / s.file, out / s.file)
-    (out / "shard_00005.safetensors.tmp").write_bytes(b"half")
     left = read_manifest(tmp_path / "ref")
+    half = out / temp_name(shard_name(5), cache_tag(left.config))  # a rank's, cut short
+    half.write_bytes(b"half")
     left.shards, left.complete = kept, False
     (out / "rank_00001.json").write_text(left.to_json())
     before = {s.file: (out / s.file).stat().st_mtime_ns for s in kept}
@@ -277,3 +278,39 @@ def test_one_process_finishes_what_killed_ranks_left(tiny_model, tmp_path, one_t
     cache_activations(tiny_model, tokens, HOOKS, out, **kw)
     assert_same_cache(out, tmp_path / "ref")
     assert {f: (out / f).stat().st_mtime_ns for f in before} == before
+    assert not half.exists() and not list(out.glob("rank_*"))
+
+
+def test_leftovers_path_keeps_the_integrity_scheme(gpt2_tokenizer, tmp_path):
+    """No torchrun: finishing a multi-process run's leftovers removes only files carrying this
+    cache's tag, refuses a foreign file (untouched), fails at once on a locked folder, and stores
+    each hook at its own width (`z` is n_heads * d_head wide, not d_model)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from activation_cache.cache import cache_activations, locked
+
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=32, n_heads=2, d_head=8, d_mlp=64, n_ctx=64,
+        d_vocab=len(gpt2_tokenizer), act_fn="gelu_new", normalization_type="LNPre", seed=0,
+        device="cpu",
+    )  # fmt: skip
+    model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer).eval()  # z: 2 x 8 = 16 wide
+    tokens = torch.randint(0, 50000, (6, CTX), generator=torch.Generator().manual_seed(0))
+    hooks, kw = "L0.resid_post,L0.z", dict(dtype="float32", batch_size=2, shard_tokens=SHARD)
+    cache_activations(model, tokens, hooks, tmp_path / "ref", progress=False, **kw)
+    out = tmp_path / "acts"
+    out.mkdir()
+    left = read_manifest(tmp_path / "ref")
+    left.shards, left.complete = [], False
+    (out / "rank_00001.json").write_text(left.to_json())
+    foreign = out / "shard_00002.safetensors.tmp"  # no tag: not ours
+    foreign.write_bytes(b"someone else's")
+    with pytest.raises(ValueError, match="holds no cache manifest"):
+        cache_activations(model, tokens, hooks, out, progress=False, **kw)
+    assert foreign.read_bytes() == b"someone else's"
+    foreign.unlink()
+    with locked(out), pytest.raises(ValueError, match="being written by another process"):
+        cache_activations(model, tokens, hooks, out, progress=False, **kw)
+    cache_activations(model, tokens, hooks, out, progress=False, **kw)
+    assert_same_cache(out, tmp_path / "ref")
+    assert [h["d"] for h in read_manifest(out).hooks] == [32, 16]

@@ -123,7 +123,7 @@ def test_fvu_drops_on_planted_data(cfg, tmp_path):
 
 def test_saved_dictionary_acts_on_raw_activations(tmp_path):
     """Folding the input scale into the weights gives the same reconstruction on raw inputs."""
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.dictionaries import load_dictionary
 
     data = planted(10)
     t = Trainer([topk_cfg()], tcfg(tokens=128 * 10), out_dir=tmp_path)
@@ -205,7 +205,8 @@ def test_nan_in_data_stops_and_keeps_last_checkpoint(tmp_path):
     data = planted(10)
     data[6][HOOK][3, 2] = float("nan")  # step 7 sees it
     t = Trainer([topk_cfg()], tcfg(tokens=128 * 10, checkpoint_every=3), out_dir=tmp_path)
-    with pytest.raises(TrainingDiverged, match=r"step 7.*checkpoint \(step 6\).*learning rate"):
+    bad_input = r"step 7.*NaN.*rows 3;.*checkpoint \(step 6\).*at fault"
+    with pytest.raises(TrainingDiverged, match=bad_input):
         t.fit(data)
     run = tmp_path / t.names[0]
     assert ckpt.steps(run / "checkpoint") == [6]
@@ -260,9 +261,9 @@ def test_dead_latents_are_counted_and_passed_to_loss():
     seen = []
     orig = t.dicts[0].loss
 
-    def spy(x, target=None, *, dead_mask=None, sparsity_scale=1.0):
+    def spy(x, target=None, *, dead_mask=None, warmup=1.0):
         seen.append(dead_mask.clone())
-        return orig(x, target, dead_mask=dead_mask, sparsity_scale=sparsity_scale)
+        return orig(x, target, dead_mask=dead_mask, warmup=warmup)
 
     t.dicts[0].loss = spy
     for b in data[:5]:
@@ -333,7 +334,7 @@ def test_missing_hook_and_empty_source_errors():
     with pytest.raises(ValueError, match="yielded no batches"):
         Trainer([topk_cfg()], tcfg()).fit([])
     one_shot = Trainer([topk_cfg()], tcfg(tokens=128 * 6))
-    with pytest.warns(UserWarning, match="ran dry after 3 of 6 steps"):
+    with pytest.warns(UserWarning, match="ran dry after 384 of 768 tokens"):
         one_shot.fit(iter(planted(3)))
     assert one_shot.step_idx == 3
 
@@ -419,7 +420,7 @@ def test_cli_train_sweep_resume_transcoder_and_errors(tmp_path, capsys):
         cfg = json.loads((out / n / "cfg.json").read_text())
         assert cfg["d_sae"] == 64
         rows = read_metrics(out / n / "metrics.jsonl")
-        assert rows[-1]["step"] == 3000 // 128
+        assert rows[-1]["step"] == math.ceil(3000 / 128)  # the step crossing the budget is last
         ev = json.loads((out / n / "eval.json").read_text())
         assert ev["fvu"] < 0.7 and 0 < ev["l0"] <= int(n[-1]) and n in text
     # The same command again finds the finished checkpoint and takes no more steps.
@@ -445,7 +446,7 @@ def test_cli_train_sweep_resume_transcoder_and_errors(tmp_path, capsys):
         cli_train([*common, "--hook", "L5.resid_post"])
     with pytest.raises(FileNotFoundError, match="interp-bench cache"):
         cli_train(["--activations", str(tmp_path / "nope"), "--out", str(out), "--hook", HOOK])
-    with pytest.raises(ValueError, match="--k 999"):
+    with pytest.raises(ValueError, match="k must be in 1..d_sae=16, got 999"):
         cli_train([*common, "--hook", HOOK, "--k", "999", "--expansion", "1"])
     with pytest.raises(ValueError, match="both --hook-in and --hook-out"):
         cli_train([*common, "--hook-in", HOOK])
@@ -453,12 +454,88 @@ def test_cli_train_sweep_resume_transcoder_and_errors(tmp_path, capsys):
         cli_train([*common, "--hook", HOOK, "--batch-size", "1M"])
     with pytest.raises(ValueError, match="different lr.*--no-resume"):
         cli_train([*common, *sweep, "--lr", "5e-3"])
+    with pytest.raises(ValueError, match="--l1-coefficient sweep does not apply to --arch topk"):
+        cli_train([*common, "--hook", HOOK, "--l1", "1,2"])
+    with pytest.raises(ValueError, match="dead_tokens must be positive"):
+        cli_train([*common, "--hook", HOOK, "--dead-tokens", "0"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        cli_train([*common[:2], "--out", str(tmp_path / "file"), "--hook", HOOK])
+    for bad in (["--tokens", "inf"], ["--tokens", "-5"], ["--lr", "nan"]):
+        with pytest.raises(SystemExit):  # argparse: one usage line, exit 2
+            cli_train([*common, "--hook", HOOK, *bad])
+    assert "not a count" in capsys.readouterr().err
+
+
+def test_train_flags_come_from_the_config_fields():
+    """Every DictionaryConfig / TrainConfig field a user sets has a flag whose help is the
+    field's docstring, and whose default is the field's."""
+    import argparse
+
+    from interp_bench.commands import train as cmd
+    from interp_bench.commands.config_args import field_docs
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    helps = {a.dest: a for a in parser._actions}
+    for cls in (DictionaryConfig, TrainConfig):
+        for name, doc in field_docs(cls).items():
+            if name in cmd._FROM_CACHE or name in ("extra", "d_sae"):
+                continue
+            assert helps[name].help.startswith(doc[:40]), name
+    assert helps["adam_beta2"].default == TrainConfig.adam_beta2
+    assert helps["warmup_steps"].default is None and "5%" in helps["warmup_steps"].help
 
 
 def test_parse_count():
+    import argparse
+
     from interp_bench.commands.counts import parse_count
 
     assert parse_count("50M") == 50_000_000
     assert parse_count("1k") == 1000
     assert parse_count("2.5B") == 2_500_000_000
     assert parse_count("4096") == 4096
+    for bad in ("inf", "-5", "nan", "1e400", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a count"):
+            parse_count(bad)
+
+
+def test_trainer_stops_on_tokens_whatever_the_batch_size():
+    """The reader's batches, not TrainConfig.batch_size, decide how many steps a budget buys."""
+    t = Trainer([topk_cfg()], tcfg(batch_size=128, tokens=640))
+    t.fit([{HOOK: b[HOOK][:64]} for b in planted(20)])
+    assert t.tokens_seen == 640 and t.step_idx == 10
+    assert t.schedule.total_steps == 10
+
+
+def test_schedule_scales_with_the_run():
+    short = TrainConfig(tokens=400_000, batch_size=4096).schedule()
+    assert short.total_steps == 98 and short.warmup_steps == 4
+    assert short.sparsity_warmup_steps == 4 and short.dead_tokens == 40_000
+    long = TrainConfig(tokens=10**9, batch_size=4096).schedule()
+    assert (long.warmup_steps, long.sparsity_warmup_steps, long.dead_tokens) == (
+        100,
+        1000,
+        10_000_000,
+    )
+    pinned = TrainConfig(tokens=10**6, warmup_steps=7, dead_tokens=5).schedule(step_tokens=1000)
+    assert (pinned.total_steps, pinned.warmup_steps, pinned.dead_tokens) == (1000, 7, 5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tokens": 0},
+        {"tokens": -5},
+        {"batch_size": 0},
+        {"lr": -1.0},
+        {"lr": float("nan")},
+        {"dead_tokens": 0},
+        {"checkpoint_every": -1},
+        {"lr_decay": "step"},
+    ],
+)
+def test_train_config_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 
 # Per-latent activation histograms use fixed log10-spaced bins so they can be accumulated in one
 # pass without knowing each latent's range in advance: 8 bins per decade from 1e-4 to 1e4.
@@ -68,7 +69,9 @@ class DensityStats:
         return self.hist.view(self.d_sae, HIST_BINS)
 
 
-def density_summary(density: Tensor, n_tokens: int, dense_threshold: float = 0.1) -> dict:
+def density_summary(
+    density: Tensor, n_tokens: int, dense_threshold: float = DENSE_FRACTION
+) -> dict:
     """Counts of dead and dense latents and a log10-density histogram of the live ones."""
     alive = density > 0
     log_d = density[alive].double().log10()
@@ -105,44 +108,3 @@ def whole_sequences(batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str, 
         carry = {k: v[cut:] for k, v in batch.items()}
     if carry is not None and carry["seq"].numel():
         yield carry
-
-
-def cache_stream(
-    cache: str | Path, hooks: list[str], batch_tokens: int = 4096
-) -> Iterator[dict[str, Tensor]]:
-    """Read cached shards in stored order (no shuffle, BOS kept) with token positions."""
-    from activation_cache.reader import ActivationReader
-
-    cache = Path(cache)
-    if not (cache / "manifest.json").exists():
-        raise FileNotFoundError(
-            f"no activation cache at {cache} (manifest.json missing); "
-            "run `interp-bench cache` first"
-        )
-    reader = ActivationReader(
-        cache, hooks, batch_tokens, seed=0, shuffle=False, skip_bos=False, with_positions=True
-    )
-    yield from reader
-
-
-def model_stream(
-    model, tokens: Tensor, hooks: list[str], batch_seqs: int = 8
-) -> Iterator[dict[str, Tensor]]:
-    """Run the model over token sequences `[n_seq, ctx]` and yield the hooks' activations."""
-    from activation_cache.hooks import capture, resolve_hooks
-
-    if tokens.ndim != 2 or tokens.numel() == 0:
-        raise ValueError(
-            f"expected a non-empty [n_seq, ctx] token tensor, got {tuple(tokens.shape)}"
-        )
-    specs = resolve_hooks(model, hooks)
-    n_seq, ctx = tokens.shape
-    for start in range(0, n_seq, batch_seqs):
-        batch = tokens[start : start + batch_seqs]
-        acts = capture(model, batch, specs)
-        b = batch.shape[0]
-        out = {name: t.reshape(b * ctx, -1).float().cpu() for name, t in acts.items()}
-        out["tokens"] = batch.reshape(-1).to(torch.int32).cpu()
-        out["seq"] = torch.arange(start, start + b).repeat_interleave(ctx)
-        out["pos"] = torch.arange(ctx, dtype=torch.int32).repeat(b)
-        yield out

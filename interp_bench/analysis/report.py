@@ -1,18 +1,20 @@
 """A self-contained HTML feature browser over a feature index: one file, opens from disk.
 
 Data, CSS and JS are inline and the charts are plain SVG, so the page needs no network and no
-plotly.js. The data is embedded as JSON in a `<script type="application/json">` block (with `</`
-escaped) and the page builds the feature list with DOM calls (`textContent`, so token strings
-cannot inject markup). Each latent carries its top examples and a few quantile examples with the
-activation on every context token, its log-binned activation histogram and promoted/suppressed
-tokens; sorting, paging and search (latent id, or a token its top examples fire on) run in the
-page.
+plotly.js. The data is embedded as JSON in a `<script type="application/json">` block, with
+`<`, `>`, `&`, U+2028 and U+2029 written as JSON `\\uXXXX` escapes so that no token string can
+close the block or open a comment in it; the page builds the feature list with DOM calls
+(`textContent`, so token strings cannot inject markup). Each latent carries its top examples and
+a few quantile examples with the activation on every context token, its log-binned activation
+histogram and promoted/suppressed tokens; sorting, paging and search (latent id, or a token its
+top examples fire on) run in the page.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -33,7 +35,8 @@ def _examples(a: dict, prefix: str, sl: tuple, max_act: Tensor) -> list:
     report over 10k latents builds in seconds.
     """
     acts = a[f"{prefix}_acts"][sl].reshape(max_act.numel(), -1)
-    toks = a[f"{prefix}_tokens"][sl].reshape(max_act.numel(), acts.shape[1], -1)
+    width = a[f"{prefix}_tokens"].shape[-1]
+    toks = a[f"{prefix}_tokens"][sl].reshape(max_act.numel(), acts.shape[1], width)
     ctx = a[f"{prefix}_ctx_acts"][sl].float().reshape(toks.shape)
     idx = a[f"{prefix}_index"][sl].reshape(acts.shape)
     scale = torch.where(max_act > 0, 100.0 / max_act.clamp(min=1e-12), 0.0)
@@ -80,6 +83,9 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
                 vals = a[f"logit_{key}_vals"][i].tolist()
                 rec[name] = [[t, _r(v)] for t, v in zip(ids, vals, strict=True)]
                 used.update(ids)
+        if "neighbour_ids" in a:  # nearest latents by decoder cosine
+            pairs = zip(a["neighbour_ids"][i].tolist(), a["neighbour_cos"][i].tolist(), strict=True)
+            rec["nb"] = [[j, _r(c)] for j, c in pairs]
         feats.append(rec)
     r = index.recon
     recon = {k: r.get(k) for k in ("n_tokens", "mean_rel_err", "nmse", "rel_err_quantiles")}
@@ -106,16 +112,44 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
     }
 
 
+# Characters that could end a <script> block or start `<!--` parsing inside it, as JSON escapes.
+_SCRIPT_SAFE = str.maketrans({c: f"\\u{ord(c):04x}" for c in ("<", ">", "&", "\u2028", "\u2029")})
+_MARK = "<title>interp-bench feature browser</title>"  # how we recognise our own page
+
+
+def script_json(obj) -> str:
+    """JSON that is inert inside an HTML <script> element (JSON.parse reads it unchanged)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse a folder, or an existing file that is not a report we wrote."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'report.html'}")
+    if out.exists():
+        with open(out, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+        if _MARK not in head:
+            raise ValueError(
+                f"{out} exists and is not an interp-bench report; "
+                "pick another --out (the file was not changed)"
+            )
+
+
 def write_report(index_dir: str | Path, out: str | Path | None = None, **kw) -> Path:
     """Write `report.html` (default: inside the index directory) and return its path."""
     index = load_feature_index(index_dir)
     out = Path(out) if out else index.path / "report.html"
-    data = json.dumps(report_data(index, **kw), separators=(",", ":"), allow_nan=False)
-    data = data.replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    page = TEMPLATE.replace("__DATA__", data)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    _check_replaceable(out)
+    if not out.parent.is_dir():
+        raise ValueError(f"folder {out.parent} does not exist; create it or pick another --out")
+    page = TEMPLATE.replace("__DATA__", script_json(report_data(index, **kw)))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # only after a failure: the temp is this process's own
     return out
 
 
@@ -262,6 +296,20 @@ function card(f) {
     };
     logits("Promoted tokens", f.p, "pos");
     logits("Suppressed tokens", f.s, "neg");
+  }
+  if (f.nb && f.nb.length) {
+    side.appendChild(el("div", "q", "Similar latents (decoder cosine)"));
+    f.nb.forEach(([j, cs]) => {
+      const r = el("div", "logit nb");
+      const a = el("a", null, "#" + j);
+      a.href = "#q=" + j;
+      a.addEventListener("click", (ev) => {
+        ev.preventDefault(); $("q").value = String(j); update();
+      });
+      r.appendChild(a);
+      r.appendChild(el("span", null, fmt(cs)));
+      side.appendChild(r);
+    });
   }
   cols.appendChild(main); cols.appendChild(side); c.appendChild(cols);
   return c;

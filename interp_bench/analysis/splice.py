@@ -19,13 +19,14 @@ prediction is left out of the statistics.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
-from activation_cache.hooks import HookSpec, resolve_hooks
+from activation_cache.hooks import HookSpec, flat, like, resolve_hooks
+from interp_bench.dictionaries.evaluate import QualityMeter
 
 
 def hook_point(model, short: str) -> HookSpec:
@@ -110,35 +111,6 @@ def _variant(model, ref: _Reference, point: HookSpec, value: Tensor) -> Tensor:
     return model.run_with_hooks(ref.batch, fwd_hooks=fwd)
 
 
-@dataclass
-class _ReconStats:
-    """L0 and fraction of variance unexplained on the non-BOS positions that get spliced."""
-
-    active: float = 0.0
-    sq_err: float = 0.0
-    sq_sum: float = 0.0
-    sum: Tensor | None = None
-    n: int = 0
-
-    def add(self, d, x_in: Tensor, x_out: Tensor, recon: Tensor) -> None:
-        f = d.encode(x_in[:, 1:].to(d.W_dec.dtype))
-        self.active += float((f != 0).sum())
-        x = x_out[:, 1:].double().reshape(-1, x_out.shape[-1])
-        self.sq_err += float((x - recon[:, 1:].double().reshape(x.shape)).pow(2).sum())
-        self.sq_sum += float(x.pow(2).sum())
-        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
-        self.n += x.shape[0]
-
-    @property
-    def l0(self) -> float:
-        return self.active / self.n
-
-    @property
-    def fvu(self) -> float:
-        total = self.sq_sum - float(self.sum.pow(2).sum()) / self.n
-        return self.sq_err / total if total > 0 else float("nan")
-
-
 def _reconstruct(d, x: Tensor) -> Tensor:
     """The dictionary's output for raw activations `x`, in the dictionary's dtype."""
     return d.forward(x.to(d.W_dec.dtype))
@@ -168,13 +140,15 @@ def _check_dims(model, name: str, d, x_in: Tensor, x_out: Tensor) -> None:
 
 
 @torch.inference_mode()
-def ablation_means(model, tokens: Tensor, shorts: Sequence[str], batch_size: int = 8) -> dict:
+def ablation_means(
+    model, tokens: Tensor, shorts: Sequence[str], batch_size: int = 8, progress: bool = False
+) -> dict:
     """Mean activation over all non-BOS positions at each hook: a cheap pass up to the last hook."""
     points = [hook_point(model, s) for s in shorts]
     stop = max(p.layer for p in points) + 1
     sums = {p.short: None for p in points}
     count = 0
-    for start in range(0, len(tokens), batch_size):
+    for start in _token_bar(tokens, batch_size, progress, "splice: ablation means"):
         batch = tokens[start : start + batch_size].to(_device(model))
         store = {}
         hooks = [(p.tl_name, _store(store, p.short)) for p in points]
@@ -186,16 +160,32 @@ def ablation_means(model, tokens: Tensor, shorts: Sequence[str], batch_size: int
     return {short: (s / count).float() for short, s in sums.items()}
 
 
+def _token_bar(tokens: Tensor, batch_size: int, progress: bool, desc: str) -> Iterator[int]:
+    """Batch start rows; with `progress`, a tqdm bar that counts tokens (a bar counting batches
+    sits at 0/1 for minutes on a small run) and gives its ETA."""
+    starts = range(0, len(tokens), batch_size)
+    if not progress:
+        yield from starts
+        return
+    from tqdm.auto import tqdm
+
+    total = tokens.numel()
+    with tqdm(total=total, desc=desc, unit="tok", unit_scale=total >= 10_000) as bar:
+        for start in starts:
+            yield start
+            bar.update(tokens[start : start + batch_size].numel())
+
+
 def _store(store: dict, key: str):
     def fn(act, hook):
-        store[key] = act.detach()
+        store[key] = flat(act.detach())
 
     return fn
 
 
 def _replace(value: Tensor):
     def fn(act, hook):
-        return value.to(act.dtype)
+        return like(value, act)
 
     return fn
 
@@ -244,7 +234,7 @@ def spliced_loss(
     points = {p.short: p for _, _, p_in, p_out in plan for p in (p_in, p_out)}
     splice_points = {p_out.short: p_out for *_, p_out in plan}
     if means is None:
-        means = ablation_means(model, tokens, list(splice_points), batch_size)
+        means = ablation_means(model, tokens, list(splice_points), batch_size, progress)
     missing = set(splice_points) - set(means)
     if missing:
         raise ValueError(f"means lack hooks {sorted(missing)}: compute them on the same model")
@@ -252,22 +242,18 @@ def spliced_loss(
     clean = _Stats()
     per_dict = {name: {"spliced": _Stats(), "error_added": _Stats()} for name, *_ in plan}
     per_hook = {short: {"zero": _Stats(), "mean": _Stats()} for short in splice_points}
-    recon_stats = {name: _ReconStats() for name, *_ in plan}
+    recon_stats = {name: QualityMeter(d) for name, d, *_ in plan}
     n_pred = 0
     t0 = time.perf_counter()
 
-    batches = range(0, len(tokens), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        batches = tqdm(batches, desc="splice", unit="batch")
-    for start in batches:
+    for start in _token_bar(tokens, batch_size, progress, "splice: clean, ablated, spliced"):
         batch = tokens[start : start + batch_size].to(_device(model))
         store: dict[str, Tensor] = {}
         hooks = [(p.tl_name, _store(store, short)) for short, p in points.items()]
         resume = {p.layer for *_, p in plan} if share_prefix else set()
         hooks += [
-            (f"blocks.{layer}.hook_resid_pre", _store(store, f"resid@{layer}")) for layer in resume
+            (hook_point(model, f"L{layer}.resid_pre").tl_name, _store(store, f"resid@{layer}"))
+            for layer in resume
         ]
         logits = model.run_with_hooks(batch, fwd_hooks=hooks)
         ref = _Reference(batch, store, share_prefix, logits)
@@ -281,13 +267,14 @@ def spliced_loss(
             x_in, x_out = store[p_in.short], store[p_out.short]
             _check_dims(model, name, d, x_in, x_out)
             recon = _reconstruct(d, x_in).to(x_out.dtype)
-            recon_stats[name].add(d, x_in, x_out, recon)
+            recon_stats[name].add(x_in[:, 1:], x_out[:, 1:], recon[:, 1:])  # BOS is never spliced
             per_dict[name]["spliced"].add(_variant(model, ref, p_out, recon), ref)
             if error_added:
                 exact = recon + (x_out - recon)
                 per_dict[name]["error_added"].add(_variant(model, ref, p_out, exact), ref)
 
     seconds = time.perf_counter() - t0
+    quality = {name: meter.result() for name, meter in recon_stats.items()}
     ce_clean = clean.ce / n_pred
     results = []
     for name, d, _, p_out in plan:
@@ -312,8 +299,8 @@ def spliced_loss(
                 kl_zero=zero.kl / n_pred,
                 kl_mean=mean.kl / n_pred,
                 kl_error_added=exact.kl / n_pred if error_added else None,
-                l0=recon_stats[name].l0,
-                fvu=recon_stats[name].fvu,
+                l0=quality[name].l0,
+                fvu=quality[name].fvu,
                 extra={"seconds": seconds, "share_prefix": share_prefix},
             )
         )

@@ -18,13 +18,13 @@ and the KL divergence and cross-entropy change on neutral text (side effects).
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
-from activation_cache.hooks import capture
+from activation_cache.hooks import capture, flat
 from interp_bench.analysis.splice import hook_point
 
 MODES = ("add", "clamp")
@@ -88,9 +88,10 @@ def steering_hooks(
         return m.to(w_dec.device)
 
     def capture(act, hook):
-        captured["x"] = act
+        captured["x"] = flat(act)
 
-    def steer(act, hook):
+    def steer(act4, hook):
+        act = flat(act4)  # per-head `z` is steered in its flattened n_heads * d_head space
         rows, seq_len = act.shape[:2]
         if len(steers) not in (1, rows):
             raise ValueError(f"{len(steers)} steers for a batch of {rows} rows: give one per row")
@@ -103,12 +104,22 @@ def steering_hooks(
             amount = torch.where(clamp[:, None], target[:, None] - f_i, amount)
         amount = amount * mask(seq_len)
         delta = amount[..., None] * w_dec[latents][:, None, :]
-        return act + delta.to(act.dtype)
+        return (act + delta.to(act.dtype)).view_as(act4)
 
     hooks = [(p_out.tl_name, steer)]
     if p_in is not p_out:
         hooks.insert(0, (p_in.tl_name, capture))
     return hooks
+
+
+def check_positions(positions: Sequence[int] | None, prompt_len: int) -> None:
+    """Positions outside the prompt would steer nothing on the prompt and go unnoticed."""
+    bad = [p for p in positions or () if not 0 <= p < prompt_len]
+    if bad:
+        raise ValueError(
+            f"--positions {bad[0]} is outside the prompt, which has {prompt_len} tokens "
+            f"(BOS included): give positions 0..{prompt_len - 1}"
+        )
 
 
 def _tokens(model, text: str, prepend_bos: bool) -> Tensor:
@@ -133,10 +144,12 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
+    on_token: Callable[[int], object] | None = None,
 ) -> Tensor:
     """Tokens `[n_rows, prompt + max_new_tokens]`: greedy at temperature 0, else sampled under
     `seed` (common random numbers across rows, so steered rows differ from the clean row only
-    through the steering). No KV cache, so hooks see every absolute position at every step."""
+    through the steering). No KV cache, so hooks see every absolute position at every step.
+    `on_token(1)` is called after each generated position (a progress bar's `update`)."""
     tokens = _tokens(model, prompt, True) if isinstance(prompt, str) else prompt
     tokens = tokens.to(next(model.parameters()).device).expand(n_rows, -1).clone()
     gen = torch.Generator(device=tokens.device).manual_seed(seed)
@@ -155,6 +168,8 @@ def generate(
             gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
             nxt = (logits + gumbel).argmax(-1, keepdim=True)
         tokens = torch.cat([tokens, nxt], dim=1)
+        if on_token is not None:
+            on_token(1)
     return tokens
 
 
@@ -171,9 +186,15 @@ def target_logprob(model, prompt: str, target: str, *, hooks: Sequence = (), n_r
 
 @torch.inference_mode()
 def neutral_effects(
-    model, tokens: Tensor, *, hooks: Sequence = (), batch_size: int = 8
+    model,
+    tokens: Tensor,
+    *,
+    hooks: Sequence = (),
+    batch_size: int = 8,
+    on_tokens: Callable[[int], object] | None = None,
 ) -> tuple[float, float, float]:
-    """(KL(clean || steered), CE clean, CE steered), mean per predicted non-BOS token."""
+    """(KL(clean || steered), CE clean, CE steered), mean per predicted non-BOS token.
+    `on_tokens(n)` is called after each batch of n tokens (a progress bar's `update`)."""
     kl = ce_clean = ce_steer = 0.0
     n = 0
     for start in range(0, len(tokens), batch_size):
@@ -187,6 +208,8 @@ def neutral_effects(
         ce_clean -= float(clean.gather(-1, targets).sum())
         ce_steer -= float(steered.gather(-1, targets).sum())
         n += targets.numel()
+        if on_tokens is not None:
+            on_tokens(batch.numel())
     return kl / n, ce_clean / n, ce_steer / n
 
 
@@ -257,10 +280,12 @@ def sweep(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> SweepResult:
     """Add (and/or clamp) one latent at each value; generations, target log-prob, side effects.
 
     The clean model is row 0 of every batch, so clean and steered outputs come from one loop.
+    `progress`: tqdm bars counting generated positions and neutral tokens, with their ETA.
     """
     _check_latent(dictionary, latent)
     pos = tuple(positions) if positions is not None else None
@@ -269,6 +294,7 @@ def sweep(
     if not steers:
         raise ValueError("nothing to sweep: give --coefficients and/or --clamp values")
     p_tokens = _tokens(model, prompt, True)
+    check_positions(pos, p_tokens.shape[1])
     rows: list[Steer | None] = [None, *steers]
     hooks = steering_hooks(model, dictionary, rows, skip_first=_starts_with_bos(model, p_tokens))
     n = len(rows)
@@ -276,7 +302,13 @@ def sweep(
     def texts(tokens: Tensor) -> list[str]:
         return [model.to_string(t[p_tokens.shape[1] :]) for t in tokens]
 
-    greedy = texts(generate(model, p_tokens, hooks=hooks, n_rows=n, max_new_tokens=max_new_tokens))
+    gen_bar = _bar(progress, 2 * max_new_tokens, f"steer: generate {n} rows", "tok")
+    tick = gen_bar.update if gen_bar is not None else None
+    greedy = texts(
+        generate(
+            model, p_tokens, hooks=hooks, n_rows=n, max_new_tokens=max_new_tokens, on_token=tick
+        )
+    )
     sampled = texts(
         generate(
             model,
@@ -287,17 +319,29 @@ def sweep(
             temperature=temperature,
             top_k=top_k,
             seed=seed,
+            on_token=tick,
         )
     )
+    if gen_bar is not None:
+        gen_bar.close()
     logp = None
     if target:
         logp = target_logprob(model, prompt, target, hooks=hooks, n_rows=n).tolist()
     effects: list[tuple[float, float, float] | None] = [None] * n
     if neutral_tokens is not None:
         skip = _starts_with_bos(model, neutral_tokens)
+        total = len(steers) * neutral_tokens.numel()
+        side_bar = _bar(progress, total, "steer: side effects on neutral text", "tok")
         for r, s in enumerate(steers, start=1):
             row_hooks = steering_hooks(model, dictionary, [s], skip_first=skip)
-            effects[r] = neutral_effects(model, neutral_tokens, hooks=row_hooks)
+            effects[r] = neutral_effects(
+                model,
+                neutral_tokens,
+                hooks=row_hooks,
+                on_tokens=side_bar.update if side_bar is not None else None,
+            )
+        if side_bar is not None:
+            side_bar.close()
     clean_ce = effects[1][1] if effects[1] is not None else None
 
     result = SweepResult(
@@ -329,6 +373,14 @@ def sweep(
             )
         )
     return result
+
+
+def _bar(progress: bool, total: int, desc: str, unit: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=total >= 10_000)
 
 
 def format_sweep(result: SweepResult) -> str:

@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable
@@ -33,10 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from activation_cache.paths import save_tensors
 from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
+from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
 FORMAT_VERSION = 1
@@ -275,6 +280,7 @@ def analyze(
     # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
     arrays |= _examples("top", *top.sorted(), tokens, seq_all, cfg.window)
     arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
+    arrays |= nearest_latents(dictionary.W_dec)
 
     logits_note = None
     if model is not None and _output_kind(dcfg) in RESIDUAL_KINDS:
@@ -390,16 +396,62 @@ def _token_str(tokenizer, i: int) -> str:
         return f"<{i}>"
 
 
+INDEX_FILES = frozenset(
+    ("index.json", "features.safetensors", "stream.safetensors", "recon.json", "vocab.json")
+)
+OWN_EXTRAS = frozenset(("report.html",))  # written into an index folder by `report`
+
+
+def _is_our_index(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"format_version", "analysis", "density"} <= set(meta)
+
+
+def check_index_out(out: Path) -> None:
+    """`out` may be written: absent, empty, or a feature index we wrote (only our files)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pick a folder for the feature index")
+    names = {p.name for p in out.iterdir()}
+    if names and not (_is_our_index(out) and names <= INDEX_FILES | OWN_EXTRAS):
+        other = sorted(names - INDEX_FILES - OWN_EXTRAS) or sorted(names)
+        raise ValueError(
+            f"{out} is not empty and is not a feature index we wrote ({', '.join(other[:3])}); "
+            "pick an empty or new --out (nothing was changed)"
+        )
+
+
+def analysis_bytes(d_sae: int, cfg: AnalysisConfig) -> int:
+    """Memory the per-latent example contexts take: float contexts in both selections, plus the
+    token and context arrays built from them at the end (about as many again)."""
+    return 2 * 4 * d_sae * (cfg.top_k + cfg.reservoir) * (2 * cfg.window + 1)
+
+
 def write_feature_index(out_dir, meta, arrays, stream, recon, vocab) -> FeatureIndex:
-    """Write the index files; index.json goes last so its presence means the index is complete."""
+    """Write the index into a temp folder beside `out_dir`, then swap it in: a crash leaves the
+    old index (or none), and only a folder `check_index_out` accepts is ever replaced."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").unlink(missing_ok=True)
-    save_file({k: v.contiguous() for k, v in arrays.items()}, str(out / "features.safetensors"))
-    save_file({k: v.contiguous() for k, v in stream.items()}, str(out / "stream.safetensors"))
-    (out / "recon.json").write_text(json.dumps(recon, indent=1, allow_nan=True))
-    (out / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
-    (out / "index.json").write_text(json.dumps(meta, indent=2))
+    check_index_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+    try:
+        save_tensors({k: v.contiguous() for k, v in arrays.items()}, tmp / "features.safetensors")
+        save_tensors({k: v.contiguous() for k, v in stream.items()}, tmp / "stream.safetensors")
+        (tmp / "recon.json").write_text(json.dumps(recon, indent=1, allow_nan=True))
+        (tmp / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
+        (tmp / "index.json").write_text(json.dumps(meta, indent=2))
+        tmp.chmod(0o755)
+        if out.exists():
+            os.replace(out, aside)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
     return load_feature_index(out)
 
 
@@ -408,6 +460,13 @@ class FeatureIndex:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if not self.path.is_absolute() and not self.path.is_dir():
+            # a relative path read from elsewhere (a notebook's kernel runs in notebooks/): the
+            # index may well exist, relative to another folder
+            raise FileNotFoundError(
+                f"{self.path} does not exist relative to the current folder {Path.cwd()}: "
+                "give the index folder's absolute path"
+            )
         if not (self.path / "index.json").exists():
             raise FileNotFoundError(
                 f"no feature index at {self.path} (index.json missing); run `interp-bench analyze`"
@@ -489,6 +548,15 @@ class FeatureIndex:
             ],
             "promoted": [],
             "suppressed": [],
+            # nearest latents by decoder cosine (indexes written before this field have none)
+            "neighbours": [
+                (int(j), float(c))
+                for j, c in zip(
+                    a["neighbour_ids"][i].tolist() if "neighbour_ids" in a else [],
+                    a["neighbour_cos"][i].tolist() if "neighbour_cos" in a else [],
+                    strict=True,
+                )
+            ],
         }
         if "logit_pos_ids" in a:
             for key, name in (("pos", "promoted"), ("neg", "suppressed")):

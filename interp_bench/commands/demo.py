@@ -24,12 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="training tokens per step")
     p.add_argument("--lr", type=float, help="learning rate (default: scaled with d_sae)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--out", default="runs/demo", help="run folder (re-running resumes)")
+    p.add_argument(
+        "--out", help="run folder, re-running resumes (default: runs/demo, runs/quick with --quick)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace):
     """The `DemoConfig` these arguments ask for (`--quick` shrinks the defaults only)."""
+    check_args(args)  # before importing the pipeline (torch): answers in about a second
     from interp_bench.commands.pipeline import DemoConfig
 
     overrides = {
@@ -40,7 +43,6 @@ def config_from_args(args: argparse.Namespace):
         "k": args.k,
         "lr": args.lr,
         "device": args.device,
-        "out": args.out,
         "progress": not args.no_progress,
     }
     optional = {
@@ -49,6 +51,7 @@ def config_from_args(args: argparse.Namespace):
         "splice_tokens": args.splice_tokens,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "out": args.out,
     }
     overrides |= {k: v for k, v in optional.items() if v is not None}
     for name in ("train_tokens", "eval_tokens", "splice_tokens", "epochs", "batch_size"):
@@ -57,8 +60,37 @@ def config_from_args(args: argparse.Namespace):
     return DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model (nor torch), so a bad argument costs no model load."""
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(expansion=args.expansion, k=args.k, lr=args.lr)
+    pf.finite("lr", args.lr)
+    facts = pf.model_facts(args.model)
+    if facts.d_model is not None and args.k > args.expansion * facts.d_model:
+        raise ValueError(f"--k {args.k} exceeds d_sae = {args.expansion * facts.d_model}")
+    if args.layer is not None:
+        n = facts.n_layers
+        if args.layer < 0 or (n is not None and args.layer >= n):
+            top = f"0..{n - 1}" if n is not None else ">= 0"
+            raise ValueError(f"--layer {args.layer} out of range: this model has layers {top}")
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    cfg = config_from_args(args)
     from interp_bench.commands.pipeline import run_demo
 
-    run_demo(config_from_args(args))
+    try:
+        run_demo(cfg)
+    except KeyboardInterrupt:
+        # One line instead of a traceback: every finished stage and cached shard is kept.
+        again = "make quick" if args.quick else "make demo"
+        print(
+            f"\ninterrupted; rerun the same command ({again}, or interp-bench demo with the same "
+            f"arguments) to resume: finished stages in {cfg.out} are skipped",
+            file=sys.stderr,
+        )
+        return 130
     return 0

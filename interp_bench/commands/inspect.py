@@ -1,10 +1,17 @@
-"""`interp-bench inspect DIR`: summarise an activation cache and verify every shard's sha256."""
+"""`interp-bench inspect DIR`: summarise an activation cache and verify every shard.
+
+Each shard's header is compared with its manifest entry (rows, hook widths, the sequence range
+its `seq` column covers) and its sha256 checked; `--deep` also scans the activations for NaN/inf.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
 
-HELP = "Summarise an activation cache and verify its shard checksums (non-zero exit if corrupt)."
+HELP = "Summarise an activation cache and verify its shards (non-zero exit if corrupt)."
+_SCAN_ROWS = 1 << 16  # rows per chunk of the --deep scan: bounded memory on any shard
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-verify", action="store_true", help="check file sizes only, skip the sha256 pass"
     )
+    p.add_argument("--deep", action="store_true", help="also scan activations for NaN/inf")
 
 
 def summary(manifest) -> list[str]:
@@ -34,29 +42,84 @@ def summary(manifest) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def resume_command(manifest, out) -> str:
+    """The command that finishes this cache (it resumes): the demo's, for a cache inside a demo
+    run folder (RUN/acts/{train,eval}), else `interp-bench cache` with the same arguments."""
+    out = Path(out)
+    if out.parent.name == "acts" and out.name in ("train", "eval"):
+        return shlex.join(["interp-bench", "demo", "--out", str(out.parent.parent.resolve())])
+    c = manifest.config
+    args = ["interp-bench", "cache", "--model", manifest.model, "--hooks", ",".join(c["hooks"])]
+    if c.get("corpus"):
+        args += ["--corpus", str(c["corpus"])]
+    if c.get("split"):
+        args += ["--split", str(c["split"])]
+    args += ["--dtype", manifest.dtype, "--context-len", str(manifest.context_len)]
+    args += ["--tokens", str(manifest.n_tokens_planned)]
+    args += ["--shard-tokens", str(manifest.seqs_per_shard * manifest.context_len)]
+    return shlex.join([*args, "--out", str(out)])
 
-    from activation_cache.shards import read_manifest, verify
+
+def shard_problems(out, manifest, *, sha: bool, deep: bool) -> list[str]:
+    """One line per bad shard: missing, wrong size, header unlike the manifest, seq range,
+    sha256, and (deep) non-finite activations."""
+    import numpy as np
+    import torch
+
+    from activation_cache.shards import ShardError, ShardView, sha256_file, to_torch
+
+    widths = {h["short"]: int(h["d"]) for h in manifest.hooks}
+    problems: list[str] = []
+    for s in manifest.shards:
+        path = out / s.file
+        size = path.stat().st_size if path.exists() else -1
+        if size != s.bytes:
+            what = "missing" if size < 0 else f"{size} bytes on disk, manifest says {s.bytes}"
+            problems.append(f"{s.file}: {what}")
+            continue
+        try:
+            view = ShardView(path)
+            view.check(s, widths)
+        except ShardError as err:
+            problems.append(f"{s.file}: {str(err).removeprefix(str(path) + ': ')}")
+            continue
+        seq = view.array("seq")
+        if len(seq) and (int(seq[0]) != s.seq_start or int(seq[-1]) != s.seq_end - 1):
+            problems.append(
+                f"{s.file}: holds sequences {int(seq[0])}..{int(seq[-1])}, manifest says "
+                f"{s.seq_start}..{s.seq_end - 1} (shards swapped?)"
+            )
+            continue
+        if sha and sha256_file(path) != s.sha256:
+            problems.append(f"{s.file}: sha256 mismatch (corrupt)")
+            continue
+        if deep:
+            for h in widths:
+                arr = view.array(h)
+                bad = 0
+                for a in range(0, len(arr), _SCAN_ROWS):
+                    x = to_torch(np.asarray(arr[a : a + _SCAN_ROWS]), view.dtype(h))
+                    bad += int((~torch.isfinite(x)).any(1).sum())
+                if bad:
+                    problems.append(f"{s.file}: {h} has {bad} rows with NaN/inf")
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    from activation_cache.shards import read_manifest
 
     out = Path(args.dir)
     manifest = read_manifest(out)
     print("\n".join(summary(manifest)))
-    if args.no_verify:
-        problems = []
-        for s in manifest.shards:
-            path = out / s.file
-            size = path.stat().st_size if path.exists() else -1
-            if size != s.bytes:
-                problems.append(f"{s.file}: {size} bytes on disk, manifest says {s.bytes}")
-    else:
-        problems = verify(out)
+    problems = shard_problems(out, manifest, sha=not args.no_verify, deep=args.deep)
     if problems:
         print(f"CORRUPT: {len(problems)} of {len(manifest.shards)} shards fail verification")
         for line in problems:
             print(f"  {out / line}")
         print("delete the cache dir and run `interp-bench cache` again")
         return 1
-    what = "sizes" if args.no_verify else "sha256"
-    print(f"ok: {len(manifest.shards)} shards pass ({what} checked)")
+    what = ("sizes" if args.no_verify else "sha256") + (", NaN/inf" if args.deep else "")
+    print(f"ok: {len(manifest.shards)} shards pass (headers, {what} checked)")
+    if not manifest.complete:
+        print(f"incomplete: finish it with `{resume_command(manifest, out)}` (it resumes)")
     return 0

@@ -16,8 +16,12 @@ budget can be checked from throughput even on a busy machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import shlex
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,17 +30,18 @@ from pathlib import Path
 import torch
 
 from activation_cache.cache import cache_activations
-from activation_cache.corpus import CorpusConfig, load_corpus
+from activation_cache.corpus import CorpusConfig, cache_metadata, load_corpus
 from activation_cache.hooks import n_layers
-from activation_cache.models import load_model, model_id
+from activation_cache.models import load_model
 from activation_cache.reader import ActivationReader, hook_stats
-from interp_bench.analysis.density import cache_stream
+from activation_cache.streams import cache_stream
 from interp_bench.analysis.report import write_report
 from interp_bench.analysis.splice import spliced_loss
 from interp_bench.analysis.top_examples import analyze
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionaries.dictionary import load_dictionary
-from interp_bench.training.trainer import Trainer, evaluate
+from interp_bench.dictionaries import evaluate, load_dictionary
+from interp_bench.dictionaries.saelens_format import how_to_load
+from interp_bench.training.trainer import Trainer, check_same_run
 
 
 @dataclass
@@ -68,8 +73,14 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
+        """Its own folder (runs/quick), so an interrupted `make demo` never blocks `make quick`."""
         base = dict(
-            train_tokens=32_768, eval_tokens=8_192, epochs=2, splice_tokens=1_024, batch_size=1024
+            train_tokens=32_768,
+            eval_tokens=8_192,
+            epochs=2,
+            splice_tokens=1_024,
+            batch_size=1024,
+            out="runs/quick",
         )
         base.update(overrides)
         return cls(**base)
@@ -135,30 +146,21 @@ def _weights_key(dict_dir: Path, names: list[str]) -> list[list]:
     return out
 
 
-_FREE = ("device", "log_every", "checkpoint_every")  # may change without retraining
-
-
-def _trained(dict_dir: Path, names: list[str], train_cfg: TrainConfig) -> bool:
-    """True when every dictionary is saved with this training config; ValueError on a mismatch
-    (the folder holds another run: we refuse rather than silently mixing the two)."""
+def _trained(dict_dir: Path, names: list[str], cfgs: list, train_cfg: TrainConfig) -> bool:
+    """True when every dictionary is saved with these settings; ValueError when the folder holds
+    another run (we refuse rather than silently mixing the two)."""
     if not all((dict_dir / n / "sae_weights.safetensors").exists() for n in names):
         return False
-    want = json.loads(train_cfg.to_json())
-    for n in names:
-        path = dict_dir / n / "train_cfg.json"
-        have = json.loads(path.read_text()) if path.exists() else {}
-        diff = sorted(k for k in want if k not in _FREE and k in have and have[k] != want[k])
-        if diff:
-            raise ValueError(
-                f"{dict_dir / n} was trained with different {', '.join(diff)}; "
-                "rerun with the original arguments or pick a new --out"
-            )
+    for n, c in zip(names, cfgs, strict=True):
+        check_same_run(dict_dir / n, c, train_cfg)
     return True
 
 
 def demo_train_config(cfg: DemoConfig, n_train: int) -> TrainConfig:
-    """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes,
-    warm-up and dead-latent window scaled to the run's length."""
+    """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes.
+    The warm-up and dead-latent window are pinned (not TrainConfig's general rule): the main
+    job's recorded results (benchmarks/RESULTS.md) were made with them, and a TopK-only run has
+    no sparsity coefficient to warm up."""
     train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
     steps = max(1, train_tokens // cfg.batch_size)
     return TrainConfig(
@@ -179,7 +181,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns (and writes) the summary."""
     t0 = time.perf_counter()
     clock = _Clock()
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser().resolve()  # printed paths must work from anywhere
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
@@ -196,19 +198,12 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     with clock.stage("tokenize corpus"):
         _say(f"tokenizing corpus {cfg.corpus}")
-        splits = load_corpus(
-            CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed),
-            model.tokenizer,
-        )
+        corpus_cfg = CorpusConfig(source=cfg.corpus, context_len=cfg.context_len, seed=cfg.seed)
+        splits = load_corpus(corpus_cfg, model.tokenizer)
     n_train = _n_seq(cfg.train_tokens, cfg.context_len, splits.train.shape[0], "training")
     n_eval = _n_seq(cfg.eval_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
     n_splice = _n_seq(cfg.splice_tokens, cfg.context_len, splits.eval.shape[0], "held-out")
 
-    meta = {
-        "model": model_id(model),
-        "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
-        "corpus_fingerprint": splits.fingerprint,
-    }
     acts = {}
     for split, tokens in (("train", splits.train[:n_train]), ("eval", splits.eval[:n_eval])):
         acts[split] = out / "acts" / split
@@ -225,7 +220,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 hooks,
                 acts[split],
                 dtype=cfg.cache_dtype,
-                meta={**meta, "split": split},
+                meta=cache_metadata(splits, corpus_cfg, split, model.tokenizer),
                 progress=cfg.progress,
             )
 
@@ -238,13 +233,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         DictionaryConfig(hook_in=mlp_in, hook_out=mlp_out, d_out=d_model, **common),
     ]
     train_cfg = demo_train_config(cfg, n_train)
-    train_tokens, steps = train_cfg.tokens, train_cfg.total_steps
+    train_tokens, steps = train_cfg.tokens, train_cfg.schedule().total_steps
     dict_dir = out / "dictionaries"
     with clock.stage("train", tokens=train_tokens) as st:
         stats = {h: hook_stats(acts["train"], h) for h in hooks}
         trainer = Trainer(dict_cfgs, train_cfg, stats=stats, device=cfg.device, out_dir=dict_dir)
         names = trainer.names
-        if _trained(dict_dir, names, train_cfg):
+        if _trained(dict_dir, names, dict_cfgs, train_cfg):
             _say("dictionaries already trained; loading them")
             st.skipped = True
             dicts = [load_dictionary(dict_dir / n, device=trainer.device) for n in names]
@@ -262,7 +257,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     with clock.stage("evaluate", tokens=eval_rows):
         _say("evaluating on held-out activations")
         eval_reader = ActivationReader(acts["eval"], hooks, cfg.batch_size, shuffle=False)
-        metrics = evaluate(dicts, eval_reader, max_tokens=eval_rows)
+        metrics = [m.to_dict() for m in evaluate(dicts, eval_reader, max_tokens=eval_rows)]
 
     splice_path = out / "splice.json"
     key = {"weights": _weights_key(dict_dir, names), "n_seq": n_splice}
@@ -306,7 +301,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         reports[name] = report
 
     rows = []
-    for name, m, s in zip(names, metrics, splice, strict=True):
+    for name, d, m, s in zip(names, dicts, metrics, splice, strict=True):
         rows.append(
             {
                 "name": name,
@@ -321,13 +316,17 @@ def run_demo(cfg: DemoConfig) -> dict:
                 "ce_recovered": s["ce_recovered"],
                 "ce_recovered_vs_mean": s["ce_recovered_vs_mean"],
                 "kl_spliced": s["kl_spliced"],
-                "dictionary": str(dict_dir / name),
-                "metrics": str(dict_dir / name / "metrics.jsonl"),
-                "index": str(out / "analysis" / name),
-                "report": str(reports[name]),
+                "loads_with": how_to_load(d.cfg),
+                # relative to the summary's folder: valid wherever the folder is moved or read
+                # from; `read_summary` resolves them
+                "dictionary": _rel(dict_dir / name, out),
+                "metrics": _rel(dict_dir / name / "metrics.jsonl", out),
+                "index": _rel(out / "analysis" / name, out),
+                "report": _rel(reports[name], out),
             }
         )
     summary = {
+        "paths_relative_to": "this file's folder",
         "model": cfg.model,
         "layer": layer,
         "hooks": hooks,
@@ -343,8 +342,83 @@ def run_demo(cfg: DemoConfig) -> dict:
     # Written last, together: a run folder with these two files is complete and consistent.
     (out / "demo_cfg.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary, out))
-    return summary
+    print(format_summary(resolve_paths(summary, out), out))
+    return resolve_paths(summary, out)
+
+
+PATH_KEYS = ("dictionary", "metrics", "index", "report")
+
+
+def _rel(path: Path, run: Path) -> str:
+    return str(Path(path).relative_to(run))
+
+
+def resolve_paths(summary: dict, run: Path) -> dict:
+    """The summary with every artifact path absolute (relative ones are taken from `run`)."""
+    run = Path(run).resolve()
+    rows = [
+        {k: str(run / v) if k in PATH_KEYS else v for k, v in r.items()}
+        for r in summary["dictionaries"]
+    ]
+    return {**summary, "dictionaries": rows}
+
+
+def read_summary(run: str | Path) -> dict:
+    """A run folder's summary.json with absolute artifact paths, whatever the reader's cwd."""
+    run = Path(run).expanduser().resolve()
+    path = run / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run `interp-bench demo --out {run}` first (it resumes)"
+        )
+    return resolve_paths(json.loads(path.read_text()), run)
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (holds notebooks/ and runs/)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def find_run(env: str = "INTERP_BENCH_RUN") -> Path:
+    """The run folder a notebook reads: `$INTERP_BENCH_RUN` (absolute, or relative to the current
+    folder or to the checkout), else the checkout's runs/demo, else its runs/quick."""
+    given = os.environ.get(env)
+    if given:
+        p = Path(given).expanduser()
+        candidates = [p] if p.is_absolute() else [Path.cwd() / p, repo_root() / p]
+        for c in candidates:
+            if (c / "summary.json").exists():
+                return c.resolve()
+        return candidates[-1].resolve()
+    for name in ("demo", "quick"):
+        if (repo_root() / "runs" / name / "summary.json").exists():
+            return repo_root() / "runs" / name
+    return repo_root() / "runs" / "quick"
+
+
+def notebook_hint(run: Path) -> list[str]:
+    """Commands that open the notebooks on `run` when pasted, with what is installed here."""
+    nb_dir = repo_root() / "notebooks"
+    if not nb_dir.is_dir():
+        return [f"notebooks are in the source checkout's notebooks/ (read {run / 'summary.json'})"]
+    jupyter = Path(sys.executable).parent / "jupyter"
+    env = f"INTERP_BENCH_RUN={shlex.quote(str(run))}"
+    if importlib.util.find_spec("jupyterlab") is not None:
+        return [f"cd {shlex.quote(str(nb_dir))} && {env} {shlex.quote(str(jupyter))} lab"]
+    if importlib.util.find_spec("notebook") is not None:
+        return [f"cd {shlex.quote(str(nb_dir))} && {env} {shlex.quote(str(jupyter))} notebook"]
+    pip = shlex.quote(str(Path(sys.executable).parent / "pip"))
+    lines = [f"Jupyter is not installed here; for the interactive notebooks: {pip} install "
+             f"jupyterlab, then cd {shlex.quote(str(nb_dir))} && {env} "
+             f"{shlex.quote(str(jupyter))} lab"]  # fmt: skip
+    if importlib.util.find_spec("nbclient") is not None:
+        out = shlex.quote(str(run / "notebooks" / "{notebook_name}"))
+        lines.append(
+            f"or run them all now, outputs saved under {run / 'notebooks'}: mkdir -p "
+            f"{shlex.quote(str(run / 'notebooks'))} && {env} {shlex.quote(str(jupyter))} "
+            f"execute --output={out} {shlex.quote(str(nb_dir))}/*.ipynb"
+        )
+    return lines
 
 
 def format_summary(summary: dict, out: Path) -> str:
@@ -376,12 +450,11 @@ def format_summary(summary: dict, out: Path) -> str:
         f"  activations   {out / 'acts'}   (interp-bench inspect {out / 'acts' / 'train'})",
     ]
     for r in summary["dictionaries"]:
-        lines.append(f"  {r['kind']:<13} {r['dictionary']}   (SAELens: SAE.load_from_disk(path))")
+        lines.append(f"  {r['kind']:<13} {r['dictionary']}")
+        lines.append(f"  {'':<13} loads with {r['loads_with']}")
         lines.append(f"  {'metrics':<13} {r['metrics']}   (notebooks/01_cache_and_train.ipynb)")
         lines.append(f"  {'report':<13} {r['report']}   (open in a browser, works offline)")
     lines.append(f"  {'summary':<13} {out / 'summary.json'}")
-    lines.append(
-        f"  {'notebooks':<13} INTERP_BENCH_RUN={out} jupyter lab notebooks/   "
-        "(browse, steer, transcoders)"
-    )
+    lines.append(f"  {'notebooks':<13} (browse, steer, transcoders)")
+    lines += [f"    {line}" for line in notebook_hint(out)]
     return "\n".join(lines)

@@ -17,13 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(top=args.top)
+    pf.non_negative(per_quantile=args.per_quantile)
     from interp_bench.analysis.report import write_report
 
     d = Path(args.dir)
     if not (d / "index.json").exists() and (d / "analysis" / "index.json").exists():
         d = d / "analysis"
-    if args.top < 0 or args.per_quantile < 0:
-        raise ValueError("--top and --per-quantile must be non-negative")
     out = write_report(d, args.out, n_top=args.top, per_quantile=args.per_quantile)
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MiB); open it in a browser (file://{out.resolve()})")

@@ -22,8 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="shakespeare", help="held-out text: its eval split is used")
     p.add_argument("--context-len", type=int, default=128, help="tokens per sequence, BOS included")
     p.add_argument("--tokens", type=parse_count, default=16384, help="eval tokens (16k, 1M)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--out", default="splice.json", help="JSON results file")
+    p.add_argument(
+        "--batch-size",
+        type=parse_count,
+        default=1024,
+        help="tokens per forward pass (whole sequences; as in `train`, a batch counts tokens)",
+    )
+    p.add_argument(
+        "--out", help="JSON results file (default: splice.json in the first dictionary's folder)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--no-share-prefix",
         action="store_true",
@@ -32,24 +40,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
 
 
+def check_args(args: argparse.Namespace) -> tuple[str, Path]:
+    """Every check that needs no model: (model name, absolute output path)."""
+    from interp_bench.commands import preflight as pf
+
+    pf.positive(tokens=args.tokens, batch_size=args.batch_size)
+    if args.context_len < 3:
+        raise ValueError(f"--context-len must be >= 3 (BOS + 2 predictions): {args.context_len}")
+    cfgs = [pf.dictionary_cfg(folder) for folder in args.dictionary]
+    name = args.model or pf.dictionary_model(cfgs[0]) or "smollm2-135m"
+    facts = pf.model_facts(name)
+    pf.fits_context(facts, args.context_len, "--context-len", "lower --context-len")
+    for folder, cfg in zip(args.dictionary, cfgs, strict=True):
+        pf.dictionary_fits(cfg, facts, folder)
+    out = Path(args.out) if args.out else Path(args.dictionary[0]) / "splice.json"
+    return name, out.expanduser().resolve()
+
+
 def run(args: argparse.Namespace) -> int:
+    model_name, out = check_args(args)  # before any heavy import: answers in about a second
     from activation_cache.corpus import CorpusConfig, load_corpus
     from activation_cache.models import load_model, model_id
+    from activation_cache.paths import write_text_atomic
     from interp_bench.analysis.splice import format_table, spliced_loss, supports_start_at_layer
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.commands import preflight as pf
+    from interp_bench.dictionaries import load_dictionary
 
-    if args.tokens < 1 or args.batch_size < 1:
-        raise ValueError("--tokens and --batch-size must be positive")
     dictionaries = {}
     for folder in args.dictionary:
-        if not (Path(folder) / "cfg.json").exists():
-            raise FileNotFoundError(f"no dictionary at {folder} (cfg.json missing)")
         name = Path(folder).resolve().name
         if name in dictionaries:
             name = f"{name}#{len(dictionaries)}"
         dictionaries[name] = load_dictionary(folder, device=args.device).eval()
-    first = next(iter(dictionaries.values()))
-    model = load_model(args.model or first.cfg.model_name or "smollm2-135m", device=args.device)
+    model = load_model(model_name, device=args.device)
+    pf.fits_context(pf.loaded_facts(model), args.context_len, "--context-len", "lower it")
     for d in dictionaries.values():
         d.to(next(model.parameters()).device)
     splits = load_corpus(
@@ -63,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
     tokens = splits.eval[:n_seq]
     share = False if args.no_share_prefix else supports_start_at_layer(model)
     results = spliced_loss(
-        model, dictionaries, tokens, batch_size=args.batch_size, share_prefix=share, progress=True
+        model,
+        dictionaries,
+        tokens,
+        batch_size=max(1, args.batch_size // args.context_len),
+        share_prefix=share,
+        progress=not args.no_progress,
     )
     print(format_table(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model_id(model),
         "corpus": args.corpus,
@@ -80,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
         },
         "results": [r.to_dict() for r in results],
     }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -70,43 +70,99 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="for the sampled generations")
     p.add_argument("--top-k", type=int, help="sample from the top k tokens only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="steer", help="output prefix: PREFIX.json and PREFIX.html")
+    p.add_argument(
+        "--out",
+        help="folder for steer_latent<I>.json and .html (default: the dictionary folder)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
 
 
+def check_args(args: argparse.Namespace) -> tuple[str, dict]:
+    """Every check that needs no model: (model name, the dictionary's cfg.json)."""
+    from interp_bench.commands import preflight as pf
+
+    cfg = pf.dictionary_cfg(args.dictionary)
+    pf.positive(max_new_tokens=args.max_new_tokens, top_k=args.top_k, context_len=args.context_len)
+    pf.positive(temperature=args.temperature)  # greedy rows are always generated besides
+    pf.non_negative(neutral_tokens=args.neutral_tokens, latent=args.latent)
+    pf.finite("coefficients", args.coefficients)
+    pf.finite("clamp", args.clamp)
+    pf.finite("scale", args.scale)
+    pf.finite("temperature", args.temperature)
+    if args.positions is not None and min(args.positions, default=0) < 0:
+        raise ValueError(f"--positions must be >= 0, got {min(args.positions)}")
+    d_sae = cfg.get("d_sae")
+    if isinstance(d_sae, int) and args.latent >= d_sae:
+        raise ValueError(
+            f"--latent {args.latent} out of range: this dictionary has latents 0..{d_sae - 1}"
+        )
+    if args.scale_by_max and args.neutral_tokens == 0:
+        raise ValueError(
+            "--scale-by-max measures the max on neutral text: set --neutral-tokens > 0"
+        )
+    name = args.model or pf.dictionary_model(cfg) or "smollm2-135m"
+    facts = pf.model_facts(name)
+    _check_model(args, cfg, facts)
+    return name, cfg
+
+
+def _check_model(args: argparse.Namespace, cfg: dict, facts) -> None:
+    """Checks against what the model holds: before loading when its config is on disk, and
+    again on the loaded model."""
+    from interp_bench.commands import preflight as pf
+
+    fix = "lower --max-new-tokens"
+    pf.fits_context(facts, args.max_new_tokens + 1, "--max-new-tokens plus BOS", fix)
+    if args.neutral_tokens:
+        pf.fits_context(facts, args.context_len, "--context-len", "lower --context-len")
+    pf.dictionary_fits(cfg, facts, args.dictionary)
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Absolute (json, html) paths: next to the dictionary unless --out names a folder."""
+    folder = Path(args.out if args.out else args.dictionary).expanduser().resolve()
+    stem = f"steer_latent{args.latent}"
+    return folder / f"{stem}.json", folder / f"{stem}.html"
+
+
 def run(args: argparse.Namespace) -> int:
+    model_name, cfg = check_args(args)  # before any heavy import: answers in about a second
+    json_path, html_path = output_paths(args)
     from activation_cache.models import load_model, model_id
+    from activation_cache.paths import write_text_atomic
     from interp_bench.analysis.steering import (
+        check_positions,
         format_sweep,
         latent_max_activation,
         sweep,
         sweep_figure,
     )
-    from interp_bench.dictionaries.dictionary import load_dictionary
+    from interp_bench.commands import preflight as pf
+    from interp_bench.dictionaries import load_dictionary
 
-    if not (Path(args.dictionary) / "cfg.json").exists():
-        raise FileNotFoundError(f"no dictionary at {args.dictionary} (cfg.json missing)")
-    if args.max_new_tokens < 1 or args.neutral_tokens < 0:
-        raise ValueError("--max-new-tokens must be positive and --neutral-tokens non-negative")
-    if args.scale_by_max and args.neutral_tokens == 0:
-        raise ValueError(
-            "--scale-by-max measures the max on neutral text: set --neutral-tokens > 0"
-        )
     coefficients = args.coefficients
     if coefficients is None:
         coefficients = [] if args.clamp else [0.0, 2.0, 4.0, 8.0]
     dictionary = load_dictionary(args.dictionary, device=args.device).eval()
-    model = load_model(
-        args.model or dictionary.cfg.model_name or "smollm2-135m", device=args.device
+    model = load_model(model_name, device=args.device)
+    _check_model(args, cfg, pf.loaded_facts(model))
+    prompt_len = model.to_tokens(args.prompt, prepend_bos=True).shape[1] if args.prompt else 0
+    pf.fits_context(
+        pf.loaded_facts(model),
+        prompt_len + args.max_new_tokens,
+        "the prompt plus --max-new-tokens",
+        "shorten the prompt or lower --max-new-tokens",
     )
+    check_positions(args.positions, prompt_len)
     dictionary.to(next(model.parameters()).device)
 
     neutral = None
     if args.neutral_tokens:
         from activation_cache.corpus import CorpusConfig, load_corpus
 
-        cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
-        neutral = load_corpus(cfg, model.tokenizer).eval[
+        corpus_cfg = CorpusConfig(source=args.corpus, context_len=args.context_len)
+        neutral = load_corpus(corpus_cfg, model.tokenizer).eval[
             : -(-args.neutral_tokens // args.context_len)
         ]
         if neutral.shape[0] == 0:
@@ -135,13 +191,12 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_k=args.top_k,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     result.extra.update(model=model_id(model), dictionary=str(Path(args.dictionary).resolve()))
     print(format_sweep(result))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".html")
-    json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    sweep_figure(result).write_html(html_path, include_plotlyjs="cdn")
-    print(f"wrote {json_path} and {html_path}")
+    write_text_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    # plotly.js inlined (about 4.6 MB): the page must open from disk without a network.
+    write_text_atomic(html_path, sweep_figure(result).to_html(include_plotlyjs=True))
+    print(f"wrote {json_path}\nwrote {html_path}  (open in a browser, works offline)")
     return 0

@@ -1,4 +1,5 @@
-"""`interp-bench train`: SAEs or transcoders on cached activations, sweeps in one pass of reads."""
+"""`interp-bench train`: SAEs or transcoders on cached activations (or straight from a model's
+forward), sweeps and every layer at once in one pass of reads."""
 
 from __future__ import annotations
 
@@ -6,51 +7,41 @@ import argparse
 import json
 from pathlib import Path
 
+from interp_bench.commands.config_args import add_config_arguments, config_from_args
 from interp_bench.commands.counts import parse_count
 
 HELP = "Train sparse autoencoders or transcoders on cached activations (sweeps share one pass)."
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [parse_count(v) for v in text.split(",") if v.strip()]
+# The field each arch's sweep varies (one dictionary per value, all on one pass of reads).
+SWEEP = {"topk": "k", "batchtopk": "k", "relu": "l1_coefficient", "jumprelu": "l0_coefficient"}
+KINDS = ("resid_pre", "resid_post", "mlp_in", "mlp_out")
+# Set from --hook / --hook-in / --hook-out and the cache, not flags of their own.
+_FROM_CACHE = ("d_in", "d_out", "hook_in", "hook_out", "model_name")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--activations", required=True, help="cache dir written by `interp-bench cache`")
-    p.add_argument("--hook", help="SAE input hook(s), comma-separated, e.g. L8.resid_post")
-    p.add_argument("--hook-in", help="transcoder input hook, e.g. L8.mlp_in")
-    p.add_argument("--hook-out", help="transcoder target hook, e.g. L8.mlp_out")
-    p.add_argument("--skip", action="store_true", help="transcoder: add a linear skip connection")
-    p.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "relu", "jumprelu"])
-    p.add_argument("--k", type=_ints, default=[32], help="active latents; a list sweeps: 16,32,64")
-    p.add_argument("--l1", type=_floats, help="relu L1 coefficient(s); a list sweeps: 1,3,10")
-    p.add_argument("--l0", type=_floats, help="jumprelu L0 coefficient(s); a list sweeps")
-    p.add_argument("--expansion", type=int, default=8, help="d_sae = expansion * d_in")
-    p.add_argument("--d-sae", type=parse_count, help="dictionary width (overrides --expansion)")
-    p.add_argument("--tokens", type=parse_count, default=10**7, help="training tokens (50M, 1k)")
+    from interp_bench.config import DictionaryConfig, TrainConfig
+
+    p.add_argument("--activations", help="cache dir written by `interp-bench cache`")
+    p.add_argument(
+        "--model",
+        help="instead of --activations: stream activations from this model's forward (one "
+        "forward per batch feeds every dictionary; nothing is cached)",
+    )
+    p.add_argument("--corpus", default="shakespeare", help="with --model: the text to read")
+    p.add_argument("--context-len", type=int, default=128, help="with --model: sequence length")
+    p.add_argument(
+        "--hook", help="SAE input hook(s), e.g. L8.resid_post, L0-29.resid_post or all.resid_post"
+    )
+    p.add_argument(
+        "--hook-in", help="transcoder input hook(s), e.g. L8.mlp_in, L0-29.mlp_in or all.mlp_in"
+    )
+    p.add_argument("--hook-out", help="transcoder target hook(s), one per input, e.g. all.mlp_out")
     p.add_argument("--out", required=True, help="output dir; one subfolder per dictionary")
-    p.add_argument("--batch-size", type=parse_count, default=4096, help="tokens per step per rank")
-    p.add_argument("--lr", type=float, help="default: 1e-3 / sqrt(d_sae / 2**14)")
-    p.add_argument("--lr-decay", choices=["linear", "cosine"], default="linear")
-    p.add_argument("--warmup-steps", type=int, help="lr warm-up (default: min(100, 5%% of steps))")
     p.add_argument(
-        "--sparsity-warmup-steps",
-        type=int,
-        help="L1/L0 coefficient warm-up (default: min(1000, 5%% of steps))",
+        "--expansion", type=parse_count, default=8, help="d_sae = expansion * d_in (default: 8)"
     )
-    p.add_argument(
-        "--dead-tokens",
-        type=parse_count,
-        help="dead after this many tokens without firing (default: min(10M, 10%% of --tokens))",
-    )
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps; 0 disables")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
@@ -74,6 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-activations", help="held-out cache dir: report FVU/L0/dead at the end")
     p.add_argument("--eval-tokens", type=parse_count, default=200_000)
+    add_config_arguments(
+        p,
+        DictionaryConfig,
+        exclude=_FROM_CACHE,
+        sweep=tuple(set(SWEEP.values())),
+        aliases={"l1_coefficient": "--l1", "l0_coefficient": "--l0"},
+    )
+    add_config_arguments(p, TrainConfig, exclude=("extra",))
 
 
 def read_cache(cache: Path):
@@ -102,7 +101,35 @@ def _check_hook(hook: str, hooks: dict[str, int], cache: Path) -> int:
     return hooks[hook]
 
 
-def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, model_name: str):
+def hook_pairs(args: argparse.Namespace, n_layers: int, present: list[str] | None):
+    """(hook_in, hook_out) per dictionary from --hook or --hook-in/--hook-out layer specs."""
+    from activation_cache.layer_lists import expand_layers
+
+    if args.hook:
+        return [(h, None) for h in expand_layers(args.hook, n_layers, present)]
+    ins = expand_layers(args.hook_in, n_layers, present)
+    outs = expand_layers(args.hook_out, n_layers, present)
+    if len(ins) != len(outs):
+        raise ValueError(
+            f"--hook-in names {len(ins)} hooks but --hook-out {len(outs)}; give one target per "
+            "input (e.g. --hook-in all.mlp_in --hook-out all.mlp_out)"
+        )
+    return list(zip(ins, outs, strict=True))
+
+
+def _cache_layers(hooks: dict[str, int]) -> int:
+    return 1 + max(int(h.split(".")[0][1:]) for h in hooks)
+
+
+def build_configs(
+    args: argparse.Namespace,
+    hooks: dict[str, int],
+    cache,
+    model_name: str,
+    n_layers: int | None = None,
+):
+    """One DictionaryConfig per hook (pair) and swept value. ``hooks``: short name -> width of
+    what can be read (a cache's hooks, or every hook of a model when streaming)."""
     from interp_bench.config import DictionaryConfig
 
     if args.hook and (args.hook_in or args.hook_out):
@@ -113,21 +140,24 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
         raise ValueError(
             f"give --hook (cached: {', '.join(sorted(hooks))}) or --hook-in/--hook-out"
         )
-    pairs = (
-        [(h.strip(), None) for h in args.hook.split(",")]
-        if args.hook
-        else [(args.hook_in, args.hook_out)]
-    )
+    if n_layers is None:
+        pairs = hook_pairs(args, _cache_layers(hooks), list(hooks))
+    else:
+        pairs = hook_pairs(args, n_layers, None)
     if args.skip and not args.hook_out:
         raise ValueError("--skip applies to transcoders; add --hook-in/--hook-out")
 
-    sweep: list[dict] = []
-    if args.arch in ("topk", "batchtopk"):
-        sweep = [{"k": k} for k in args.k]
-    elif args.arch == "relu":
-        sweep = [{"l1_coefficient": c} for c in (args.l1 or [5.0])]
-    else:
-        sweep = [{"l0_coefficient": c} for c in (args.l0 or [1.0])]
+    swept = SWEEP[args.arch]
+    singles = {}
+    for name in set(SWEEP.values()) - {swept}:
+        value = getattr(args, name)
+        if isinstance(value, list):
+            if len(value) > 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"a {flag} sweep does not apply to --arch {args.arch}")
+            singles[name] = value[0]
+    values = getattr(args, swept)
+    sweep = [{swept: v} for v in (values if isinstance(values, list) else [values])]
 
     cfgs = []
     for hook_in, hook_out in pairs:
@@ -135,35 +165,46 @@ def build_configs(args: argparse.Namespace, hooks: dict[str, int], cache: Path, 
         d_out = _check_hook(hook_out, hooks, cache) if hook_out else None
         d_sae = args.d_sae or args.expansion * d_in
         for extra in sweep:
-            if "k" in extra and not 0 < extra["k"] <= d_sae:
-                raise ValueError(f"--k {extra['k']} must be between 1 and d_sae={d_sae}")
+            fixed = dict(d_in=d_in, d_sae=d_sae, d_out=d_out, hook_in=hook_in, hook_out=hook_out)
             cfgs.append(
-                DictionaryConfig(
-                    d_in=d_in,
-                    d_sae=d_sae,
-                    arch=args.arch,
-                    d_out=d_out,
-                    hook_in=hook_in,
-                    hook_out=hook_out,
-                    model_name=model_name,
-                    skip=args.skip,
-                    **extra,
+                config_from_args(
+                    DictionaryConfig, args, model_name=model_name, **fixed, **singles, **extra
                 )
             )
     return cfgs
 
 
+def check_out(out: Path, cfgs) -> None:
+    """Every dictionary's subfolder stays inside --out (names come from hook names)."""
+    from activation_cache.names import check_inside
+    from interp_bench.training.trainer import run_names
+
+    for name in run_names(cfgs):
+        check_inside(out, out / name, "dictionary folder")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from activation_cache.models import default_device
     from activation_cache.reader import ActivationReader, hook_stats
+    from interp_bench.commands.train_report import epochs_note
     from interp_bench.config import TrainConfig
     from interp_bench.training import ddp, failures, spread
-    from interp_bench.training.trainer import Trainer, evaluate, run_names
+    from interp_bench.training.trainer import Trainer, run_names
 
+    tc = config_from_args(TrainConfig, args)  # checks every training setting first
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")
+    if bool(args.activations) == bool(args.model):
+        raise ValueError("give --activations DIR (a cache) or --model M (streaming), not both")
+    if args.model:
+        return run_streaming(args, tc, out)
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
+    check_out(out, cfgs)
     needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
     if eval_dir is not None:  # check before training, not after an hour of it
@@ -175,38 +216,13 @@ def run(args: argparse.Namespace) -> int:
                     f"(it holds {', '.join(f'{k} [{v}]' for k, v in sorted(eval_hooks.items()))})"
                 )
 
-    ddp_device = ddp.init_from_env(args.dist_timeout)
-    device = ddp_device or torch.device(
-        args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    steps = max(1, args.tokens // (args.batch_size * ddp.world_size()))
-    short = max(1, steps // 20)  # short runs must not spend themselves warming up
-    tc = TrainConfig(
-        lr=args.lr,
-        batch_size=args.batch_size,
-        tokens=args.tokens,
-        warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(100, short),
-        sparsity_warmup_steps=(
-            args.sparsity_warmup_steps
-            if args.sparsity_warmup_steps is not None
-            else min(1000, short)
-        ),
-        lr_decay=args.lr_decay,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        device=str(device),
-        autocast=device.type == "cuda",
-    )
-    if args.dead_tokens is not None:
-        tc.dead_tokens = args.dead_tokens
-    else:
-        tc.dead_tokens = min(tc.dead_tokens, max(args.tokens // 10, args.batch_size))
+    device = ddp.init_from_env(args.dist_timeout) or torch.device(args.device or default_device())
+    tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
     reader = ActivationReader(
         cache,
         needed,
-        args.batch_size,
-        seed=args.seed,
+        tc.batch_size,
+        seed=tc.seed,
         device=device,
         rank=ddp.rank(),
         world_size=ddp.world_size(),
@@ -214,9 +230,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if reader.n_batches == 0:
         raise ValueError(
-            f"--batch-size {args.batch_size} is more than the {reader.n_tokens} cached tokens "
+            f"--batch-size {tc.batch_size} is more than the {reader.n_tokens} cached tokens "
             "this process reads; lower --batch-size or cache more tokens"
         )
+    note = epochs_note(tc.tokens, reader.n_tokens * ddp.world_size())
+    if note and ddp.is_main():
+        print(note)
     if ddp.rank() != 0:
         ddp.barrier()  # rank 0 computes and stores the statistics; the others read them
     stats = {h: hook_stats(cache, h) for h in needed}
@@ -229,25 +248,74 @@ def run(args: argparse.Namespace) -> int:
     with failures.watched("training"):
         if by_dicts:
             trainer, dicts, _ = spread.fit(
-                Trainer, cfgs, tc, reader, stats=stats, device=device, out_dir=args.out,
+                Trainer, cfgs, tc, reader, stats=stats, device=device, out_dir=out,
                 resume=args.resume, names=run_names(cfgs),
             )  # fmt: skip
         else:
-            trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=args.out)
+            trainer = Trainer(cfgs, tc, stats=stats, device=device, out_dir=out)
             dicts = trainer.fit(reader, resume=args.resume)
-    if by_dicts or ddp.is_main():  # spread: every rank reports its own dictionaries
-        for name, m in zip(
-            trainer.names, trainer.last_metrics or [{}] * len(trainer.names), strict=True
-        ):
-            last = f"fvu {m['fvu']:.4f}  l0 {m['l0']:.1f}  dead {m['dead_frac']:.3f}" if m else ""
-            print(f"saved {Path(args.out) / name}  {last}")
-    if eval_dir is not None and (by_dicts or ddp.is_main()):
-        held = ActivationReader(
-            eval_dir, needed, args.batch_size, seed=0, shuffle=False, device=device
-        )
-        rows = evaluate(dicts, held, max_tokens=args.eval_tokens)
-        print(f"{'dictionary':<48} {'FVU':>8} {'L0':>8} {'dead':>7}")
-        for name, r in zip(trainer.names, rows, strict=True):
-            print(f"{name:<48} {r['fvu']:8.4f} {r['l0']:8.2f} {r['dead_frac']:7.3f}")
-            (Path(args.out) / name / "eval.json").write_text(json.dumps(r, indent=2) + "\n")
+    report(args, trainer, dicts, needed, out, eval_dir, device, every_rank=by_dicts)
     return 0
+
+
+def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
+    """Train from the model's forward: every needed hook of one batch in one forward."""
+    import torch
+
+    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.model_batches import ModelBatches
+    from activation_cache.models import default_device, load_model, model_id
+    from interp_bench.training import ddp, failures
+    from interp_bench.training.trainer import Trainer
+
+    device = ddp.init_from_env(args.dist_timeout) or torch.device(args.device or default_device())
+    tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
+    model = load_model(args.model, device=device)
+    n_layers = int(model.cfg.n_layers)
+    d = int(model.cfg.d_model)
+    hooks = {f"L{i}.{k}": d for i in range(n_layers) for k in KINDS}
+    cfgs = build_configs(args, hooks, args.model, model_id(model), n_layers=n_layers)
+    needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
+    splits = load_corpus(
+        CorpusConfig(source=args.corpus, context_len=args.context_len), model.tokenizer
+    )
+    # Under torchrun each rank runs the model on its own sequences (data parallel).
+    own = splits.train[ddp.rank() :: ddp.world_size()]
+    source = ModelBatches(model, own, needed, tc.batch_size, seed=tc.seed, device=device)
+    if source.batch_size != tc.batch_size:  # whole sequences per forward
+        print(
+            f"note: --batch-size {tc.batch_size} rounded to {source.batch_size} "
+            f"({source.seqs_per_batch} sequences of {args.context_len - 1} tokens after BOS)"
+        )
+        tc.batch_size = source.batch_size
+    with failures.watched("training"):
+        trainer = Trainer(cfgs, tc, device=device, out_dir=out)
+        dicts = trainer.fit(source, resume=args.resume)
+    eval_dir = Path(args.eval_activations) if args.eval_activations else None
+    report(args, trainer, dicts, needed, out, eval_dir, device)
+    return 0
+
+
+def report(
+    args, trainer, dicts, needed, out: Path, eval_dir, device, every_rank: bool = False
+) -> None:
+    """Print where each dictionary went and, with --eval-activations, its held-out quality.
+    With dictionaries spread over ranks (`every_rank`) each rank reports its own."""
+    from activation_cache.reader import ActivationReader
+    from interp_bench.commands.train_report import saved_line
+    from interp_bench.dictionaries import evaluate
+    from interp_bench.training import ddp
+
+    tc = trainer.train_cfg
+    if not (every_rank or ddp.is_main()):
+        return
+    last = trainer.last_metrics or [None] * len(trainer.names)
+    for name, m in zip(trainer.names, last, strict=True):
+        print(saved_line(out / name, m))  # a finished run rerun prints its logged metrics
+    if eval_dir is not None:
+        held = ActivationReader(eval_dir, needed, tc.batch_size, shuffle=False, device=device)
+        rows = evaluate(dicts, held, max_tokens=args.eval_tokens)
+        print(f"{'dictionary (held-out)':<48} {'FVU':>8} {'FVU typ':>8} {'L0':>8} {'dead':>7}")
+        for name, r in zip(trainer.names, rows, strict=True):
+            print(f"{name:<48} {r.fvu:8.4f} {r.fvu_typical:8.4f} {r.l0:8.2f} {r.dead_frac:7.3f}")
+            (out / name / "eval.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")

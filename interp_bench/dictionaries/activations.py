@@ -1,25 +1,65 @@
-"""Activation functions of sparse dictionaries, one small class each behind one interface.
+"""Activation functions of sparse dictionaries: one small ``nn.Module`` each behind one interface.
 
-Every activation maps encoder pre-activations ``pre [B, d_sae]`` to latents and says how much
-sparsity costs. The dictionary owns the parameters (``W_dec``, ``log_threshold``,
-``topk_threshold``) and passes itself in, so an activation holds only hyper-parameters.
+An activation turns encoder pre-activations ``pre [B, d_sae]`` into latents. Each one owns what
+is particular to it, so :class:`~interp_bench.dictionaries.dictionary.SparseDictionary` never
+asks which architecture it holds:
 
-- ``train(pre, d)``: latents used in the training forward. Dense ``[B, d_sae]`` except for
-  :class:`TopK`, which returns ``(values [B, k], indices [B, k])`` for the sparse decode.
-- ``infer(pre, d)``: dense latents at inference (``SparseDictionary.encode``).
-- ``sparsity_loss(pre, acts, d)``: the penalty *before* the trainer's ``sparsity_scale``.
+- its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``);
+- ``infer(pre)``: dense latents at inference, and ``threshold`` for the saved file;
+- ``train_forward(d, x, dead_mask)``: the training forward, returning :class:`Encoded`. TopK and
+  BatchTopK decode through the active latents only (``interp_bench.dictionaries.topk``);
+- its sparsity penalty and coefficient, warmed up over the first steps (``coefficient``), as
+  SAELens's ``get_coefficients``; whether it keeps unit-norm decoder rows; whether AuxK revives
+  its dead latents.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.matryoshka import (
+    dense_prefix_decode,
+    sparse_prefix_decode,
+    topk_prefix_decode,
+)
+from interp_bench.dictionaries.topk import (
+    SparseDecode,
+    TopKLayout,
+    choose_sparse,
+    dense_decode,
+    gather_pre,
+    single_thread,
+    sparse_decode,
+    topk_rows,
+)
 
 if TYPE_CHECKING:
-    from interp_bench.config import DictionaryConfig
     from interp_bench.dictionaries.dictionary import SparseDictionary
+
+
+class AuxTerms(NamedTuple):
+    """AuxK inputs: values and indices ``[B, k_aux]`` of the chosen dead latents, loss scale."""
+
+    values: Tensor
+    indices: Tensor
+    scale: float
+
+
+class Encoded(NamedTuple):
+    """What a training forward hands back to the dictionary's loss."""
+
+    recon: Tensor  # [B, d_out] reconstruction without the skip term, b_dec included
+    penalty: Tensor  # sparsity penalty before its coefficient (0 for TopK / BatchTopK)
+    l0: Tensor  # mean active latents per token (scalar)
+    fire_counts: Tensor  # long [d_sae]: tokens of the batch each latent fired on
+    aux: AuxTerms | None  # AuxK terms, or None when no latent is dead
+    # Matryoshka: [B, len(prefixes), d_out] reconstructions of each latent prefix (b_dec
+    # included; the last is ``recon``), else None
+    prefixes: Tensor | None = None
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -70,7 +110,74 @@ class StepFn(torch.autograd.Function):
         return None, grad_theta.reshape(-1, theta.shape[-1]).sum(0), None
 
 
-class ReLUL1:
+class Activation(nn.Module):
+    """The interface every activation implements (see the module docstring)."""
+
+    unit_decoder = True  # training keeps decoder rows at unit norm
+    auxk = False  # AuxK revives dead latents
+    sparse_capable = False  # can decode through the active latents only
+
+    def __init__(self, cfg: DictionaryConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @property
+    def threshold(self) -> Tensor | None:
+        """Per-latent inference threshold ``[d_sae]`` for the saved file, or None."""
+        return None
+
+    def load_threshold(self, threshold: Tensor) -> None:
+        """Restore the inference threshold from a saved file (no-op where there is none)."""
+
+    def coefficient(self, warmup: float) -> float:
+        """Sparsity coefficient at warm-up progress ``warmup`` (0 -> 1 over the warm-up)."""
+        return 0.0
+
+    def sparse(self, d_sae: int) -> bool:
+        """Whether training (and TopK inference) decode through the active latents only."""
+        return self.sparse_capable and choose_sparse(self.cfg.k, d_sae, self.cfg.decode)
+
+    def infer(self, pre: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode_infer(self, pre: Tensor, W_dec: Tensor) -> Tensor:
+        """``infer(pre) @ W_dec`` (b_dec not added); TopK overrides it with a sparse decode."""
+        return self.infer(pre) @ W_dec
+
+    def train_forward(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
+        """Dense reference path: latents ``[B, d_sae]`` through autograd."""
+        pre = torch.addmm(d.b_enc, d.sae_in(x), d.W_enc)
+        acts = self.train_acts(pre)
+        prefixes = None
+        if self.cfg.matryoshka:
+            prefixes = dense_prefix_decode(acts, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = acts @ d.W_dec + d.b_dec
+        active = acts > 0
+        aux = None
+        if self.auxk:
+            aux_idx, scale = d.auxk_indices(pre, dead_mask)
+            if aux_idx is not None:
+                aux = AuxTerms(self.aux_values(pre.gather(1, aux_idx)), aux_idx, scale)
+        penalty = self.penalty(pre, acts, d.W_dec)
+        return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux, prefixes)
+
+    def aux_values(self, pre: Tensor) -> Tensor:
+        """AuxK's latent values from the chosen dead latents' pre-activations: ReLU'd, or as
+        they are with ``revive="linear"`` (so latents negative everywhere still get a gradient)."""
+        return pre if self.cfg.resolved_revive == "linear" else pre.relu()
+
+    def train_acts(self, pre: Tensor) -> Tensor:
+        """Dense latents of the training forward (with STEs where needed)."""
+        return self.infer(pre)
+
+    def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
+        """Sparsity penalty before the coefficient."""
+        return pre.new_zeros(())
+
+
+class ReLU(Activation):
     """ReLU latents with an L1 penalty weighted by decoder row norms (Anthropic, April 2024).
 
     ``sparsity="kl"`` swaps the L1 for the classic sparse-autoencoder penalty
@@ -82,28 +189,21 @@ class ReLUL1:
     decoder norms, so the dictionary keeps decoder rows at unit norm for it.
     """
 
-    sparse = False
-
     def __init__(self, cfg: DictionaryConfig) -> None:
-        self.kind = cfg.sparsity
-        self.l1_coefficient = cfg.l1_coefficient
-        self.kl_target = cfg.kl_target
-        self.kl_coefficient = cfg.kl_coefficient
+        super().__init__(cfg)
+        self.unit_decoder = cfg.sparsity == "kl"
 
-    @property
-    def unit_decoder(self) -> bool:
-        return self.kind == "kl"
+    def coefficient(self, warmup: float) -> float:
+        base = self.cfg.kl_coefficient if self.cfg.sparsity == "kl" else self.cfg.l1_coefficient
+        return base * min(1.0, warmup)
 
-    def train(self, pre: Tensor, d: SparseDictionary) -> Tensor:
+    def infer(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
-    def infer(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        return torch.relu(pre)
-
-    def sparsity_loss(self, pre: Tensor, acts: Tensor, d: SparseDictionary) -> Tensor:
-        if self.kind == "kl":
-            return self.kl_coefficient * kl_sparsity(acts, self.kl_target)
-        return self.l1_coefficient * (acts * d.W_dec.norm(dim=1)).sum(-1).mean()
+    def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
+        if self.cfg.sparsity == "kl":
+            return kl_sparsity(acts, self.cfg.kl_target)
+        return (acts * W_dec.norm(dim=1)).sum(-1).mean()
 
 
 def kl_sparsity(acts: Tensor, rho: float) -> Tensor:
@@ -113,33 +213,82 @@ def kl_sparsity(acts: Tensor, rho: float) -> Tensor:
     return kl.sum()
 
 
-class TopK:
-    """Keep the k largest pre-activations per token (ReLU'd); Gao et al. 2024.
+class TopK(Activation):
+    """Keep the k largest pre-activations per token (ReLU'd); Gao et al. 2024. No penalty;
+    dead latents are revived by AuxK. Training decodes through the k active latents only."""
 
-    Training returns ``(values, indices)`` so the dictionary can decode through the k active
-    latents only (see ``interp_bench.dictionaries.topk``). No sparsity penalty; dead latents are
-    revived by the AuxK loss, which the dictionary computes because it needs the decoder.
-    """
+    auxk = True
+    sparse_capable = True
 
-    sparse = True
-    unit_decoder = True
-
-    def __init__(self, cfg: DictionaryConfig) -> None:
-        self.k = cfg.k
-
-    def train(self, pre: Tensor, d: SparseDictionary) -> tuple[Tensor, Tensor]:
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
-        return values.relu(), indices
-
-    def infer(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+    def infer(self, pre: Tensor) -> Tensor:
+        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
-    def sparsity_loss(self, pre: Tensor, acts: Any, d: SparseDictionary) -> Tensor:
-        return pre.new_zeros(())
+    def decode_infer(self, pre: Tensor, W_dec: Tensor) -> Tensor:
+        if not self.sparse(pre.shape[-1]):
+            return super().decode_infer(pre, W_dec)
+        values, indices = topk_rows(pre.reshape(-1, pre.shape[-1]), self.cfg.k)
+        return sparse_decode(values.relu(), indices, W_dec).view(*pre.shape[:-1], -1)
+
+    def train_forward(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
+        if d.sparse_decode:
+            return self._sparse(d, x, dead_mask)
+        return self._dense(d, x, dead_mask)
+
+    def _sparse(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
+        """Hot path: the encoder matmul runs outside autograd; everything after it touches
+        only the k chosen (and AuxK) latents."""
+        k = self.cfg.k
+        sae_in = d.sae_in(x).detach()
+        pre = d.selection_pre(sae_in)
+        idx = topk_rows(pre, k)[1]
+        layout = TopKLayout(idx, d.d_sae)
+        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
+        # One backward for TopK and AuxK latents: their gradients share the encoder product.
+        enc_layout = (
+            layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), d.d_sae)
+        )
+        raw = gather_pre(x, d.b_shift, d.W_enc, d.b_enc, pre, enc_layout, sae_in)
+        vals = raw[:, :k].relu()
+        prefixes = None
+        if self.cfg.matryoshka:
+            prefixes = topk_prefix_decode(vals, idx, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
+        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
+        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
+
+    def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
+        """Reference path (autograd through dense products), also the fallback for large k."""
+        k = self.cfg.k
+        pre = torch.addmm(d.b_enc, d.sae_in(x), d.W_enc)
+        idx = pre.detach().topk(k, dim=-1, sorted=False).indices
+        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
+        all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
+        raw = pre.gather(1, all_idx)
+        vals = raw[:, :k].relu()
+        prefixes = None
+        if self.cfg.matryoshka:
+            dense = vals.new_zeros(len(x), d.d_sae).scatter_add(1, idx, vals)
+            prefixes = dense_prefix_decode(dense, d.W_dec, self.cfg.matryoshka) + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
+        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
+        return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
 
-class BatchTopK:
+@torch.no_grad()
+def _topk_stats(vals: Tensor, idx: Tensor, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(penalty 0, l0, fire counts) of a TopK batch."""
+    with single_thread():  # O(B * k) bookkeeping
+        active = vals > 0
+        counts = torch.bincount(idx[active], minlength=d_sae)
+        return vals.new_zeros(()), active.sum(-1).float().mean(), counts
+
+
+class BatchTopK(Activation):
     """Keep the k * B largest (ReLU'd) pre-activations over the whole batch (Bussmann et al.
     2024), so tokens get a variable number of latents averaging k.
 
@@ -148,64 +297,119 @@ class BatchTopK:
     JumpReLU with that threshold. This is also how it is saved for SAELens (as ``jumprelu``).
     """
 
-    sparse = False
-    unit_decoder = True
+    auxk = True
+    sparse_capable = True
 
     def __init__(self, cfg: DictionaryConfig) -> None:
-        self.k = cfg.k
-        self.ema = cfg.threshold_ema
+        super().__init__(cfg)
+        self.register_buffer("topk_threshold", torch.zeros(()))
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.topk_threshold.expand(self.cfg.d_sae)
+
+    def load_threshold(self, threshold: Tensor) -> None:
+        with torch.no_grad():
+            self.topk_threshold.copy_(threshold.reshape(-1)[0])
 
     def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """The k * B largest pre-activations: ``(values ReLU'd, indices into pre.flatten())``."""
         flat = pre.reshape(-1)
-        n = min(self.k * pre.shape[:-1].numel(), flat.numel())
+        n = min(self.cfg.k * pre.shape[:-1].numel(), flat.numel())
         values, indices = flat.topk(n, sorted=False)
         return values.relu(), indices
 
     @torch.no_grad()
-    def update_threshold(self, values: Tensor, d: SparseDictionary) -> None:
+    def update_threshold(self, values: Tensor) -> None:
         """EMA of the smallest positive activation that survived the batch top-k."""
         positive = values[values > 0]
         if positive.numel():
-            m = positive.min().to(d.topk_threshold.dtype)
-            d.topk_threshold.mul_(self.ema).add_((1 - self.ema) * m)
+            m = positive.min().to(self.topk_threshold.dtype)
+            ema = self.cfg.threshold_ema
+            self.topk_threshold.mul_(ema).add_((1 - ema) * m)
 
-    def train(self, pre: Tensor, d: SparseDictionary) -> Tensor:
+    def infer(self, pre: Tensor) -> Tensor:
+        return pre.relu() * (pre > self.topk_threshold.to(pre.dtype)).to(pre.dtype)
+
+    def train_acts(self, pre: Tensor) -> Tensor:
         values, indices = self.select(pre)
-        self.update_threshold(values.detach(), d)
+        self.update_threshold(values.detach())
         flat = torch.zeros_like(pre).reshape(-1).scatter(0, indices, values)
         return flat.reshape(pre.shape)
 
-    def infer(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        return pre.relu() * (pre > d.topk_threshold.to(pre.dtype)).to(pre.dtype)
+    def train_forward(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
+        if not d.sparse_decode:
+            return super().train_forward(d, x, dead_mask)
+        # Through the active latents only: a variable number per token, as CSR.
+        sae_in = d.sae_in(x).detach()
+        pre = d.selection_pre(sae_in)
+        with torch.no_grad():
+            _, flat_idx = self.select(pre)
+        layout = TopKLayout.from_flat(flat_idx, len(x), d.d_sae)
+        args = (x, d.b_shift, d.W_enc, d.b_enc, pre)
+        vals = gather_pre(*args, layout, sae_in).relu()  # [nnz], row-major
+        self.update_threshold(vals.detach())
+        prefixes = None
+        if self.cfg.matryoshka:
+            rows = torch.div(layout.flat, d.d_sae, rounding_mode="floor")
+            prefixes = sparse_prefix_decode(
+                vals, rows, layout.col, len(x), d.W_dec, self.cfg.matryoshka
+            )
+            prefixes = prefixes + d.b_dec
+            recon = prefixes[:, -1]
+        else:
+            recon = SparseDecode.apply(vals, layout, d.W_dec) + d.b_dec
+        active = vals > 0
+        counts = torch.bincount(layout.col[active], minlength=d.d_sae)
+        l0 = active.sum().float() / len(x)
+        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
+        aux = None
+        if aux_idx is not None:
+            aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
+            aux = AuxTerms(aux_vals, aux_idx, aux_scale)
+        return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
-    def sparsity_loss(self, pre: Tensor, acts: Tensor, d: SparseDictionary) -> Tensor:
-        return pre.new_zeros(())
 
-
-class JumpReLU:
+class JumpReLU(Activation):
     """Per-latent thresholds trained by straight-through estimators, L0 penalty (Rajamanoharan
     et al. 2024). Thresholds are stored as ``log_threshold`` so they stay positive."""
 
-    sparse = False
     unit_decoder = False
 
     def __init__(self, cfg: DictionaryConfig) -> None:
-        self.bandwidth = cfg.jumprelu_bandwidth
-        self.l0_coefficient = cfg.l0_coefficient
+        super().__init__(cfg)
+        init = torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold)
+        self.log_threshold = nn.Parameter(init.log())
 
-    def train(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        return JumpReLUFn.apply(pre.relu(), d.log_threshold.exp(), self.bandwidth)
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
 
-    def infer(self, pre: Tensor, d: SparseDictionary) -> Tensor:
-        return pre.relu() * (pre > d.log_threshold.exp()).to(pre.dtype)
+    def load_threshold(self, threshold: Tensor) -> None:
+        with torch.no_grad():
+            self.log_threshold.copy_(threshold.log())
 
-    def sparsity_loss(self, pre: Tensor, acts: Tensor, d: SparseDictionary) -> Tensor:
-        l0 = StepFn.apply(pre, d.log_threshold.exp(), self.bandwidth).sum(-1).mean()
-        return self.l0_coefficient * l0
+    def coefficient(self, warmup: float) -> float:
+        return self.cfg.l0_coefficient * min(1.0, warmup)
+
+    def infer(self, pre: Tensor) -> Tensor:
+        return pre.relu() * (pre > self.log_threshold.exp()).to(pre.dtype)
+
+    def train_acts(self, pre: Tensor) -> Tensor:
+        return JumpReLUFn.apply(pre.relu(), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+
+    def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
+        theta = self.log_threshold.exp()
+        return StepFn.apply(pre, theta, self.cfg.jumprelu_bandwidth).sum(-1).mean()
 
 
-def make_activation(cfg: DictionaryConfig) -> ReLUL1 | TopK | BatchTopK | JumpReLU:
-    return {"relu": ReLUL1, "topk": TopK, "batchtopk": BatchTopK, "jumprelu": JumpReLU}[cfg.arch](
-        cfg
-    )
+ACTIVATIONS: dict[str, type[Activation]] = {
+    "relu": ReLU,
+    "topk": TopK,
+    "batchtopk": BatchTopK,
+    "jumprelu": JumpReLU,
+}
+
+
+def make_activation(cfg: DictionaryConfig) -> Activation:
+    return ACTIVATIONS[cfg.arch](cfg)

@@ -10,40 +10,29 @@ Weights use SAELens's shapes and names, so ``save`` writes a folder SAELens load
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.activations import make_activation
-from interp_bench.dictionaries.topk import (
-    SparseDecode,
-    TopKLayout,
-    choose_sparse,
-    dense_decode,
-    gather_pre,
-    select_in_bf16,
-    single_thread,
-    sparse_decode,
-    topk_rows,
-)
+from interp_bench.dictionaries.evaluate import batch_fvu
+from interp_bench.dictionaries.matryoshka import matryoshka_loss
+from interp_bench.dictionaries.revive import recenter_dead
+from interp_bench.dictionaries.topk import select_in_bf16, sparse_decode
 
 
-@dataclass
-class LossOutput:
-    """One training step's losses. ``loss`` is what to back-propagate."""
+class ForwardOutput(NamedTuple):
+    """One training forward (``SparseDictionary.loss``). ``loss`` is what to back-propagate."""
 
     loss: Tensor
     mse: Tensor  # squared error summed over d_out, mean over tokens
     aux: Tensor  # AuxK loss (topk / batchtopk), already scaled by the dead fraction, pre-alpha
-    sparsity: Tensor  # L1 / KL / L0 penalty before sparsity_scale
-    l0: float  # mean active latents per token
-    fired: Tensor  # bool [d_sae]: latents active on at least one token of the batch
+    sparsity: Tensor  # the sparsity term added to the loss (coefficient and warm-up applied)
+    l0: Tensor  # mean active latents per token (scalar)
     fire_counts: Tensor  # long [d_sae]: tokens of the batch each latent fired on
-    fvu: float  # fraction of variance unexplained on this batch
+    fvu: Tensor  # fraction of variance unexplained on this batch (scalar)
 
 
 class SparseDictionary(nn.Module):
@@ -59,7 +48,6 @@ class SparseDictionary(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.act = make_activation(cfg)
         self.is_transcoder = cfg.is_transcoder
         d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
         kw = {"device": device, "dtype": dtype}
@@ -78,11 +66,9 @@ class SparseDictionary(nn.Module):
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_out, **kw))
         self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, **kw)) if cfg.skip else None
-        if cfg.arch == "jumprelu":
-            init = torch.full((d_sae,), cfg.jumprelu_init_threshold, **kw)
-            self.log_threshold = nn.Parameter(init.log())
-        if cfg.arch == "batchtopk":
-            self.register_buffer("topk_threshold", torch.zeros((), **kw))
+        # Registered last so parameters() lists W_enc_t .. W_skip first, as before the
+        # activations owned their thresholds (optimizer state order).
+        self.act = make_activation(cfg).to(**kw)
         # Input/output scales folded into the weights so far (for the saved metadata).
         self.folded_scales: tuple[float, float] = (1.0, 1.0)
 
@@ -107,18 +93,18 @@ class SparseDictionary(nn.Module):
     @property
     def threshold(self) -> Tensor | None:
         """Per-latent inference threshold [d_sae] (jumprelu, batchtopk), else None."""
-        if self.cfg.arch == "jumprelu":
-            return self.log_threshold.exp()
-        if self.cfg.arch == "batchtopk":
-            return self.topk_threshold.expand(self.d_sae)
-        return None
+        return self.act.threshold
 
     @property
     def sparse_decode(self) -> bool:
         """Whether training decodes through the active latents only (topk / batchtopk)."""
-        if self.cfg.arch not in ("topk", "batchtopk"):
-            return False
-        return choose_sparse(self.cfg.k, self.d_sae, self.cfg.decode)
+        return self.act.sparse(self.d_sae)
+
+    @property
+    def b_shift(self) -> Tensor | None:
+        """What the encoder subtracts from its input: b_dec for an SAE, nothing for a
+        transcoder (its input and output live in different spaces)."""
+        return None if self.is_transcoder else self.b_dec
 
     # ----------------------------------------------------------------- inference
     def _check(self, x: Tensor, width: int, what: str) -> None:
@@ -129,18 +115,19 @@ class SparseDictionary(nn.Module):
                 "pass activations from the hook it was trained on"
             )
 
-    def _sae_in(self, x: Tensor) -> Tensor:
+    def sae_in(self, x: Tensor) -> Tensor:
+        """The encoder's input: ``x - b_dec`` for an SAE, ``x`` for a transcoder."""
         x = x.to(self.W_enc.dtype)
-        return x if self.is_transcoder else x - self.b_dec
+        return x if self.b_shift is None else x - self.b_shift
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """Encoder pre-activations ``[..., d_sae]``."""
         self._check(x, self.d_in, "input")
-        return self._sae_in(x) @ self.W_enc + self.b_enc
+        return self.sae_in(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
         """Dense latent activations ``[..., d_sae]`` of raw activations ``x [..., d_in]``."""
-        return self.act.infer(self.pre_acts(x), self)
+        return self.act.infer(self.pre_acts(x))
 
     def decode(self, f: Tensor) -> Tensor:
         """``f @ W_dec + b_dec``. The skip term needs x, so use ``forward`` for transcoders."""
@@ -149,21 +136,15 @@ class SparseDictionary(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction (SAE) or prediction of the output hook (transcoder), ``[..., d_out]``."""
-        pre = self.pre_acts(x)
-        if self.cfg.arch == "topk" and self.sparse_decode:
-            values, indices = topk_rows(pre.reshape(-1, self.d_sae), self.cfg.k)
-            out = sparse_decode(values.relu(), indices, self.W_dec).view(*pre.shape[:-1], -1)
-            out = out + self.b_dec
-        else:
-            out = self.act.infer(pre, self) @ self.W_dec + self.b_dec
+        out = self.act.decode_infer(self.pre_acts(x), self.W_dec) + self.b_dec
         if self.W_skip is not None:
             out = out + x.to(self.W_skip.dtype) @ self.W_skip
         return out
 
     # ----------------------------------------------------------------- training
-    def _auxk_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor | None, float]:
+    def auxk_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor | None, float]:
         """Top-k_aux dead latents per token (Gao et al. 2024, App. B.1) and the loss scale."""
-        if dead_mask is None or self.cfg.arch not in ("topk", "batchtopk"):
+        if dead_mask is None:
             return None, 0.0
         dead = dead_mask.nonzero().flatten()
         if dead.numel() == 0:
@@ -171,8 +152,25 @@ class SparseDictionary(nn.Module):
         k_aux = self.cfg.auxk_k or self.d_out // 2
         scale = min(dead.numel() / k_aux, 1.0)
         k_aux = min(k_aux, dead.numel())
-        local = pre.detach().index_select(1, dead).topk(k_aux, dim=1, sorted=False).indices
+        dead_pre = pre.detach().index_select(1, dead)
+        revive = self.cfg.resolved_revive
+        if revive in ("recenter", "fire"):
+            level = 0.0
+            if revive == "fire":  # the typical k-th largest pre-activation: TopK picks them
+                level = pre.detach().topk(self.cfg.k, dim=1).values[:, -1].median().item()
+            share = self.cfg.k / self.d_sae
+            dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
+        local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
         return dead[local], scale
+
+    @torch.no_grad()
+    def selection_pre(self, sae_in: Tensor) -> Tensor:
+        """Pre-activations that choose the sparse paths' latents (the values of the chosen ones
+        are taken exactly in ``gather_pre``): bf16 where that is much faster (cfg.select)."""
+        if select_in_bf16(self.cfg.select, sae_in.device) and sae_in.dtype == torch.float32:
+            bf = torch.bfloat16
+            return torch.addmm(self.b_enc.to(bf), sae_in.to(bf), self.W_enc.to(bf))
+        return torch.addmm(self.b_enc, sae_in, self.W_enc)
 
     def loss(
         self,
@@ -180,12 +178,12 @@ class SparseDictionary(nn.Module):
         target: Tensor | None = None,
         *,
         dead_mask: Tensor | None = None,
-        sparsity_scale: float = 1.0,
-    ) -> LossOutput:
+        warmup: float = 1.0,
+    ) -> ForwardOutput:
         """Training loss on a batch ``x [B, d_in]`` (target ``[B, d_out]``, default x for an SAE).
 
-        ``dead_mask`` (bool [d_sae]) enables AuxK for topk/batchtopk; ``sparsity_scale`` is the
-        trainer's warm-up factor on the L1/KL/L0 coefficient.
+        ``dead_mask`` (bool [d_sae]) enables AuxK where the activation uses it; ``warmup`` is
+        the progress (0 -> 1) of the sparsity coefficient's warm-up.
         """
         self._check(x, self.d_in, "input")
         if target is None:
@@ -195,112 +193,26 @@ class SparseDictionary(nn.Module):
         self._check(target, self.d_out, "target")
         x = x.reshape(-1, self.d_in).to(self.W_enc.dtype)
         target = target.reshape(-1, self.d_out).to(self.W_dec.dtype)
-        if self.sparse_decode:
-            forward = self._sparse_topk if self.cfg.arch == "topk" else self._sparse_batchtopk
-        else:
-            forward = self._dense_topk if self.cfg.arch == "topk" else self._dense
-        recon, sparsity, l0, counts, aux_terms = forward(x, dead_mask)
-
-        if self.W_skip is not None:
-            recon = recon + x @ self.W_skip
+        enc = self.act.train_forward(self, x, dead_mask if self.act.auxk else None)
+        recon = enc.recon
+        skip = x @ self.W_skip if self.W_skip is not None else None
+        if skip is not None:
+            recon = recon + skip
         err = target - recon
         mse = err.pow(2).sum(-1).mean()
-        if aux_terms is not None:
-            aux_vals, aux_idx, aux_scale = aux_terms
-            e_hat = sparse_decode(aux_vals, aux_idx, self.W_dec)
-            aux = aux_scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
+        recon_loss = mse
+        if enc.prefixes is not None:  # Matryoshka: every prefix reconstructs on its own
+            recon_loss = matryoshka_loss(enc.prefixes, target, skip)
+        if enc.aux is not None:
+            e_hat = sparse_decode(enc.aux.values, enc.aux.indices, self.W_dec)
+            aux = enc.aux.scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
         else:
             aux = mse.new_zeros(())
-        loss = mse + self.cfg.auxk_alpha * aux + sparsity_scale * sparsity
-        with torch.no_grad():
-            var = (target - target.mean(0)).pow(2).sum(-1).mean()
-            fvu = (mse / var.clamp_min(1e-12)).item()
-        return LossOutput(loss, mse, aux, sparsity, float(l0), counts > 0, counts, fvu)
-
-    # Training forwards: each returns (recon without skip, sparsity penalty, l0, fire counts, aux)
-    # with aux = (values [B, k_aux], indices [B, k_aux], scale) for AuxK, or None.
-    def _sparse_topk(self, x: Tensor, dead_mask: Tensor | None):
-        """Hot path: the encoder matmul runs outside autograd; everything after it touches
-        only the k chosen (and AuxK) latents. See interp_bench/dictionaries/topk.py."""
-        k = self.cfg.k
-        sae_in = self._sae_in(x).detach()
-        pre = self._selection_pre(sae_in)
-        idx = topk_rows(pre, k)[1]
-        layout = TopKLayout(idx, self.d_sae)
-        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-        # One backward for TopK and AuxK latents: their gradients share the encoder product.
-        enc_layout = (
-            layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), self.d_sae)
+        sparsity = self.act.coefficient(warmup) * enc.penalty
+        loss = recon_loss + self.cfg.auxk_alpha * aux + sparsity
+        return ForwardOutput(
+            loss, mse, aux, sparsity, enc.l0, enc.fire_counts, batch_fvu(mse.detach(), target)
         )
-        b_shift = None if self.is_transcoder else self.b_dec
-        vals_all = gather_pre(x, b_shift, self.W_enc, self.b_enc, pre, enc_layout, sae_in)
-        vals_all = vals_all.relu()
-        vals = vals_all[:, :k]
-        recon = sparse_decode(vals, idx, self.W_dec, layout) + self.b_dec
-        aux = None if aux_idx is None else (vals_all[:, k:], aux_idx, aux_scale)
-        return recon, *self._topk_stats(vals, idx), aux
-
-    @torch.no_grad()
-    def _selection_pre(self, sae_in: Tensor) -> Tensor:
-        """Pre-activations that choose the sparse paths' latents (the values of the chosen ones
-        are taken exactly in ``gather_pre``): bf16 where that is much faster (cfg.select)."""
-        if select_in_bf16(self.cfg.select, sae_in.device) and sae_in.dtype == torch.float32:
-            bf = torch.bfloat16
-            return torch.addmm(self.b_enc.to(bf), sae_in.to(bf), self.W_enc.to(bf))
-        return torch.addmm(self.b_enc, sae_in, self.W_enc)
-
-    def _dense_topk(self, x: Tensor, dead_mask: Tensor | None):
-        """Reference TopK path (autograd through dense products), also the fallback for large k."""
-        k = self.cfg.k
-        pre = torch.addmm(self.b_enc, self._sae_in(x), self.W_enc)
-        idx = pre.detach().topk(k, dim=-1, sorted=False).indices
-        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-        all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
-        vals_all = pre.gather(1, all_idx).relu()
-        vals = vals_all[:, :k]
-        recon = dense_decode(vals, idx, self.W_dec) + self.b_dec
-        aux = None if aux_idx is None else (vals_all[:, k:], aux_idx, aux_scale)
-        return recon, *self._topk_stats(vals, idx), aux
-
-    @torch.no_grad()
-    def _topk_stats(self, vals: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        with single_thread():  # O(B * k) bookkeeping
-            active = vals > 0
-            counts = torch.bincount(idx[active], minlength=self.d_sae)
-            return vals.new_zeros(()), active.sum(-1).float().mean(), counts
-
-    def _sparse_batchtopk(self, x: Tensor, dead_mask: Tensor | None):
-        """BatchTopK through the active latents only: a variable number per token, as CSR."""
-        sae_in = self._sae_in(x).detach()
-        pre = self._selection_pre(sae_in)
-        with torch.no_grad():
-            _, flat_idx = self.act.select(pre)
-        layout = TopKLayout.from_flat(flat_idx, len(x), self.d_sae)
-        b_shift = None if self.is_transcoder else self.b_dec
-        args = (x, b_shift, self.W_enc, self.b_enc, pre)
-        vals = gather_pre(*args, layout, sae_in).relu()  # [nnz], row-major
-        self.act.update_threshold(vals.detach(), self)
-        recon = SparseDecode.apply(vals, layout, self.W_dec) + self.b_dec
-        active = vals > 0
-        counts = torch.bincount(layout.col[active], minlength=self.d_sae)
-        l0 = active.sum().float() / len(x)
-        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-        aux = None
-        if aux_idx is not None:
-            aux_vals = gather_pre(*args, TopKLayout(aux_idx, self.d_sae), sae_in).relu()
-            aux = (aux_vals, aux_idx, aux_scale)
-        return recon, recon.new_zeros(()), l0, counts, aux
-
-    def _dense(self, x: Tensor, dead_mask: Tensor | None):
-        """ReLU, JumpReLU, and BatchTopK's reference path: dense latents [B, d_sae]."""
-        pre = torch.addmm(self.b_enc, self._sae_in(x), self.W_enc)
-        acts = self.act.train(pre, self)
-        recon = acts @ self.W_dec + self.b_dec
-        active = acts > 0
-        sparsity = self.act.sparsity_loss(pre, acts, self)
-        aux_idx, aux_scale = self._auxk_indices(pre, dead_mask)
-        aux = None if aux_idx is None else (pre.gather(1, aux_idx).relu(), aux_idx, aux_scale)
-        return recon, sparsity, active.sum(-1).float().mean(), active.sum(0), aux
 
     # ----------------------------------------------------------------- constraints and init
     @property
@@ -354,7 +266,7 @@ class SparseDictionary(nn.Module):
         if self.cfg.resolved_encoder_init == "standardized":
             # A random encoder on anisotropic inputs gives a few latents far larger
             # pre-activations than the rest; TopK then never picks the rest and they die.
-            pre = self._sae_in(x.reshape(-1, self.d_in)) @ self.W_enc
+            pre = self.sae_in(x.reshape(-1, self.d_in)) @ self.W_enc
             std = pre.std(0).clamp_min(1e-6)
             self.W_enc.div_(std)
             self.b_enc.copy_(-pre.mean(0) / std)
@@ -379,21 +291,6 @@ class SparseDictionary(nn.Module):
         a, b = self.folded_scales
         self.folded_scales = (a * in_scale, b * out_scale)
         return self
-
-    # ----------------------------------------------------------------- persistence
-    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``cfg.json`` + ``sae_weights.safetensors`` in the SAELens 6 layout."""
-        from interp_bench.dictionaries.saelens_format import save_dictionary
-
-        return save_dictionary(self, path, metadata)
-
-
-def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
-    """Load a dictionary saved by ``SparseDictionary.save`` or by SAELens (standard, topk,
-    jumprelu, and the transcoder variants)."""
-    from interp_bench.dictionaries.saelens_format import load_saelens_folder
-
-    return load_saelens_folder(path, device=device)
 
 
 @torch.no_grad()

@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from activation_cache.hooks import hooked_transformer_name
+from activation_cache.names import check_hook_name
+from activation_cache.paths import save_tensors
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.dictionary import SparseDictionary
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -54,22 +58,28 @@ def saelens_architecture(cfg: DictionaryConfig) -> str:
     return base.replace("transcoder", "skip_transcoder") if cfg.skip else base
 
 
-def tl_hook_name(short: str) -> str:
-    """Best-effort TransformerLens name for a short hook name like 'L8.resid_post'."""
-    layer, _, kind = short.partition(".")
-    if not layer.startswith("L") or not layer[1:].isdigit():
-        return short
-    names = {
-        "resid_pre": "hook_resid_pre",
-        "resid_post": "hook_resid_post",
-        "mlp_in": "ln2.hook_normalized",
-        "mlp_out": "hook_mlp_out",
-    }
-    return f"blocks.{layer[1:]}.{names[kind]}" if kind in names else short
+# Architectures we write that SAELens 6.54 has no class for: only our loader reads them.
+NO_SAELENS_CLASS = ("topk_transcoder",)
 
 
-def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``d`` (a SparseDictionary) to ``path``; files are written to temp names and renamed
+def loads_in_saelens(cfg: DictionaryConfig) -> bool:
+    """True when SAELens's `SAE.load_from_disk` reads a folder saved with this config."""
+    return saelens_architecture(cfg) not in NO_SAELENS_CLASS
+
+
+def how_to_load(cfg: DictionaryConfig) -> str:
+    """One line saying exactly what loads a saved folder, for messages and the demo's table."""
+    ours = "interp_bench.dictionaries.load_dictionary(path)"
+    if loads_in_saelens(cfg):
+        return f"{ours}, or SAELens: sae_lens.SAE.load_from_disk(path)"
+    arch = saelens_architecture(cfg)
+    return f"{ours} only (SAELens {SAELENS_FORMAT_VERSION[:4]} has no {arch} class)"
+
+
+def save_dictionary(
+    d: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write ``d`` to ``path`` in the SAELens 6 layout; files are written to temp names and renamed
     so a crash never leaves a half-written folder behind a valid-looking cfg.json."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -91,14 +101,14 @@ def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None)
         "sae_lens_version": SAELENS_FORMAT_VERSION,
         "sae_lens_training_version": None,
         "model_name": cfg.model_name,
-        "hook_name": tl_hook_name(cfg.hook_in),
+        "hook_name": hooked_transformer_name(cfg.hook_in),
         "hook_head_index": None,
         "prepend_bos": True,
         "context_size": None,
         "dataset_path": None,
     }
     if cfg.hook_out:
-        meta["hook_name_out"] = tl_hook_name(cfg.hook_out)
+        meta["hook_name_out"] = hooked_transformer_name(cfg.hook_out)
     meta.update(metadata or {})
     meta["interp_bench"] = {
         "config": cfg.to_dict(),
@@ -122,7 +132,7 @@ def save_dictionary(d, path: str | Path, metadata: dict[str, Any] | None = None)
     if d.is_transcoder:
         out["d_out"] = cfg.out_dim
     tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CFG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
+    save_tensors(state, tmp_w)
     tmp_c.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp_w, path / WEIGHTS_FILE)
     os.replace(tmp_c, path / CFG_FILE)
@@ -153,17 +163,41 @@ def _config_from_saelens(c: dict[str, Any]) -> DictionaryConfig:
     )
 
 
-def load_saelens_folder(path: str | Path, device: torch.device | str | None = None):
-    """Load a folder written by us or by SAELens into a SparseDictionary."""
-    from interp_bench.dictionaries.dictionary import SparseDictionary
+def _check_shapes(path: Path, state: dict, cfg: DictionaryConfig, arch: str) -> None:
+    """Weights must have the shapes cfg.json promises (copying would fail, or broadcast)."""
+    d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    if cfg.skip:
+        want["W_skip"] = (d_out, d_in)
+    for name, shape in want.items():
+        got = tuple(state[name].shape) if name in state else None
+        if got != shape:
+            raise ValueError(
+                f"{path}: {WEIGHTS_FILE} has {name} of shape {list(got) if got else 'none'}, "
+                f"but {CFG_FILE} says {list(shape)} (d_in {d_in}, d_sae {d_sae}, d_out {d_out}); "
+                "the two files do not belong together"
+            )
+    if cfg.arch in ("jumprelu", "batchtopk") and "threshold" not in state:
+        raise ValueError(f"{path}: {arch} needs a threshold tensor in {WEIGHTS_FILE}; it has none")
+    if "threshold" in state and state["threshold"].numel() not in (1, d_sae):
+        raise ValueError(f"{path}: threshold has {state['threshold'].numel()} values, not {d_sae}")
 
+
+def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
+    """Load a dictionary saved by ``save_dictionary`` or by SAELens (standard, topk, jumprelu,
+    and the transcoder variants)."""
     path = Path(path)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(
             f"{path} is not a dictionary folder: expected {CFG_FILE} and {WEIGHTS_FILE}"
         )
-    c = json.loads(cfg_path.read_text())
+    try:
+        c = json.loads(cfg_path.read_text())
+        if not isinstance(c, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not a valid dictionary config ({err})") from err
     arch = c.get("architecture", "standard")
     if arch not in SUPPORTED:
         raise ValueError(
@@ -178,9 +212,16 @@ def load_saelens_folder(path: str | Path, device: torch.device | str | None = No
     if c.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{path}: reshape_activations={c['reshape_activations']!r} unsupported")
     ours = (c.get("metadata") or {}).get("interp_bench")
-    cfg = DictionaryConfig.from_dict(ours["config"]) if ours else _config_from_saelens(c)
+    try:
+        cfg = DictionaryConfig.from_dict(ours["config"]) if ours else _config_from_saelens(c)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{cfg_path} lacks or mistypes a field ({err!r})") from err
+    for hook in (cfg.hook_in, cfg.hook_out):
+        if hook:  # hook names become parts of folder names (training runs, analysis)
+            check_hook_name(hook, cfg_path)
 
     state = load_file(str(w_path))
+    _check_shapes(path, state, cfg, arch)
     dtype = state["W_enc"].dtype
     d = SparseDictionary(cfg, device="cpu", dtype=dtype)
     with torch.no_grad():
@@ -198,10 +239,8 @@ def load_saelens_folder(path: str | Path, device: torch.device | str | None = No
         d.b_dec.copy_(state["b_dec"])
         if d.W_skip is not None:
             d.W_skip.copy_(state["W_skip"].t())
-        if cfg.arch == "jumprelu":
-            d.log_threshold.copy_(state["threshold"].log())
-        elif cfg.arch == "batchtopk":
-            d.topk_threshold.copy_(state["threshold"].reshape(-1)[0])
+        if "threshold" in state:
+            d.act.load_threshold(state["threshold"])
     if ours:
         a, b = ours.get("folded_scales", [1.0, 1.0])
         d.folded_scales = (float(a), float(b))

@@ -98,8 +98,16 @@ def latest_common_step(ckpt_dirs: list[Path]) -> int | None:
 
 
 def read(ckpt_dir: Path, step: int, map_location=None) -> dict[str, Any]:
+    """The state saved for `step`; a checkpoint that does not load is named, with the fix."""
     path = _step_dirs(ckpt_dir)[step] / "state.pt"
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged file; all mean the same
+        raise ValueError(
+            f"checkpoint {path} is damaged ({type(err).__name__}); rerun with --no-resume to "
+            "start over, or delete that step folder to resume from an older one"
+        ) from err
+    return state
 
 
 def rng_state() -> dict[str, Any]:

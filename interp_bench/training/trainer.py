@@ -24,15 +24,16 @@ from typing import Any
 
 import torch
 
-from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionaries.dictionary import SparseDictionary
+from activation_cache.models import default_device
+from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
+from interp_bench.dictionaries import SparseDictionary, save_dictionary
+from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import checkpoint as ckpt
-from interp_bench.training import ddp
+from interp_bench.training import ddp, guards
 from interp_bench.training.allocator import keep_freed_memory
 
-DENSE_FRACTION = 0.1  # a latent firing on more than 10% of tokens counts as dense
-# Settings that may change between a run and its resume without changing its result.
-_RESUME_FREE = ("device", "autocast", "log_every", "checkpoint_every", "eval_every", "extra")
+# Settings that may change between a run and its resume (or rerun) without changing its result.
+RESUME_FREE = ("device", "autocast", "log_every", "checkpoint_every", "extra")
 
 
 class TrainingDiverged(ValueError):
@@ -67,7 +68,7 @@ def lr_factor(step: int, total: int, warmup: int, decay_start: float, shape: str
     factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     start = int(decay_start * total)
     if step >= start and total > start:
-        frac = (step - start) / (total - start)
+        frac = min(1.0, (step - start) / (total - start))
         factor *= 1.0 - frac if shape == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
     return factor
 
@@ -87,11 +88,9 @@ class Trainer:
     ):
         if not dict_cfgs:
             raise ValueError("no dictionaries to train: pass at least one DictionaryConfig")
-        if train_cfg.lr_decay not in ("linear", "cosine"):
-            raise ValueError(f"lr_decay must be 'linear' or 'cosine', got {train_cfg.lr_decay!r}")
         self.cfgs = list(dict_cfgs)
         self.train_cfg = train_cfg
-        self.device = torch.device(device or train_cfg.device or _default_device())
+        self.device = torch.device(device or train_cfg.device or default_device())
         if self.device.type == "cpu":
             keep_freed_memory()  # every step reallocates the same large buffers
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -100,7 +99,8 @@ class Trainer:
             {c.hook_in for c in self.cfgs} | {c.hook_out for c in self.cfgs if c.hook_out}
         )
         self.world = ddp.world_size()
-        self.total_steps = max(1, train_cfg.tokens // (train_cfg.batch_size * self.world))
+        # Resolved from the first batch's size: the trainer counts the tokens it is given.
+        self.schedule: Schedule | None = None
 
         self.dicts: list[SparseDictionary] = []
         for c in self.cfgs:
@@ -153,18 +153,21 @@ class Trainer:
             self._init_from_batch(batch)
         tc = self.train_cfg
         n_tokens = next(iter(batch.values())).shape[0] * self.world
+        if self.schedule is None:
+            self.schedule = tc.schedule(n_tokens)
+        sched = self.schedule
         factor = lr_factor(
-            self.step_idx, self.total_steps, tc.warmup_steps, tc.decay_start, tc.lr_decay
+            self.step_idx, sched.total_steps, sched.warmup_steps, tc.decay_start, tc.lr_decay
         )
-        warm = tc.sparsity_warmup_steps
-        sparsity_scale = min(1.0, (self.step_idx + 1) / warm) if warm > 0 else 1.0
+        warm = sched.sparsity_warmup_steps
+        warmup = (self.step_idx + 1) / warm if warm > 0 else 1.0
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if tc.autocast and self.device.type == "cuda"
             else nullcontext()
         )
 
-        rows, fired, counts = [], [], []
+        rows, counts = [], []
         for i, (d, cfg) in enumerate(zip(self.dicts, self.cfgs, strict=True)):
             x = batch[cfg.hook_in]
             y = batch[cfg.hook_out] if cfg.hook_out else None
@@ -172,8 +175,8 @@ class Trainer:
                 out = d.loss(
                     x,
                     y,
-                    dead_mask=self.since_fired[i] >= tc.dead_tokens,
-                    sparsity_scale=sparsity_scale,
+                    dead_mask=self.since_fired[i] >= sched.dead_tokens,
+                    warmup=warmup,
                 )
             out.loss.backward()
             params = [p for p in d.parameters() if p.grad is not None]
@@ -183,22 +186,14 @@ class Trainer:
             grad_norm = torch.nn.utils.get_total_norm(grads)
             if tc.grad_clip > 0:  # clip_grad_norm_ would scale every gradient even by 1.0
                 torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm)
-            fired.append(out.fired)
             counts.append(out.fire_counts)
-            row = torch.stack(
-                [
-                    out.loss.detach().float(),
-                    out.mse.detach().float(),
-                    out.aux.detach().float(),
-                    out.sparsity.detach().float(),
-                    grad_norm.detach().float(),
-                ]
-            )
-            rows.append(torch.cat([row, row.new_tensor([out.fvu, out.l0])]))
+            parts = (out.loss, out.mse, out.aux, out.sparsity, grad_norm, out.fvu, out.l0)
+            rows.append(torch.stack([t.detach().float() for t in parts]))
         # Every rank sees the same averaged numbers, so all of them stop together on NaN.
         values = torch.stack(rows)
         ddp.all_reduce_mean_([values])
         values = values.tolist()
+        guards.check_step(self, batch, values)  # bad input named by shard row; finite blow-ups
         for name, v in zip(self.names, values, strict=True):
             if not all(math.isfinite(t) for t in v):
                 what = f"loss is {v[0]}" if not math.isfinite(v[0]) else f"gradient norm is {v[4]}"
@@ -214,18 +209,17 @@ class Trainer:
                 ddp.all_reduce_mean_([b for b in d.buffers() if b.is_floating_point()])
 
         with torch.no_grad():
-            for i, f in enumerate(fired):
-                ddp.all_reduce_(f, "max")
-                self.since_fired[i] += n_tokens
-                self.since_fired[i][f] = 0
             for i, c in enumerate(counts):
-                self.fire_counts[i] += ddp.all_reduce_(c, "sum")
+                ddp.all_reduce_(c, "sum")
+                self.since_fired[i] += n_tokens
+                self.since_fired[i][c > 0] = 0
+                self.fire_counts[i] += c
             self.window_tokens += n_tokens
             health = torch.stack(
                 [
                     torch.stack(
                         [
-                            (s >= tc.dead_tokens).float().mean(),
+                            (s >= sched.dead_tokens).float().mean(),
                             (c > DENSE_FRACTION * max(self.window_tokens, 1)).float().mean(),
                         ]
                     )
@@ -370,7 +364,8 @@ class Trainer:
         dirs = self._run_dirs()
         if resume:
             for run, cfg in zip(dirs, self.cfgs, strict=True):
-                _check_same_run(run, cfg, self.train_cfg)
+                if (run / "checkpoint").is_dir():
+                    check_same_run(run, cfg, self.train_cfg)
             resumed = self.resume()
         if not resumed and ddp.is_main():
             for run in dirs:
@@ -395,6 +390,7 @@ class Trainer:
         """
         from tqdm.auto import tqdm
 
+        self.source = source  # guards name the shard rows of a bad batch through it
         if self.out_dir is not None:
             self._prepare_out_dir(resume)
         logging = self.out_dir is not None and ddp.is_main()
@@ -406,10 +402,11 @@ class Trainer:
             )
             bar = stack.enter_context(
                 tqdm(
-                    total=self.total_steps,
-                    initial=self.step_idx,
+                    total=self.train_cfg.tokens,
+                    initial=self.tokens_seen,
                     disable=not ddp.is_main(),
-                    unit="step",
+                    unit="tok",
+                    unit_scale=True,
                 )
             )
             self._clock = (time.perf_counter(), self.tokens_seen)
@@ -420,12 +417,17 @@ class Trainer:
         self.save_checkpoint()
         return self.save()
 
+    @property
+    def done(self) -> bool:
+        """Whether the token budget is spent (the step that crosses it is the last)."""
+        return self.tokens_seen >= self.train_cfg.tokens
+
     def _run_epochs(self, source, logs: list, bar) -> None:
-        while self.step_idx < self.total_steps:
+        while not self.done:
             got_any = False
             batches = _batches(source, self.epoch, self.batch_in_epoch)
             try:
-                while self.step_idx < self.total_steps:
+                while not self.done:
                     batch = next(batches, None)
                     # Ranks may hold different numbers of rows: all move on together.
                     if not ddp.all_true(batch is not None):
@@ -437,7 +439,7 @@ class Trainer:
                 close = getattr(batches, "close", None)
                 if close is not None:
                     close()
-            if self.step_idx >= self.total_steps:
+            if self.done:
                 return
             if not got_any and self.batch_in_epoch == 0:
                 if self.step_idx == 0:
@@ -447,8 +449,8 @@ class Trainer:
                     )
                 # A one-shot iterator ran dry: keep what we have, but say so.
                 warnings.warn(
-                    f"the activation source ran dry after {self.step_idx} of "
-                    f"{self.total_steps} steps; pass a re-iterable source or a reader",
+                    f"the activation source ran dry after {self.tokens_seen:,} of "
+                    f"{self.train_cfg.tokens:,} tokens; pass a re-iterable source or a reader",
                     stacklevel=3,
                 )
                 return
@@ -457,8 +459,8 @@ class Trainer:
 
     def _after_step(self, metrics: list[dict[str, float]], logs: list, bar) -> None:
         tc = self.train_cfg
-        done = self.step_idx >= self.total_steps
-        bar.update(1)
+        done = self.done
+        bar.update(self.tokens_seen - bar.n)
         if self.step_idx % max(1, tc.log_every) == 0 or done:
             now = time.perf_counter()
             t0, tok0 = self._clock
@@ -500,7 +502,8 @@ class Trainer:
         dicts = self.folded()
         if ddp.is_main():
             for run, d in zip(self._run_dirs(), dicts, strict=True):
-                d.save(run, metadata={"step": str(self.step_idx), "tokens": str(self.tokens_seen)})
+                meta = {"step": str(self.step_idx), "tokens": str(self.tokens_seen)}
+                save_dictionary(d, run, metadata=meta)
                 (run / "train_cfg.json").write_text(self.train_cfg.to_json() + "\n")
         ddp.barrier()
         return dicts
@@ -519,50 +522,7 @@ def train(
     return Trainer(dict_cfgs, train_cfg, stats=stats, out_dir=out_dir).fit(reader, resume=resume)
 
 
-@torch.no_grad()
-def evaluate(
-    dicts: list[SparseDictionary], source: Iterable[dict[str, torch.Tensor]], max_tokens: int
-) -> list[dict[str, float]]:
-    """FVU, L0 and never-fired fraction of each (raw-activation) dictionary on held-out batches."""
-    acc = [dict(err=0.0, s=0.0, s2=0.0, l0=0.0, n=0, fired=None) for _ in dicts]
-    seen = 0
-    for batch in source:
-        seen += next(iter(batch.values())).shape[0]
-        for d, a in zip(dicts, acc, strict=True):
-            dev = d.W_enc.device
-            x = batch[d.cfg.hook_in].to(dev, torch.float32)
-            y = batch[d.cfg.hook_out].to(dev, torch.float32) if d.cfg.hook_out else x
-            f = d.encode(x)
-            on = f > 0
-            a["err"] += (d(x) - y).double().pow(2).sum().item()
-            a["s"] = a["s"] + y.double().sum(0)
-            a["s2"] += y.double().pow(2).sum().item()
-            a["l0"] += on.sum().item()
-            a["n"] += x.shape[0]
-            a["fired"] = on.any(0) if a["fired"] is None else a["fired"] | on.any(0)
-        if seen >= max_tokens:
-            break
-    if seen == 0:
-        raise ValueError("the held-out activations yielded no batches")
-    out = []
-    for a in acc:
-        total_var = a["s2"] - (a["s"].pow(2).sum().item() / a["n"])
-        out.append(
-            {
-                "fvu": a["err"] / max(total_var, 1e-12),
-                "l0": a["l0"] / a["n"],
-                "dead_frac": 1.0 - a["fired"].float().mean().item(),
-                "tokens": a["n"],
-            }
-        )
-    return out
-
-
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _dim(cfgs: list[DictionaryConfig], hook: str) -> int:
@@ -600,18 +560,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
-    """Refuse to resume a checkpoint made with different settings (it would silently mix runs)."""
-    if not (run / "checkpoint").is_dir():
-        return
+def check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
+    """Refuse to resume or reuse a run folder written with other settings (it would silently mix
+    two runs); settings in ``RESUME_FREE`` may differ."""
     for fname, new in (("dict_cfg.json", cfg.to_dict()), ("train_cfg.json", train_cfg.to_dict())):
         path = run / fname
         if not path.exists():
             continue
         old = json.loads(path.read_text())
-        diff = [k for k in new if k not in _RESUME_FREE and k in old and old[k] != new[k]]
+        diff = [k for k in new if k not in RESUME_FREE and k in old and old[k] != new[k]]
         if diff:
             raise ValueError(
-                f"{run} holds a checkpoint trained with different {', '.join(diff)}; "
-                "use another --out or pass --no-resume to start over"
+                f"{run} was trained with different {', '.join(diff)}; rerun with the original "
+                "arguments, use another --out, or pass --no-resume to start over"
             )
