@@ -68,6 +68,7 @@ def test_sparse_path_matches_dense_path(arch):
         torch.testing.assert_close(grads["sparse"][1][name], g, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.long
 def test_matryoshka_learns_planted_features_and_its_prefix_reconstructs_alone():
     """Same problem and budget as the plain TopK planted test. The Matryoshka dictionary must
     recover the features as well, and its first 128 latents must reconstruct far better on their

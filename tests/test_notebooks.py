@@ -56,10 +56,6 @@ def test_notebook_runs(name, small_run, tmp_path, monkeypatch):
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
     )
     client.execute()  # raises CellExecutionError with the failing cell's traceback
-    errors = [
-        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
-    ]
-    assert not errors
     n_figures = sum(
         "application/vnd.plotly.v1+json" in o.get("data", {})
         for c in nb.cells
@@ -80,6 +76,7 @@ def _run(name: str, path: Path) -> nbformat.NotebookNode:
     return nb
 
 
+@pytest.mark.long
 def test_circuits_notebook_runs_on_tiny_model(tmp_path, monkeypatch, gpt2_tokenizer):
     """05 end to end (train a transcoder per layer, trace, prune, draw, intervene) on a tiny
     random GPT-2 folder through the bridge, instead of the embedded model."""
