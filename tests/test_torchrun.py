@@ -314,3 +314,22 @@ def test_leftovers_path_keeps_the_integrity_scheme(gpt2_tokenizer, tmp_path):
     cache_activations(model, tokens, hooks, out, progress=False, **kw)
     assert_same_cache(out, tmp_path / "ref")
     assert [h["d"] for h in read_manifest(out).hooks] == [32, 16]
+
+
+def test_streaming_training_runs_under_torchrun(one_process_cache, tmp_path):
+    """`train --model M --corpus C` (no cache) under torchrun: each rank runs the model on its own
+    sequences, the ranks train one dictionary together and rank 0 saves it."""
+    from interp_bench.dictionaries import load_dictionary
+
+    corpus, _ = one_process_cache
+    out = tmp_path / "run"
+    args = ["train", "--model", "tiny", "--corpus", str(corpus), "--context-len", str(CTX),
+            "--hook", "L1.resid_post", "--arch", "topk", "--k", "4", "--expansion", "2",
+            "--tokens", "1024", "--batch-size", str(PER_RANK), "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    rc, log = finish(launch(args))
+    assert rc == 0, log[-3000:]
+    (name,) = [p.name for p in out.iterdir()]
+    assert load_dictionary(out / name).W_dec.shape[-1] == 64
+    last = json.loads((out / name / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["tokens"] >= 1024
