@@ -102,8 +102,9 @@ class DictionaryConfig(_JsonMixin):
     dead); recenter: a dead latent negative on the whole batch gets its b_enc raised until it is
     positive on its top k/d_sae of the batch, so AuxK trains it; fire: raised further, to the
     batch's typical k-th largest pre-activation, so TopK itself picks it on those tokens; linear:
-    AuxK on un-ReLU'd pre-activations. auto = recenter for transcoders, none for SAEs
-    (bench_transcoder.py table)"""
+    AuxK on un-ReLU'd pre-activations. auto = none: recenter cut a transcoder's never-firing
+    latents from 6.2% to 1.65% at equal FVU (bench_transcoder, RESULTS.md), but on one 48-step
+    workload only, which does not make a default"""
     matryoshka: tuple[int, ...] | None = None
     """topk / batchtopk: Matryoshka prefix sizes, e.g. 256,1024,4608 (last = d_sae): latents
     0..m-1 are trained to reconstruct on their own for each m, loss summed over the prefixes
@@ -191,7 +192,7 @@ class DictionaryConfig(_JsonMixin):
     def resolved_revive(self) -> str:
         if self.revive != "auto":
             return self.revive
-        return "recenter" if self.is_transcoder else "none"
+        return "none"
 
     @property
     def is_transcoder(self) -> bool:
