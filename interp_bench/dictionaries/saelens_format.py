@@ -80,7 +80,12 @@ def save_dictionary(
     d: SparseDictionary, path: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write ``d`` to ``path`` in the SAELens 6 layout; files are written to temp names and renamed
-    so a crash never leaves a half-written folder behind a valid-looking cfg.json."""
+    so a crash never leaves a half-written folder behind a valid-looking cfg.json. A cross-layer
+    transcoder goes to its own layout (``crosslayer_format.py``)."""
+    from interp_bench.dictionaries import crosslayer_format
+
+    if isinstance(d, crosslayer_format.CrossLayerTranscoder):
+        return crosslayer_format.save_crosslayer(d, path, metadata)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = d.cfg
@@ -185,8 +190,13 @@ def _check_shapes(path: Path, state: dict, cfg: DictionaryConfig, arch: str) -> 
 
 def load_dictionary(path: str | Path, device: torch.device | str | None = None) -> SparseDictionary:
     """Load a dictionary saved by ``save_dictionary`` or by SAELens (standard, topk, jumprelu,
-    and the transcoder variants)."""
+    and the transcoder variants), or a cross-layer transcoder folder (returned as a
+    ``CrossLayerTranscoder``)."""
+    from interp_bench.dictionaries import crosslayer_format
+
     path = Path(path)
+    if crosslayer_format.is_crosslayer(path):
+        return crosslayer_format.load_crosslayer(path, device)
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(

@@ -27,6 +27,7 @@ import torch
 from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
+from interp_bench.dictionaries.crosslayer import CrossLayerConfig, CrossLayerTranscoder
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import checkpoint as ckpt
 from interp_bench.training import ddp, guards
@@ -95,9 +96,7 @@ class Trainer:
             keep_freed_memory()  # every step reallocates the same large buffers
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.names = names or run_names(self.cfgs)
-        self.hooks = sorted(
-            {c.hook_in for c in self.cfgs} | {c.hook_out for c in self.cfgs if c.hook_out}
-        )
+        self.hooks = sorted({h for c in self.cfgs for h in _hooks_of(c)})
         self.world = ddp.world_size()
         # Resolved from the first batch's size: the trainer counts the tokens it is given.
         self.schedule: Schedule | None = None
@@ -106,7 +105,7 @@ class Trainer:
         for c in self.cfgs:
             # Seed per dictionary so each one starts exactly as it would if trained alone.
             torch.manual_seed(train_cfg.seed)
-            self.dicts.append(SparseDictionary(c).to(self.device))
+            self.dicts.append(_build(c).to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
         self.lrs = [train_cfg.auto_lr(c.d_sae) for c in self.cfgs]
@@ -123,10 +122,10 @@ class Trainer:
         # Tokens since each latent last fired (dead detection, AuxK) and a recent-window count
         # of tokens each latent fired on (dense detection).
         self.since_fired = [
-            torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs
+            torch.zeros(_latents(c), dtype=torch.long, device=self.device) for c in self.cfgs
         ]
         self.fire_counts = [
-            torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in self.cfgs
+            torch.zeros(_latents(c), dtype=torch.long, device=self.device) for c in self.cfgs
         ]
         self.window_tokens = 0
         self.scales: dict[str, float] = {}
@@ -169,8 +168,7 @@ class Trainer:
 
         rows, counts = [], []
         for i, (d, cfg) in enumerate(zip(self.dicts, self.cfgs, strict=True)):
-            x = batch[cfg.hook_in]
-            y = batch[cfg.hook_out] if cfg.hook_out else None
+            x, y = _io(cfg, batch)
             with autocast:
                 out = d.loss(
                     x,
@@ -271,8 +269,8 @@ class Trainer:
                     batch[h] = batch[h] * scale
                     full[h] = full[h] * scale
         for d, cfg in zip(self.dicts, self.cfgs, strict=True):
-            target = full[cfg.hook_out] if cfg.hook_out else None
-            d.init_from_data(full[cfg.hook_in], target, method=self.train_cfg.init_b_dec)
+            x, target = _io(cfg, full)
+            d.init_from_data(x, target, method=self.train_cfg.init_b_dec)
             d.post_step()  # start from unit-norm decoder rows where training keeps them so
         self.initialised = True
 
@@ -490,6 +488,13 @@ class Trainer:
         out = []
         for d, cfg in zip(self.dicts, self.cfgs, strict=True):
             f = copy.deepcopy(d)
+            if isinstance(cfg, CrossLayerConfig):
+                f.fold_scale(*(
+                    [self.scales.get(h, 1.0) for h in hooks]
+                    for hooks in (cfg.hooks_in, cfg.hooks_out)
+                ))  # fmt: skip
+                out.append(f)
+                continue
             s_in = self.scales.get(cfg.hook_in, 1.0)
             s_out = self.scales.get(cfg.hook_out, 1.0) if cfg.hook_out else s_in
             f.fold_scale(s_in, s_out)
@@ -525,8 +530,39 @@ def train(
 # ---- helpers --------------------------------------------------------------------------------
 
 
+def _build(cfg) -> SparseDictionary | CrossLayerTranscoder:
+    if isinstance(cfg, CrossLayerConfig):
+        return CrossLayerTranscoder(cfg)
+    return SparseDictionary(cfg)
+
+
+def _hooks_of(cfg) -> list[str]:
+    if isinstance(cfg, CrossLayerConfig):
+        return cfg.hooks
+    return [cfg.hook_in] + ([cfg.hook_out] if cfg.hook_out else [])
+
+
+def _latents(cfg) -> int:
+    """Latents a dictionary's dead/dense counters cover (a CLT: all its layers', layer-major)."""
+    return cfg.n_latents if isinstance(cfg, CrossLayerConfig) else cfg.d_sae
+
+
+def _io(cfg, table: dict[str, torch.Tensor]):
+    """(input, target) of one dictionary from a batch keyed by hook: tensors (target None for
+    an SAE), or for a CLT one list per side in layer order."""
+    if isinstance(cfg, CrossLayerConfig):
+        return [table[h] for h in cfg.hooks_in], [table[h] for h in cfg.hooks_out]
+    return table[cfg.hook_in], table[cfg.hook_out] if cfg.hook_out else None
+
+
 def _dim(cfgs: list[DictionaryConfig], hook: str) -> int:
     for c in cfgs:
+        if isinstance(c, CrossLayerConfig):
+            if hook in c.hooks_in:
+                return c.d_in
+            if hook in c.hooks_out:
+                return c.out_dim
+            continue
         if c.hook_in == hook:
             return c.d_in
         if c.hook_out == hook:
