@@ -63,6 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="under torchrun: seconds to wait on a silent rank before stopping with an error "
         "naming it (default 300, or $INTERP_BENCH_DIST_TIMEOUT)",
     )
+    p.add_argument(
+        "--clt",
+        action="store_true",
+        help="train one cross-layer transcoder over the --hook-in/--hook-out layers (each layer's "
+        "latents write into every later layer's output; --arch topk or jumprelu; default width "
+        "per layer: --expansion x d_in, less where the CLT would pass 134M parameters)",
+    )
+    p.add_argument("--layer-k", help="with --clt --arch topk: k per layer, a comma list")
     p.add_argument("--eval-activations", help="held-out cache dir: report FVU/L0/dead at the end")
     p.add_argument("--eval-tokens", type=parse_count, default=200_000)
     add_config_arguments(
@@ -171,7 +179,46 @@ def build_configs(
                     DictionaryConfig, args, model_name=model_name, **fixed, **singles, **extra
                 )
             )
+    if getattr(args, "clt", False):
+        return crosslayer_configs(args, cfgs, len(pairs))
+    if getattr(args, "layer_k", None):
+        raise ValueError("--layer-k applies to --clt; drop it or add --clt")
     return cfgs
+
+
+def crosslayer_configs(args: argparse.Namespace, cfgs, n_pairs: int):
+    """One CLT config per swept value over the per-layer configs, layers in model order."""
+    from interp_bench.dictionaries.crosslayer import CrossLayerConfig, default_width
+
+    if args.hook:
+        raise ValueError("--clt trains transcoders: give --hook-in/--hook-out, not --hook")
+    if args.arch not in ("topk", "jumprelu"):
+        raise ValueError(f"--clt supports --arch topk or jumprelu, not {args.arch}")
+    per_value = len(cfgs) // n_pairs
+    layer_k = None
+    if args.layer_k:
+        try:
+            layer_k = tuple(int(k) for k in args.layer_k.split(","))
+        except ValueError:
+            raise ValueError(f"--layer-k {args.layer_k!r}: give integers, e.g. 16,32,32") from None
+        if len(layer_k) != n_pairs or args.arch != "topk" or per_value > 1:
+            raise ValueError(
+                f"--layer-k needs --arch topk, no k sweep, and one k per layer ({n_pairs})"
+            )
+    out = []
+    for s in range(per_value):
+        group = sorted(cfgs[s::per_value], key=lambda c: _layer(c.hook_in))
+        layers = [_layer(c.hook_in) for c in group]
+        if len(set(layers)) != len(layers):
+            raise ValueError("--clt needs one --hook-in per layer; two name the same layer")
+        c = group[0]
+        d_sae = args.d_sae or default_width(len(group), c.d_in, c.out_dim, args.expansion)
+        out.append(CrossLayerConfig.from_layers(group, d_sae, layer_k))
+    return out
+
+
+def _layer(hook: str) -> int:
+    return int(hook.split(".")[0][1:])
 
 
 def check_out(out: Path, cfgs) -> None:
@@ -191,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     from interp_bench.commands.train_report import epochs_note
     from interp_bench.config import TrainConfig
     from interp_bench.training import ddp, failures, spread
-    from interp_bench.training.trainer import Trainer, run_names
+    from interp_bench.training.trainer import Trainer, dictionary_hooks, run_names
 
     tc = config_from_args(TrainConfig, args)  # checks every training setting first
     out = Path(args.out)
@@ -205,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
     check_out(out, cfgs)
-    needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
+    needed = sorted({h for c in cfgs for h in dictionary_hooks(c)})
     eval_dir = Path(args.eval_activations) if args.eval_activations else None
     if eval_dir is not None:  # check before training, not after an hour of it
         eval_hooks = cached_hooks(eval_dir)
@@ -243,8 +290,10 @@ def run(args: argparse.Namespace) -> int:
         ddp.barrier()
     world = ddp.world_size()
     by_dicts = world > 1 and (
-        args.spread == "dicts" or (args.spread == "auto" and len(cfgs) >= world)
+        args.spread == "dicts" or (args.spread == "auto" and len(cfgs) >= world and not args.clt)
     )
+    if by_dicts and args.clt:
+        raise ValueError("--spread dicts does not take --clt yet; use --spread data")
     with failures.watched("training"):
         if by_dicts:
             trainer, dicts, _ = spread.fit(
@@ -266,7 +315,7 @@ def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
     from activation_cache.model_batches import ModelBatches
     from activation_cache.models import default_device, load_model, model_id
     from interp_bench.training import ddp, failures
-    from interp_bench.training.trainer import Trainer
+    from interp_bench.training.trainer import Trainer, dictionary_hooks
 
     device = ddp.init_from_env(args.dist_timeout) or torch.device(args.device or default_device())
     tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
@@ -275,7 +324,7 @@ def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
     d = int(model.cfg.d_model)
     hooks = {f"L{i}.{k}": d for i in range(n_layers) for k in KINDS}
     cfgs = build_configs(args, hooks, args.model, model_id(model), n_layers=n_layers)
-    needed = sorted({c.hook_in for c in cfgs} | {c.hook_out for c in cfgs if c.hook_out})
+    needed = sorted({h for c in cfgs for h in dictionary_hooks(c)})
     splits = load_corpus(
         CorpusConfig(source=args.corpus, context_len=args.context_len), model.tokenizer
     )
@@ -304,6 +353,7 @@ def report(
     from activation_cache.reader import ActivationReader
     from interp_bench.commands.train_report import saved_line
     from interp_bench.dictionaries import evaluate
+    from interp_bench.dictionaries.crosslayer import CrossLayerTranscoder
     from interp_bench.training import ddp
 
     tc = trainer.train_cfg
@@ -314,8 +364,35 @@ def report(
         print(saved_line(out / name, m))  # a finished run rerun prints its logged metrics
     if eval_dir is not None:
         held = ActivationReader(eval_dir, needed, tc.batch_size, shuffle=False, device=device)
-        rows = evaluate(dicts, held, max_tokens=args.eval_tokens)
+        plain = [i for i, d in enumerate(dicts) if not isinstance(d, CrossLayerTranscoder)]
+        found = (
+            evaluate([dicts[i] for i in plain], held, max_tokens=args.eval_tokens) if plain else []
+        )
+        rows = dict(zip(plain, found, strict=True))
         print(f"{'dictionary (held-out)':<48} {'FVU':>8} {'FVU typ':>8} {'L0':>8} {'dead':>7}")
-        for name, r in zip(trainer.names, rows, strict=True):
+        for i, name in enumerate(trainer.names):
+            if i not in rows:
+                crosslayer_report(name, dicts[i], held, args.eval_tokens, out / name)
+                continue
+            r = rows[i]
             print(f"{name:<48} {r.fvu:8.4f} {r.fvu_typical:8.4f} {r.l0:8.2f} {r.dead_frac:7.3f}")
             (out / name / "eval.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+
+
+def crosslayer_report(name: str, clt, held, max_tokens: int, run: Path) -> None:
+    """A CLT's held-out rows: FVU per output layer (L0 / dead of that layer's own latents) and
+    the mean; eval.json holds them all."""
+    from interp_bench.dictionaries.crosslayer import evaluate_crosslayer
+
+    rows = evaluate_crosslayer(clt, held, max_tokens=max_tokens)
+    for hook, r in zip(clt.cfg.hooks_out, rows, strict=True):
+        label = f"{name[:30]} {hook}"
+        print(f"{label:<48} {r.fvu:8.4f} {r.fvu_typical:8.4f} {r.l0:8.2f} {r.dead_frac:7.3f}")
+    mean = {k: sum(getattr(r, k) for r in rows) / len(rows) for k in ("fvu", "fvu_typical")}
+    l0 = sum(r.l0 for r in rows)
+    print(f"{name[:30] + ' mean (L0 sum)':<48} {mean['fvu']:8.4f} {mean['fvu_typical']:8.4f} "
+          f"{l0:8.2f}")  # fmt: skip
+    layers = {h: r.to_dict() for h, r in zip(clt.cfg.hooks_out, rows, strict=True)}
+    data = {"mean_fvu": mean["fvu"], "mean_fvu_typical": mean["fvu_typical"], "l0_total": l0,
+            "layers": layers}  # fmt: skip
+    (run / "eval.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -21,6 +21,7 @@ CLT is exactly a transcoder (``tests/test_crosslayer.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from interp_bench.config import DictionaryConfig, _check, _JsonMixin
 from interp_bench.dictionaries.activations import AuxTerms, _topk_stats, make_activation
 from interp_bench.dictionaries.dictionary import ForwardOutput, SparseDictionary, geometric_median
-from interp_bench.dictionaries.evaluate import batch_fvu
+from interp_bench.dictionaries.evaluate import EvalStats, QualityMeter, batch_fvu
 from interp_bench.dictionaries.topk import (
     TopKLayout,
     dense_decode,
@@ -120,6 +121,10 @@ class CrossLayerConfig(_JsonMixin):
         _check(self.encoder_init in ("standardized", "random"), "encoder_init: standardized/random")
         for i in range(self.n_layers):
             self.layer_config(i)  # each layer's settings checked by DictionaryConfig
+
+    def to_dict(self) -> dict:
+        """Tuples as lists, as they read back from JSON (resume compares the two)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in super().to_dict().items()}
 
     @property
     def n_layers(self) -> int:
@@ -457,3 +462,31 @@ class CrossLayerTranscoder(nn.Module):
             [x * y for x, y in zip(b, s_out, strict=True)],
         )
         return self
+
+
+@torch.no_grad()
+def evaluate_crosslayer(
+    clt: CrossLayerTranscoder,
+    batches: Iterable[dict[str, Tensor]],
+    *,
+    max_tokens: int | None = None,
+) -> list[EvalStats]:
+    """Held-out quality per output layer (``cfg.hooks_out`` order), on one pass: FVU of that
+    layer's reconstruction (every earlier layer's latents included); L0, dead and dense of the
+    latents of the same layer."""
+    meters = [QualityMeter(clt.layer(i)) for i in range(clt.n_layers)]
+    seen = 0
+    for batch in batches:
+        n = next(iter(batch.values())).shape[0]
+        take = n if max_tokens is None else min(n, max_tokens - seen)
+        if take <= 0:
+            break
+        xs = [batch[h][:take].to(clt.b_dec.device) for h in clt.cfg.hooks_in]
+        ys = [batch[h][:take] for h in clt.cfg.hooks_out]
+        recon = clt(xs)
+        for m, x, y, r in zip(meters, xs, ys, recon, strict=True):
+            m.add(x, y, recon=r)
+        seen += take
+    if seen == 0:
+        raise ValueError("the held-out activations yielded no batches; check the eval cache")
+    return [m.result() for m in meters]

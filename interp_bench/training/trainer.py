@@ -96,7 +96,7 @@ class Trainer:
             keep_freed_memory()  # every step reallocates the same large buffers
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.names = names or run_names(self.cfgs)
-        self.hooks = sorted({h for c in self.cfgs for h in _hooks_of(c)})
+        self.hooks = sorted({h for c in self.cfgs for h in dictionary_hooks(c)})
         self.world = ddp.world_size()
         # Resolved from the first batch's size: the trainer counts the tokens it is given.
         self.schedule: Schedule | None = None
@@ -536,7 +536,8 @@ def _build(cfg) -> SparseDictionary | CrossLayerTranscoder:
     return SparseDictionary(cfg)
 
 
-def _hooks_of(cfg) -> list[str]:
+def dictionary_hooks(cfg) -> list[str]:
+    """Hooks one dictionary reads: input and target, or every layer's for a CLT."""
     if isinstance(cfg, CrossLayerConfig):
         return cfg.hooks
     return [cfg.hook_in] + ([cfg.hook_out] if cfg.hook_out else [])
