@@ -56,6 +56,8 @@ def intervention_hooks(
     """Forward hooks applying every intervention (steering clamps at single positions)."""
     from activation_cache.hooks import capture, resolve_hooks
 
+    if not isinstance(transcoders, TranscoderSet):
+        raise ValueError("interventions take per-layer transcoders; a CLT is not supported yet")
     hooks = []
     for iv in interventions:
         d = transcoders.dictionaries.get(iv.layer)

@@ -81,7 +81,17 @@ class TranscoderSet:
 
 def transcoder_set(model, dictionaries) -> TranscoderSet:
     """Check that every dictionary is an `L<l>.mlp_in -> L<l>.mlp_out` transcoder of this model
-    (one per layer) and index them by layer; ValueError naming the fix otherwise."""
+    (one per layer) and index them by layer; ValueError naming the fix otherwise. A single
+    cross-layer transcoder gives a `CrossLayerSet` (`circuits/crosslayer.py`) instead."""
+    from interp_bench.dictionaries.crosslayer import CrossLayerTranscoder
+
+    dictionaries = list(dictionaries)
+    if any(isinstance(d, CrossLayerTranscoder) for d in dictionaries):
+        if len(dictionaries) != 1:
+            raise ValueError("attribution takes one CLT, or per-layer transcoders, not a mix")
+        from interp_bench.circuits.crosslayer import crosslayer_set
+
+        return crosslayer_set(model, dictionaries[0])
     by_layer: dict[int, object] = {}
     for d in dictionaries:
         hook_in, hook_out = d.cfg.hook_in, d.cfg.hook_out

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 HELP = (
-    "Trace a prompt through per-layer transcoders (local replacement model): attribution graph "
+    "Trace a prompt through per-layer transcoders or a cross-layer transcoder (local replacement "
+    "model): attribution graph "
     "of features, error nodes and token embeddings onto the top logits, pruned by influence; "
     "writes graph.json and a self-contained graph.html."
 )
@@ -20,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--transcoders",
         required=True,
-        help="folder with one subfolder per layer's transcoder (as `interp-bench train` writes)",
+        help="folder with one subfolder per layer's transcoder (as `interp-bench train` writes), "
+        "or one cross-layer transcoder folder (`interp-bench train --clt`)",
     )
     p.add_argument("--prompt", required=True, help="text to trace (BOS is prepended)")
     p.add_argument("--model", help="model (default: the transcoders' model_name)")
@@ -59,9 +61,11 @@ def transcoder_dirs(root: str | Path) -> list[Path]:
 
 
 def check_hooks(dictionaries, names: list[str]) -> None:
-    """Every dictionary an `L<l>.mlp_in -> L<l>.mlp_out` transcoder, one per layer."""
+    """Every dictionary an `L<l>.mlp_in -> L<l>.mlp_out` transcoder, one per layer (a CLT:
+    every one of its layers)."""
     seen: dict[int, str] = {}
-    for d, name in zip(dictionaries, names, strict=True):
+    pairs = [p for d, n in zip(dictionaries, names, strict=True) for p in _pairs(d, n)]
+    for d, name in pairs:
         m_in, m_out = _HOOK.match(d.cfg.hook_in or ""), _HOOK.match(d.cfg.hook_out or "")
         if not (m_in and m_out and m_in.group(2) == "mlp_in" and m_out.group(2) == "mlp_out"
                 and m_in.group(1) == m_out.group(1)):  # fmt: skip
@@ -73,6 +77,15 @@ def check_hooks(dictionaries, names: list[str]) -> None:
         if layer in seen:
             raise ValueError(f"{name} and {seen[layer]} both replace layer {layer}: keep one")
         seen[layer] = name
+
+
+def _pairs(d, name: str):
+    """(object with .cfg.hook_in/.hook_out, name) per layer a dictionary replaces."""
+    from interp_bench.dictionaries.crosslayer import CrossLayerTranscoder
+
+    if isinstance(d, CrossLayerTranscoder):
+        return [(d.layer(i), name) for i in range(d.n_layers)]
+    return [(d, name)]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -120,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     pruned = prune(graph, args.node_threshold, args.edge_threshold)
-    layer_dirs = {d.cfg.hook_in: p for d, p in zip(dictionaries, dirs, strict=True)}
+    layer_dirs = {v.cfg.hook_in: p for d, p in zip(dictionaries, dirs, strict=True)
+                  for v, _ in _pairs(d, p.name)}  # fmt: skip
     meta = {
         "prompt": args.prompt,
         "model": model_id(model),
