@@ -82,7 +82,7 @@ def run(args) -> dict:
     splits = load_corpus(CorpusConfig(source="shakespeare", context_len=128), model.tokenizer)
     t0 = time.perf_counter()
     train = collect(model, splits.train[: args.train_seqs], hooks, args.batch_size)
-    held = collect(model, splits.eval[: args.eval_seqs], hooks, 4064)
+    held = collect(model, splits.eval[: args.eval_seqs], hooks, min(4064, args.eval_seqs * 127))
     print(f"collected {len(train)} train batches in {time.perf_counter() - t0:.0f} s", flush=True)
 
     w = args.expansion * d
