@@ -401,7 +401,7 @@ def _token_str(tokenizer, i: int) -> str:
 INDEX_FILES = frozenset(
     ("index.json", "features.safetensors", "stream.safetensors", "recon.json", "vocab.json")
 )
-OWN_EXTRAS = frozenset(("report.html",))  # written into an index folder by `report`
+OWN_EXTRAS = frozenset(("report.html", "report_chunks"))  # written there by `report`
 
 
 def _is_our_index(path: Path) -> bool:
