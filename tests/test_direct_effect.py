@@ -128,3 +128,19 @@ def test_mlp_in_has_no_direct_effect(gpt2_tokenizer, tokens, tmp_path):
     assert index.meta["direct_effect"] is None and index.meta["logits"] is None
     assert "top_next_effect" not in index.arrays
     assert all("next_effect" not in ex for ex in index.feature(0)["top"])
+
+
+def test_second_dictionary_on_the_same_text_runs_no_forward(gpt2_tokenizer, tokens, tmp_path):
+    """The norm scales depend on the tokens only: a second analysis reuses them."""
+    model = model_with("RMS", gpt2_tokenizer)
+    hook = "L1.resid_post"
+    acts = list(model_stream(model, tokens, [hook], batch_seqs=4))
+    cfg = AnalysisConfig(top_k=3, window=2)
+    first = analyze(dictionary_on(hook, 64, 64, seed=2), acts, tmp_path / "a", cfg, model=model)
+    calls = []
+    real = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+    second = analyze(dictionary_on(hook, 64, 64, seed=2), acts, tmp_path / "b", cfg, model=model)
+    assert calls == []
+    torch.testing.assert_close(first.arrays["top_next_effect"], second.arrays["top_next_effect"],
+                               equal_nan=True)  # fmt: skip

@@ -788,7 +788,8 @@ def test_report_escapes_script_context(feature_index, tmp_path):
     for chunk in (tmp_path / "r_chunks").iterdir():  # each latent's examples, loaded on demand
         body = chunk.read_text().split("\n", 1)[1]  # after the header comment
         assert not {"<", ">", "&"} & set(body)
-        shown |= json.loads(body[body.index(",") + 1 : body.rindex(");")])["v"]
+        literal = body[body.index("JSON.parse(") + 11 : body.rindex("));")]
+        shown |= json.loads(json.loads(literal))["v"]
     assert shown[first] == "<!--" and shown[second] == "<script>"
 
 

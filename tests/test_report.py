@@ -11,7 +11,7 @@ import torch
 
 from activation_cache.streams import model_stream
 from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
-from interp_bench.analysis.report import _r
+from interp_bench.analysis.report import CHUNK, _r
 from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
 from interp_bench.cli import main
 from interp_bench.config import DictionaryConfig
@@ -105,9 +105,10 @@ def page_data(page: str) -> dict:
 def chunk_data(path) -> dict:
     """A chunk file's data: `ibChunk(k, {...});` after our header comment."""
     text = path.read_text()
-    k, body = re.fullmatch(r"/\*[^*]*\*/\nibChunk\((\d+),(.*)\);\n", text, re.S).groups()
+    k, body = re.fullmatch(r"/\*[^*]*\*/\nibChunk\((\d+),JSON\.parse\((.*)\)\);\n", text,
+                           re.S).groups()  # fmt: skip
     assert path.name == f"{int(k):04d}.js"
-    return json.loads(body)
+    return json.loads(json.loads(body))  # a JS string literal of script-safe JSON
 
 
 def test_report_is_self_contained(report_html):
@@ -199,7 +200,7 @@ def test_nearest_latents_by_decoder_cosine(report_html):
     assert cos == sorted(cos, reverse=True)
     page = report_html.read_text()
     assert "Similar latents (decoder cosine)" in page
-    assert '"nb":[[' in (report_html.parent / "report_chunks" / "0000.js").read_text()
+    assert '\\"nb\\":[[' in (report_html.parent / "report_chunks" / "0000.js").read_text()
 
 
 @pytest.mark.long
@@ -222,7 +223,7 @@ def test_browser_of_16k_latents_loads_cards_lazily(tmp_path, gpt2_tokenizer):
     page = write_report(tmp_path / "idx", n_top=4, per_quantile=1)
     chunks = list((page.parent / "report_chunks").iterdir())
     data_bytes = sum(c.stat().st_size for c in chunks)
-    assert len(chunks) == n // 64
+    assert len(chunks) == n // CHUNK
     assert page.stat().st_size < 48 * n and page.stat().st_size < data_bytes / 8
 
     latent = n - 5  # in the last chunk
@@ -235,6 +236,6 @@ def test_browser_of_16k_latents_loads_cards_lazily(tmp_path, gpt2_tokenizer):
     shown = [float(m) for m in re.findall(r'<span class="a">([^<]*)</span>', body)]
     assert shown[: len(card["top"])] == pytest.approx([e["act"] for e in card["top"]], rel=5e-3)
     # without its chunk file the card says which file is missing, the rest of the page works
-    (page.parent / "report_chunks" / f"{latent // 64:04d}.js").unlink()
+    (page.parent / "report_chunks" / f"{latent // CHUNK:04d}.js").unlink()
     dom = _chromium(["--dump-dom", url], tmp_path).stdout
-    assert f"could not load report_chunks/{latent // 64:04d}.js" in dom
+    assert f"could not load report_chunks/{latent // CHUNK:04d}.js" in dom

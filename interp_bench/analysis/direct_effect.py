@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from interp_bench.circuits.replacement import hooked
 
 WRITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
 SCALE_HOOK = "ln_final.hook_scale"
+_SCALES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {tokens: scales}
 
 
 class _Stop(Exception):
@@ -112,14 +114,20 @@ def final_norm_scales(
     where = {}
     for s, b, c in zip(uniq.tolist(), starts.tolist(), counts.tolist(), strict=True):
         where.setdefault(s, (b, c))
+    starts_at_0 = {s: int(pos[b]) == 0 for s, (b, _) in where.items()}
     need: dict[int, list[int]] = {}
-    for k, r in enumerate(rows.tolist()):
-        b, c = where[int(seq[r])]
-        if b <= r < b + c and int(pos[b]) == 0:
-            need.setdefault(int(seq[r]), []).append(k)
+    for k, (r, s) in enumerate(zip(rows.tolist(), seq[rows].tolist(), strict=True)):
+        b, c = where[s]
+        if b <= r < b + c and starts_at_0[s]:
+            need.setdefault(s, []).append(k)
+    # The scales depend on the tokens only (models here are frozen): dictionaries analysed on
+    # the same text (the demo's SAE and transcoder) share one forward per sequence.
+    known = _SCALES.setdefault(model, {})
+    key = {s: tokens[where[s][0] : where[s][0] + where[s][1]].numpy().tobytes() for s in need}
     by_len: dict[int, list[int]] = {}
     for s in need:
-        by_len.setdefault(where[s][1], []).append(s)
+        if key[s] not in known:
+            by_len.setdefault(where[s][1], []).append(s)
     device = next(model.parameters()).device
     for length, group in by_len.items():
         for i in range(0, len(group), batch_seqs):
@@ -127,8 +135,10 @@ def final_norm_scales(
             batch = torch.stack([tokens[where[s][0] : where[s][0] + length] for s in part])
             scale = _scale_of(model, batch.long().to(device))
             for j, s in enumerate(part):
-                ks = torch.tensor(need[s])
-                out[ks] = scale[j, rows[ks] - where[s][0]]
+                known[key[s]] = scale[j]
+    for s, ks in need.items():
+        ks = torch.tensor(ks)
+        out[ks] = known[key[s]][rows[ks] - where[s][0]]
     return out
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from interp_bench.analysis.top_examples import FeatureIndex, load_feature_index
 
-CHUNK = 64  # latents per chunk file: ~150 kB of examples each
+CHUNK = 32  # latents per chunk file
 CHUNK_HEAD = "/* interp-bench feature browser chunk */"  # how we recognise our own chunk files
 
 
@@ -240,7 +240,8 @@ def write_report(index_dir: str | Path, out: str | Path | None = None, **kw) -> 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         for k, c in enumerate(chunks):
-            text = f"{CHUNK_HEAD}\nibChunk({k},{script_json(c)});\n"
+            # JSON.parse of a string literal parses faster than the same object as JS source
+            text = f"{CHUNK_HEAD}\nibChunk({k},JSON.parse({json.dumps(script_json(c))}));\n"
             (tmp_dir / chunk_name(k)).write_text(text, encoding="utf-8")
         tmp_dir.chmod(0o777 & ~_umask())
         tmp.write_text(TEMPLATE.replace("__DATA__", script_json(page)), encoding="utf-8")
@@ -435,13 +436,16 @@ function card(f) {
   if (f.n === 0) { c.classList.add("dead"); return c; }
   const body = el("div", "loading", "loading examples\u2026");
   c.appendChild(body);
+  pending += 1;
   withData(f, (ok) => {
-    if (!ok) {
+    if (ok) {
+      body.replaceWith(cardBody(f));
+    } else {
       const file = D.chunks + String(Math.floor(f.i / CH)).padStart(4, "0") + ".js";
       body.textContent = "could not load " + file + ": keep " + D.chunks + " next to this page";
-      return;
     }
-    body.replaceWith(cardBody(f));
+    pending -= 1;
+    rendered();
   });
   return c;
 }
@@ -517,10 +521,18 @@ function select() {
   }
   return out;
 }
+// Milliseconds from navigation to the first page of cards drawn with their data (benchmarks).
+let pending = 0;
+function rendered() {
+  if (pending === 0 && !document.body.dataset.firstRender) {
+    document.body.dataset.firstRender = performance.now().toFixed(0);
+  }
+}
 function render() {
   const list = $("list");
   list.replaceChildren();
   current.slice(0, shown).forEach((f) => list.appendChild(card(f)));
+  rendered();
   const more = current.length > shown ? ", showing " + shown : "";
   $("count").textContent = current.length + " latents" + more;
   $("more").style.display = current.length > shown ? "" : "none";
