@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from activation_cache.streams import model_stream
+from activation_cache.streams import cache_stream, model_stream
 from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
 from interp_bench.analysis.report import CHUNK, _r
 from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
@@ -239,3 +239,21 @@ def test_browser_of_16k_latents_loads_cards_lazily(tmp_path, gpt2_tokenizer):
     (page.parent / "report_chunks" / f"{latent // CHUNK:04d}.js").unlink()
     dom = _chromium(["--dump-dom", url], tmp_path).stdout
     assert f"could not load report_chunks/{latent // CHUNK:04d}.js" in dom
+
+
+def test_report_folders_are_replaced_only_when_ours(report_html, run_dir, tmp_path):
+    """Re-analysing into an index folder that holds the browser works; a chunk folder holding
+    anything else is refused with nothing changed."""
+    from interp_bench.analysis.report import write_report
+    from interp_bench.dictionaries import load_dictionary
+
+    index = tmp_path / "index"
+    shutil.copytree(report_html.parent, index)
+    d = load_dictionary(run_dir / "sae")
+    analyze(d, cache_stream(run_dir / "acts", [HOOK], 64), index, AnalysisConfig(top_k=3, window=2))
+    assert not (index / "report_chunks").exists()  # the old browser went with the old index
+    write_report(index, tmp_path / "x.html")
+    (tmp_path / "x_chunks" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="does not hold only interp-bench report chunks"):
+        write_report(index, tmp_path / "x.html")
+    assert (tmp_path / "x_chunks" / "notes.txt").read_text() == "mine"
