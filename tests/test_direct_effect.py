@@ -144,3 +144,7 @@ def test_second_dictionary_on_the_same_text_runs_no_forward(gpt2_tokenizer, toke
     assert calls == []
     torch.testing.assert_close(first.arrays["top_next_effect"], second.arrays["top_next_effect"],
                                equal_nan=True)  # fmt: skip
+    off = AnalysisConfig(top_k=3, window=2, direct_effects=False)  # analyze --no-direct-effects
+    third = analyze(dictionary_on(hook, 64, 64, seed=2), acts, tmp_path / "c", off, model=model)
+    assert "top_next_effect" not in third.arrays and third.meta["direct_effect"] is None
+    assert "logit_pos_ids" in third.arrays  # the latent's promoted tokens stay
