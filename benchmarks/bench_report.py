@@ -109,6 +109,7 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",")):
             idx = tmp / f"idx{n}"
             build_s = build_index(n, args.tokens, idx)
+            print(f"{n:,} latents: index built in {build_s:.0f} s", flush=True)
             t0 = time.perf_counter()
             page = write_report(idx)
             write_s = time.perf_counter() - t0
@@ -116,6 +117,7 @@ def main() -> None:
             chunk_bytes = sum(c.stat().st_size for c in chunks)
             index = load_feature_index(idx)
             inline_bytes = len(script_json(report_data(index)).encode())
+            print(f"{n:,} latents: report written in {write_s:.0f} s", flush=True)
             wall, doms = median_wall(page.as_uri(), tmp / "profile", args.repeats)
             marks = [int(d.split('data-first-render="')[1].split('"')[0]) for d in doms]
             assert all(d.count('class="de"') > 0 for d in doms), "cards drew no direct effects"
