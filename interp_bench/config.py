@@ -272,6 +272,9 @@ class TrainConfig(_JsonMixin):
     """b_dec from the first batch: mean, median (geometric) or zero"""
     device: str | None = None
     """cpu, cuda, cuda:1 (None: cuda when present)"""
+    wandb: str | None = None
+    """wandb project: metrics also go to wandb (needs `pip install wandb`); metrics.jsonl is
+    always written"""
     extra: dict[str, Any] = field(default_factory=dict)
     """free-form notes saved with the run"""
 

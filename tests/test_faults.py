@@ -785,6 +785,11 @@ def test_report_escapes_script_context(feature_index, tmp_path):
     block = page.split('<script id="data" type="application/json">')[1].split("</script>")[0]
     shown = json.loads(block)["vocab"]
     assert not {"<", ">", "&"} & set(block)
+    for chunk in (tmp_path / "r_chunks").iterdir():  # each latent's examples, loaded on demand
+        body = chunk.read_text().split("\n", 1)[1]  # after the header comment
+        assert not {"<", ">", "&"} & set(body)
+        literal = body[body.index("JSON.parse(") + 11 : body.rindex("));")]
+        shown |= json.loads(json.loads(literal))["v"]
     assert shown[first] == "<!--" and shown[second] == "<script>"
 
 

@@ -9,8 +9,9 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from activation_cache.streams import model_stream
+from activation_cache.streams import cache_stream, model_stream
 from interp_bench.analysis.figures import density_histogram, feature_card, recon_error_figure
+from interp_bench.analysis.report import CHUNK, _r
 from interp_bench.analysis.top_examples import AnalysisConfig, analyze, load_feature_index
 from interp_bench.cli import main
 from interp_bench.config import DictionaryConfig
@@ -96,28 +97,53 @@ def report_html(run_dir, tiny_model, tokens, tmp_path_factory):
     return write_report(out, out / "report.html")
 
 
+def page_data(page: str) -> dict:
+    return json.loads(re.search(r'id="data" type="application/json">(.*?)</script>', page,
+                                re.S).group(1))  # fmt: skip
+
+
+def chunk_data(path) -> dict:
+    """A chunk file's data: `ibChunk(k, {...});` after our header comment."""
+    text = path.read_text()
+    k, body = re.fullmatch(r"/\*[^*]*\*/\nibChunk\((\d+),JSON\.parse\((.*)\)\);\n", text,
+                           re.S).groups()  # fmt: skip
+    assert path.name == f"{int(k):04d}.js"
+    return json.loads(json.loads(body))  # a JS string literal of script-safe JSON
+
+
 def test_report_is_self_contained(report_html):
     page = report_html.read_text()
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert "cdn" not in page.lower()
-    data = json.loads(re.search(r'id="data" type="application/json">(.*?)</script>', page,
-                                re.S).group(1))  # fmt: skip
-    live = [f for f in data["features"] if f["n"] > 0]
-    assert live and all(f["t"] and len(f["p"]) == 10 for f in live)
+    chunks = sorted((report_html.parent / "report_chunks").iterdir())
+    for text in [page] + [c.read_text() for c in chunks]:
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+        assert "cdn" not in text.lower()
+    data = page_data(page)
+    assert data["chunks"] == "report_chunks/" and len(chunks) == -(-96 // data["chunk"])
+    assert '"t":[' not in page  # examples live in the chunks, not in the page
+    recs = [r for c in chunks for r in chunk_data(c)["f"]]
+    vocab = data["vocab"] | {k: v for c in chunks for k, v in chunk_data(c)["v"].items()}
+    live = [i for i, n in enumerate(data["summary"]["n"]) if n > 0]
+    assert live and all(recs[i]["t"] and len(recs[i]["p"]) == 10 for i in live)
     assert 'class="card' not in page  # cards only exist once the page's JS has run
     index = load_feature_index(report_html.parent)
-    for f in live[:10]:  # the page's records are the index's cards, compacted
-        card = index.feature(f["i"])
+    for i in live[:10]:  # the page's records are the index's cards, compacted
+        card, f = index.feature(i), recs[i]
         assert [e[2] for e in f["t"]] == [e["token_ids"] for e in card["top"][:8]]
         assert [e[1] for e in f["t"]] == [e["center"] for e in card["top"][:8]]
+        assert data["summary"]["c"][i] == [e["token_ids"][e["center"]] for e in card["top"][:8]]
         assert max(max(e[3]) for e in f["t"]) == 100  # context acts in % of the max
-        assert all(data["vocab"][str(t)] == index.token_str(t) for e in f["t"] for t in e[2])
+        assert all(vocab[str(t)] == index.token_str(t) for e in f["t"] for t in e[2])
+        # per example: next token, its direct effect, act / norm scale
+        assert [e[4:] for e in f["t"]] == [
+            [e["next_id"], _r(e["next_effect"]), _r(e["direct_mult"])] for e in card["top"][:8]
+        ]
 
 
 def _chromium(args, tmp_path, timeout=120):
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args]  # fmt: skip
+           "--no-first-run", "--proxy-server=127.0.0.1:9",  # no network, even by mistake
+           f"--user-data-dir={tmp_path / 'profile'}", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -129,6 +155,7 @@ def test_report_renders_in_chromium(report_html, tmp_path):
     n_cards = dom.count('class="card')
     assert n_cards >= 10, dom[-2000:]
     assert "Latent 0" in dom and "Top activations" in dom and "Promoted tokens" in dom
+    assert dom.count('class="de"') >= 10 and "next " in dom  # per-example direct effects
     assert "<svg" in dom  # density and activation histograms were drawn
     # search by token (the activating token of a dense latent's best example) and by id
     index = load_feature_index(report_html.parent)
@@ -172,4 +199,61 @@ def test_nearest_latents_by_decoder_cosine(report_html):
     cos = [c for _, c in card["neighbours"]]
     assert cos == sorted(cos, reverse=True)
     page = report_html.read_text()
-    assert '"nb":[[' in page and "Similar latents (decoder cosine)" in page
+    assert "Similar latents (decoder cosine)" in page
+    assert '\\"nb\\":[[' in (report_html.parent / "report_chunks" / "0000.js").read_text()
+
+
+@pytest.mark.long
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
+def test_browser_of_16k_latents_loads_cards_lazily(tmp_path, gpt2_tokenizer):
+    """Every latent live, 16,384 of them: the page holds only the summary, and a card of a latent
+    in the last chunk loads its examples from disk (file://, no network)."""
+    from analysis_helpers import batches, planted_stream, relu_dictionary
+
+    from interp_bench.analysis.report import write_report
+
+    n = 16_384
+    g = torch.Generator().manual_seed(0)
+    d = relu_dictionary(torch.randn(16, n, generator=g), torch.full((n,), 0.5),
+                        torch.randn(n, 16, generator=g), "L0.resid_post")  # fmt: skip
+    cfg = AnalysisConfig(top_k=4, window=3, reservoir=8, n_quantiles=2, per_quantile=1)
+    index = analyze(d, batches(planted_stream(n_seq=20), max_size=200), tmp_path / "idx", cfg,
+                    tokenizer=gpt2_tokenizer)  # fmt: skip
+    assert int((index.arrays["fire_count"] > 0).sum()) == n
+    page = write_report(tmp_path / "idx", n_top=4, per_quantile=1)
+    chunks = list((page.parent / "report_chunks").iterdir())
+    data_bytes = sum(c.stat().st_size for c in chunks)
+    assert len(chunks) == n // CHUNK
+    assert page.stat().st_size < 48 * n and page.stat().st_size < data_bytes / 8
+
+    latent = n - 5  # in the last chunk
+    url = page.resolve().as_uri() + f"#q={latent}"
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout
+    assert re.findall(r"Latent (\d+)<", dom) == [str(latent)]
+    card = index.feature(latent)
+    assert "Top activations" in dom and "loading examples\u2026</div>" not in dom
+    body = dom.split(f'id="latent-{latent}"')[1]
+    shown = [float(m) for m in re.findall(r'<span class="a">([^<]*)</span>', body)]
+    assert shown[: len(card["top"])] == pytest.approx([e["act"] for e in card["top"]], rel=5e-3)
+    # without its chunk file the card says which file is missing, the rest of the page works
+    (page.parent / "report_chunks" / f"{latent // CHUNK:04d}.js").unlink()
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout
+    assert f"could not load report_chunks/{latent // CHUNK:04d}.js" in dom
+
+
+def test_report_folders_are_replaced_only_when_ours(report_html, run_dir, tmp_path):
+    """Re-analysing into an index folder that holds the browser works; a chunk folder holding
+    anything else is refused with nothing changed."""
+    from interp_bench.analysis.report import write_report
+    from interp_bench.dictionaries import load_dictionary
+
+    index = tmp_path / "index"
+    shutil.copytree(report_html.parent, index)
+    d = load_dictionary(run_dir / "sae")
+    analyze(d, cache_stream(run_dir / "acts", [HOOK], 64), index, AnalysisConfig(top_k=3, window=2))
+    assert not (index / "report_chunks").exists()  # the old browser went with the old index
+    write_report(index, tmp_path / "x.html")
+    (tmp_path / "x_chunks" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="does not hold only interp-bench report chunks"):
+        write_report(index, tmp_path / "x.html")
+    assert (tmp_path / "x_chunks" / "notes.txt").read_text() == "mine"

@@ -175,12 +175,14 @@ def test_from_model_with_logits(tiny_model, gpt2_tokenizer, tmp_path):
                     AnalysisConfig(top_k=4, window=2), model=tiny_model)  # fmt: skip
     assert index.meta["n_tokens"] == 6 * 23
     ln_w = getattr(tiny_model.ln_final, "w", None)  # None when the LN weight is folded
-    want_note = "W_dec @ W_U" if ln_w is None else "W_dec * ln_final.w @ W_U"
+    # the final LayerNorm removes the mean of whatever is added to the residual
+    want_note = "W_dec centred @ W_U" if ln_w is None else "W_dec centred * ln_final.w @ W_U"
     assert index.meta["logits"] == want_note
     card = index.feature(0)
     assert len(card["promoted"]) == 10 and isinstance(card["promoted"][0][0], str)
     scale = 1.0 if ln_w is None else ln_w
-    want = ((d.W_dec[0] * scale) @ tiny_model.W_U).topk(10).indices
+    centred = d.W_dec[0] - d.W_dec[0].mean()
+    want = ((centred * scale) @ tiny_model.W_U).topk(10).indices
     assert [t for t, _ in card["promoted"]] == [gpt2_tokenizer.decode([int(i)]) for i in want]
     _, cache = tiny_model.run_with_cache(tokens[:1], names_filter="blocks.1.hook_resid_post")
     x = cache["blocks.1.hook_resid_post"][0]

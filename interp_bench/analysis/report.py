@@ -1,13 +1,16 @@
-"""A self-contained HTML feature browser over a feature index: one file, opens from disk.
+"""An HTML feature browser over a feature index that opens from disk, with no network.
 
-Data, CSS and JS are inline and the charts are plain SVG, so the page needs no network and no
-plotly.js. The data is embedded as JSON in a `<script type="application/json">` block, with
-`<`, `>`, `&`, U+2028 and U+2029 written as JSON `\\uXXXX` escapes so that no token string can
-close the block or open a comment in it; the page builds the feature list with DOM calls
-(`textContent`, so token strings cannot inject markup). Each latent carries its top examples and
-a few quantile examples with the activation on every context token, its log-binned activation
-histogram and promoted/suppressed tokens; sorting, paging and search (latent id, or a token its
-top examples fire on) run in the page.
+The page (`report.html`) holds the header data and a small per-latent summary (density, fire
+count, mean and max activation, the tokens its top examples fire on), so it stays small for 16k+
+latents; each latent's examples, histogram, promoted tokens and neighbours live in chunk files
+(`report_chunks/0000.js`, `CHUNK` latents each) that the page loads when a card is shown. A
+chunk is a script that calls `ibChunk(k, data)` (JSONP style): `fetch()` of file:// URLs is
+blocked in Chromium, a `<script src>` is not.
+
+All data is JSON written by `script_json`: `<`, `>`, `&`, U+2028 and U+2029 become JSON
+`\\uXXXX` escapes, so no token string can close a script block or open a comment in it; the
+page builds everything with DOM calls (`textContent`, so token strings cannot inject markup).
+CSS, JS and the plain-SVG charts are inline: no plotly.js, no CDN.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,14 +28,18 @@ from torch import Tensor
 
 from interp_bench.analysis.top_examples import FeatureIndex, load_feature_index
 
+CHUNK = 32  # latents per chunk file
+CHUNK_HEAD = "/* interp-bench feature browser chunk */"  # how we recognise our own chunk files
+
 
 def _r(v: float) -> float | None:
-    """Three significant digits keep the embedded JSON small; NaN (no data) becomes null."""
+    """Three significant digits keep the JSON small; NaN (no data) becomes null."""
     return float(f"{v:.3g}") if math.isfinite(v) else None
 
 
 def _examples(a: dict, prefix: str, sl: tuple, max_act: Tensor) -> list:
-    """Per latent, its examples as [act, center, token ids, context acts in % of its max].
+    """Per latent, its examples as [act, center, token ids, context acts in % of its max], and
+    for top examples with direct effects also [next token id, its direct effect, act / scale].
 
     Works on whole arrays (one `tolist` each) rather than per-latent `feature(i)` calls, so a
     report over 10k latents builds in seconds.
@@ -43,20 +53,29 @@ def _examples(a: dict, prefix: str, sl: tuple, max_act: Tensor) -> list:
     pct = (ctx.nan_to_num(0.0) * scale[:, None, None]).round().int()
     window = toks.shape[2] // 2
     center = (toks[:, :, :window] >= 0).sum(2)
+    n = acts.shape[1]
+    if prefix == "top" and "top_next_effect" in a:
+        extra = zip(a["top_next_ids"][:, :n].tolist(), a["top_next_effect"][:, :n].tolist(),
+                    a["top_direct_mult"][:, :n].tolist(), strict=True)  # fmt: skip
+    else:
+        extra = ([None] * n for _ in range(acts.shape[0]))
     out = []
-    for i_, a_, t_, p_, c_ in zip(idx.tolist(), acts.tolist(), toks.tolist(), pct.tolist(),
-                                  center.tolist(), strict=True):  # fmt: skip
+    for i_, a_, t_, p_, c_, x_ in zip(idx.tolist(), acts.tolist(), toks.tolist(), pct.tolist(),
+                                      center.tolist(), extra, strict=True):  # fmt: skip
         row = []
-        for g, act, t, p, c in zip(i_, a_, t_, p_, c_, strict=True):
+        for k, (g, act, t, p, c) in enumerate(zip(i_, a_, t_, p_, c_, strict=True)):
             if g >= 0:
-                keep = [k for k, tok in enumerate(t) if tok >= 0]
-                row.append([_r(act), c, [t[k] for k in keep], [p[k] for k in keep]])
+                keep = [j for j, tok in enumerate(t) if tok >= 0]
+                ex = [_r(act), c, [t[j] for j in keep], [p[j] for j in keep]]
+                if x_[0] is not None:
+                    ex += [x_[0][k], _r(x_[1][k]), _r(x_[2][k])]
+                row.append(ex)
         out.append(row)
     return out
 
 
-def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> dict:
-    """The compact JSON the page reads: summary, vocab of used ids, one record per latent."""
+def _records(index: FeatureIndex, n_top: int, per_quantile: int) -> tuple[list, list, list]:
+    """(per-latent card records, the ids each one uses, the tokens its top examples fire on)."""
     a = index.arrays
     max_act = a["max_act"].float()
     top = _examples(a, "top", (slice(None), slice(0, n_top)), max_act)
@@ -64,29 +83,49 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
     per_q = [_examples(a, "quantile", (slice(None), b, slice(0, per_quantile)), max_act)
              for b in range(n_q)]  # fmt: skip
     edges_q = a["quantile_edges"].tolist()
-    hist = a["hist_counts"]
-    has_logits = "logit_pos_ids" in a
-    used: set[int] = set()
-    feats = []
-    cols = zip(a["density"].tolist(), a["fire_count"].tolist(), a["mean_act"].tolist(),
-               max_act.tolist(), strict=True)  # fmt: skip
-    for i, (d, n, m, x) in enumerate(cols):
+    hist = a["hist_counts"].tolist()  # whole arrays to lists once: per-latent calls cost seconds
+    logits = {
+        name: (a[f"logit_{key}_ids"].tolist(), a[f"logit_{key}_vals"].tolist())
+        for key, name in (("pos", "p"), ("neg", "s"))
+        if f"logit_{key}_ids" in a
+    }
+    nbs = None
+    if "neighbour_ids" in a:
+        nbs = (a["neighbour_ids"].tolist(), a["neighbour_cos"].tolist())
+    recs, uses, centers = [], [], []
+    for i in range(index.n_features):
         quant = [[_r(edges_q[i][b]), _r(edges_q[i][b + 1]), per_q[b][i]] for b in range(n_q)]
+        used: set[int] = set()
         for ex in top[i] + [e for q in quant for e in q[2]]:
             used.update(ex[2])
-        nz = hist[i].nonzero().flatten().tolist()
-        h = [nz[0]] + hist[i, nz[0] : nz[-1] + 1].tolist() if nz else []
-        rec = {"i": i, "d": _r(d), "n": n, "m": _r(m), "x": _r(x), "h": h, "t": top[i], "q": quant}
-        if has_logits:
-            for key, name in (("pos", "p"), ("neg", "s")):
-                ids = a[f"logit_{key}_ids"][i].tolist()
-                vals = a[f"logit_{key}_vals"][i].tolist()
-                rec[name] = [[t, _r(v)] for t, v in zip(ids, vals, strict=True)]
-                used.update(ids)
-        if "neighbour_ids" in a:  # nearest latents by decoder cosine
-            pairs = zip(a["neighbour_ids"][i].tolist(), a["neighbour_cos"][i].tolist(), strict=True)
-            rec["nb"] = [[j, _r(c)] for j, c in pairs]
-        feats.append(rec)
+            if len(ex) > 4 and ex[4] >= 0:
+                used.add(ex[4])
+        nz = [k for k, c in enumerate(hist[i]) if c]
+        h = [nz[0]] + hist[i][nz[0] : nz[-1] + 1] if nz else []
+        rec = {"h": h, "t": top[i], "q": quant}
+        for name, (ids, vals) in logits.items():
+            rec[name] = [[t, _r(v)] for t, v in zip(ids[i], vals[i], strict=True)]
+            used.update(ids[i])
+        if nbs is not None:  # nearest latents by decoder cosine
+            rec["nb"] = [[j, _r(c)] for j, c in zip(nbs[0][i], nbs[1][i], strict=True)]
+        recs.append(rec)
+        uses.append(used)
+        centers.append([ex[2][ex[1]] for ex in top[i]])
+    return recs, uses, centers
+
+
+def report_parts(
+    index: FeatureIndex, n_top: int = 8, per_quantile: int = 2, chunk: int = CHUNK
+) -> tuple[dict, list[dict]]:
+    """(the page's data: header, per-latent summary and the vocab it needs; the chunks, each
+    `{"v": vocab, "f": records of latents chunk*k ..}`)."""
+    a = index.arrays
+    recs, uses, centers = _records(index, n_top, per_quantile)
+    chunks = []
+    for start in range(0, len(recs), chunk):
+        ids = sorted(set().union(*uses[start : start + chunk]))
+        chunks.append({"v": {str(i): index.token_str(i) for i in ids},
+                       "f": recs[start : start + chunk]})  # fmt: skip
     r = index.recon
     recon = {k: r.get(k) for k in ("n_tokens", "mean_rel_err", "nmse", "rel_err_quantiles")}
     recon["by_position"] = r.get("by_position", {}).get("mean_rel_err", [])
@@ -95,10 +134,9 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
          [t for t in w["context"] if t >= 0]]
         for w in r.get("worst", [])[:20]
     ]  # fmt: skip
-    for w in recon["worst"]:
-        used.update(w[2])
+    used = {t for c in centers for t in c} | {t for w in recon["worst"] for t in w[2]}
     dcfg = index.meta["dictionary"]
-    return {
+    page = {
         "title": f"{dcfg.get('arch', '')} {dcfg.get('hook_in', '')}"
         + (f" -> {dcfg['hook_out']}" if dcfg.get("hook_out") else "")
         + (f" · {dcfg['model_name']}" if dcfg.get("model_name") else ""),
@@ -106,10 +144,33 @@ def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> d
         "hist_edges": [_r(e) for e in index.meta["hist_edges"]],
         "window": index.window,
         "logits": index.meta.get("logits"),
+        "direct": index.meta.get("direct_effect"),
         "recon": recon,
         "vocab": {str(i): index.token_str(i) for i in sorted(used)},
-        "features": feats,
+        "chunk": chunk,
+        # per latent, column-wise: density, fire count, mean and max activation, top tokens
+        "summary": {
+            "d": [_r(v) for v in a["density"].tolist()],
+            "n": a["fire_count"].tolist(),
+            "m": [_r(v) for v in a["mean_act"].tolist()],
+            "x": [_r(v) for v in a["max_act"].float().tolist()],
+            "c": centers,
+        },
     }
+    return page, chunks
+
+
+def report_data(index: FeatureIndex, n_top: int = 8, per_quantile: int = 2) -> dict:
+    """Everything in one dict, one record per latent (for notebooks and tests)."""
+    page, chunks = report_parts(index, n_top, per_quantile)
+    s = page.pop("summary")
+    recs = [r for c in chunks for r in c["f"]]
+    page["features"] = [
+        {"i": i, "d": s["d"][i], "n": s["n"][i], "m": s["m"][i], "x": s["x"][i]} | rec
+        for i, rec in enumerate(recs)
+    ]
+    page["vocab"] |= {k: v for c in chunks for k, v in c["v"].items()}
+    return page
 
 
 # Characters that could end a <script> block or start `<!--` parsing inside it, as JSON escapes.
@@ -122,8 +183,17 @@ def script_json(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
 
 
+def chunk_dir(out: Path) -> Path:
+    """Where a page's chunk files go: `report.html` -> `report_chunks/` beside it."""
+    return out.with_name(f"{out.stem}_chunks")
+
+
+def chunk_name(k: int) -> str:
+    return f"{k:04d}.js"
+
+
 def _check_replaceable(out: Path) -> None:
-    """Refuse a folder, or an existing file that is not a report we wrote."""
+    """Refuse a folder, or an existing page or chunk folder that we did not write."""
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'report.html'}")
     if out.exists():
@@ -134,23 +204,62 @@ def _check_replaceable(out: Path) -> None:
                 f"{out} exists and is not an interp-bench report; "
                 "pick another --out (the file was not changed)"
             )
+    chunks = chunk_dir(out)
+    if chunks.exists() and not _our_chunks(chunks):
+        raise ValueError(
+            f"{chunks} exists and does not hold only interp-bench report chunks; "
+            "pick another --out (nothing was changed)"
+        )
+
+
+def _our_chunks(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    for p in folder.iterdir():
+        if not (p.is_file() and re.fullmatch(r"\d{4,}\.js", p.name)):
+            return False
+        with open(p, "rb") as f:
+            if f.read(len(CHUNK_HEAD)).decode("utf-8", errors="replace") != CHUNK_HEAD:
+                return False
+    return True
 
 
 def write_report(index_dir: str | Path, out: str | Path | None = None, **kw) -> Path:
-    """Write `report.html` (default: inside the index directory) and return its path."""
+    """Write `report.html` (default: inside the index directory) and its chunk folder beside
+    it; return the page's path. Chunks go in whole (a temp folder renamed), then the page."""
     index = load_feature_index(index_dir)
     out = Path(out) if out else index.path / "report.html"
     _check_replaceable(out)
     if not out.parent.is_dir():
         raise ValueError(f"folder {out.parent} does not exist; create it or pick another --out")
-    page = TEMPLATE.replace("__DATA__", script_json(report_data(index, **kw)))
+    page, chunks = report_parts(index, **kw)
+    final = chunk_dir(out)
+    page["chunks"] = final.name + "/"
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out.parent))
+    aside = out.with_name(f".{final.name}.old-{os.getpid()}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
+        for k, c in enumerate(chunks):
+            # JSON.parse of a string literal parses faster than the same object as JS source
+            text = f"{CHUNK_HEAD}\nibChunk({k},JSON.parse({json.dumps(script_json(c))}));\n"
+            (tmp_dir / chunk_name(k)).write_text(text, encoding="utf-8")
+        tmp_dir.chmod(0o777 & ~_umask())
+        tmp.write_text(TEMPLATE.replace("__DATA__", script_json(page)), encoding="utf-8")
+        if final.exists():
+            os.replace(final, aside)
+        os.replace(tmp_dir, final)
         tmp.replace(out)
     finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
         tmp.unlink(missing_ok=True)  # only after a failure: the temp is this process's own
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 TEMPLATE = r"""<!DOCTYPE html>
@@ -183,6 +292,9 @@ main{padding:12px 20px;max-width:1150px}
 .logit{display:flex;justify-content:space-between;font-family:ui-monospace,monospace}
 .pos{color:#2e7d32}.neg{color:#c62828}
 .dead{color:#999}
+.de{font-size:11px;color:#555;margin:0 0 3px 60px;font-family:ui-monospace,monospace}
+.label{display:block;margin:2px 0 0}
+.loading{color:#888;font-size:12px}
 button{padding:5px 12px}
 #count{color:#666}
 </style></head><body>
@@ -211,7 +323,9 @@ button{padding:5px 12px}
 <script>
 "use strict";
 const D = JSON.parse(document.getElementById("data").textContent);
-const F = D.features, V = D.vocab, W = D.window, PAGE = 25;
+const S = D.summary, V = D.vocab, W = D.window, PAGE = 25, CH = D.chunk;
+// One object per latent from the summary; a chunk adds its card data (h, t, q, p, s, nb).
+const F = S.d.map((d, i) => ({i: i, d: d, n: S.n[i], m: S.m[i], x: S.x[i], c: S.c[i]}));
 let shown = PAGE, current = [];
 const $ = (id) => document.getElementById(id);
 function el(tag, cls, text) {
@@ -223,7 +337,33 @@ function el(tag, cls, text) {
 const tokStr = (id) => (id in V ? V[id] : "<" + id + ">");
 const show = (s) => s.replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
 const fmt = (v) => (v === null || v === undefined ? "-" : Number(v).toPrecision(3));
+const signed = (v) => (v === null || v === undefined ? "-" : (v > 0 ? "+" : "") + fmt(v));
 const NS = "http://www.w3.org/2000/svg";
+// Chunk k (latents k*CH ..) arrives as a script calling ibChunk(k, data): file:// blocks fetch().
+const chunkState = new Map();  // k -> {done, failed, waiting: [callbacks]}
+window.ibChunk = function (k, data) {
+  Object.assign(V, data.v);
+  data.f.forEach((rec, j) => Object.assign(F[k * CH + j], rec, {ready: true}));
+  const st = chunkState.get(k) || {waiting: []};
+  st.done = true;
+  chunkState.set(k, st);
+  st.waiting.splice(0).forEach((fn) => fn(true));
+};
+function withData(f, fn) {
+  if (f.ready) return fn(true);
+  const k = Math.floor(f.i / CH);
+  let st = chunkState.get(k);
+  if (st && st.failed) return fn(false);
+  if (!st) {
+    st = {waiting: []};
+    chunkState.set(k, st);
+    const s = document.createElement("script");
+    s.src = D.chunks + String(k).padStart(4, "0") + ".js";
+    s.onerror = () => { st.failed = true; st.waiting.splice(0).forEach((g) => g(false)); };
+    document.head.appendChild(s);
+  }
+  st.waiting.push(fn);
+}
 function bars(counts, w, h, color, labels) {
   const svg = document.createElementNS(NS, "svg");
   svg.setAttribute("width", w); svg.setAttribute("height", h + 14);
@@ -261,17 +401,62 @@ function context(ex, mx) {
   });
   return row;
 }
-function card(f) {
-  const c = el("div", "card");
-  c.id = "latent-" + f.i;
+// An example's direct effect on the next-token logits (final norm frozen at that token): on the
+// actual next token, and the latent's top promoted / suppressed tokens scaled by act / scale.
+function direct(ex, f) {
+  const [, , , , next, eff, mult] = ex, line = el("div", "de");
+  const part = (cls, text) => line.appendChild(el("span", cls, text));
+  if (next < 0) part(null, "last token of its context");
+  else part(eff > 0 ? "pos" : "neg", "next " + JSON.stringify(tokStr(next)) + " " + signed(eff));
+  if (mult !== null && f.p) {
+    const top = (rows) => rows.slice(0, 3)
+      .map(([t, v]) => JSON.stringify(tokStr(t)) + " " + signed(v * mult)).join(", ");
+    part("pos", " \u00b7 \u2191 " + top(f.p));
+    part("neg", " \u00b7 \u2193 " + top(f.s));
+  }
+  return line;
+}
+function cardHead(f) {
   const h = el("h2", null, "Latent " + f.i);
   h.appendChild(el("small", null, f.n === 0 ? "dead (never fired)" :
     "density " + fmt(f.d) + " · fired " + f.n + "× · mean " + fmt(f.m) + " · max " + fmt(f.x)));
-  c.appendChild(h);
+  if (f.c && f.c.length) {
+    const counts = new Map();
+    f.c.forEach((t) => counts.set(t, (counts.get(t) || 0) + 1));
+    const label = [...counts].sort((a, b) => b[1] - a[1]).slice(0, 4)
+      .map(([t, n]) => JSON.stringify(show(tokStr(t))) + (n > 1 ? " ×" + n : "")).join(" ");
+    h.appendChild(el("small", "label", "fires on " + label));
+  }
+  return h;
+}
+function card(f) {
+  const c = el("div", "card");
+  c.id = "latent-" + f.i;
+  c.appendChild(cardHead(f));
   if (f.n === 0) { c.classList.add("dead"); return c; }
+  const body = el("div", "loading", "loading examples\u2026");
+  c.appendChild(body);
+  pending += 1;
+  withData(f, (ok) => {
+    if (ok) {
+      body.replaceWith(cardBody(f));
+    } else {
+      const file = D.chunks + String(Math.floor(f.i / CH)).padStart(4, "0") + ".js";
+      body.textContent = "could not load " + file + ": keep " + D.chunks + " next to this page";
+    }
+    pending -= 1;
+    rendered();
+  });
+  return c;
+}
+function cardBody(f) {
   const cols = el("div", "cols"), main = el("div"), side = el("div", "side");
-  main.appendChild(el("div", "q", "Top activations"));
-  f.t.forEach((ex) => main.appendChild(context(ex, f.x)));
+  main.appendChild(el("div", "q", "Top activations" +
+    (D.direct ? " (and each one's direct effect on the next-token logits)" : "")));
+  f.t.forEach((ex) => {
+    main.appendChild(context(ex, f.x));
+    if (ex.length > 4) main.appendChild(direct(ex, f));
+  });
   f.q.forEach(([lo, hi, exs], b) => {
     if (!exs.length) return;
     const label = "Quantile " + (b + 1) + "/" + f.q.length + ": [" + fmt(lo) + ", " + fmt(hi) + "]";
@@ -290,7 +475,7 @@ function card(f) {
       rows.forEach(([t, v]) => {
         const r = el("div", "logit " + cls);
         r.appendChild(el("span", null, JSON.stringify(tokStr(t))));
-        r.appendChild(el("span", null, (v > 0 ? "+" : "") + fmt(v)));
+        r.appendChild(el("span", null, signed(v)));
         side.appendChild(r);
       });
     };
@@ -311,8 +496,8 @@ function card(f) {
       side.appendChild(r);
     });
   }
-  cols.appendChild(main); cols.appendChild(side); c.appendChild(cols);
-  return c;
+  cols.appendChild(main); cols.appendChild(side);
+  return cols;
 }
 function select() {
   const q = $("q").value.trim(), hide = $("hidedead").checked;
@@ -323,7 +508,7 @@ function select() {
   } else if (q) {
     const want = q.toLowerCase(), hits = new Map();
     F.forEach((f) => {
-      const n = f.t.filter((ex) => tokStr(ex[2][ex[1]]).trim().toLowerCase() === want).length;
+      const n = f.c.filter((t) => tokStr(t).trim().toLowerCase() === want).length;
       if (n) hits.set(f.i, n);
     });
     out = F.filter((f) => hits.has(f.i)).sort((a, b) => hits.get(b.i) - hits.get(a.i));
@@ -336,10 +521,18 @@ function select() {
   }
   return out;
 }
+// Milliseconds from navigation to the first page of cards drawn with their data (benchmarks).
+let pending = 0;
+function rendered() {
+  if (pending === 0 && !document.body.dataset.firstRender) {
+    document.body.dataset.firstRender = performance.now().toFixed(0);
+  }
+}
 function render() {
   const list = $("list");
   list.replaceChildren();
   current.slice(0, shown).forEach((f) => list.appendChild(card(f)));
+  rendered();
   const more = current.length > shown ? ", showing " + shown : "";
   $("count").textContent = current.length + " latents" + more;
   $("more").style.display = current.length > shown ? "" : "none";

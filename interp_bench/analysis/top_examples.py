@@ -41,11 +41,16 @@ from torch import Tensor
 
 from activation_cache.paths import save_tensors
 from interp_bench.analysis.density import DensityStats, density_summary, hist_edges, whole_sequences
+from interp_bench.analysis.direct_effect import (
+    example_effects,
+    residual_writes,
+    unembed_directions,
+    unembedding,  # noqa: F401  (re-exported: notebooks and tests import it from here)
+)
 from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
 FORMAT_VERSION = 1
-RESIDUAL_KINDS = ("resid_pre", "resid_post", "mlp_out")  # spaces the unembedding reads from
 
 
 @dataclass
@@ -59,6 +64,7 @@ class AnalysisConfig:
     skip_bos: bool = True  # position 0 counts for nothing (its activations are outliers)
     n_logit_tokens: int = 10  # promoted / suppressed tokens per latent
     n_worst: int = 32  # worst-reconstructed tokens listed
+    direct_effects: bool = True  # per top example, the direct effect on the next-token logits
     seed: int = 0
 
 
@@ -149,29 +155,15 @@ class RunningTopK:
         return self.val.gather(1, order), self.idx.gather(1, order), ctx
 
 
-def unembedding(model) -> tuple[Tensor, Tensor | None] | None:
-    """The model's W_U `[d_model, vocab]` and the final norm's elementwise weight, if it has one."""
-    W_U = getattr(model, "W_U", None)
-    if W_U is None:
-        return None
-    ln = getattr(model, "ln_final", None)
-    w = None
-    for name in ("w", "weight"):
-        cand = getattr(ln, name, None) if ln is not None else None
-        if isinstance(cand, Tensor) and cand.ndim == 1 and cand.numel() == W_U.shape[0]:
-            w = cand
-            break
-    return W_U.detach().float().cpu(), None if w is None else w.detach().float().cpu()
-
-
 def logit_effects(
     W_dec: Tensor, W_U: Tensor, ln_w: Tensor | None, n: int, chunk: int = 1024
 ) -> dict[str, Tensor]:
     """Tokens each decoder direction promotes / suppresses: top and bottom of W_dec * ln_w @ W_U.
 
-    This is the direct logit attribution of a unit activation. The final norm's elementwise weight
-    is applied; its division by the residual norm is a positive per-token scale that does not
-    change the ranking, so it is left out (values are in "logits per unit pre-norm residual").
+    This is the direct logit attribution of a unit activation (`direct_effect.unembed_directions`
+    centres the directions first for LayerNorm). The final norm's division by the residual norm
+    is a positive per-token scale that does not change the ranking, so it is left out (values
+    are in "logits per unit pre-norm residual"; per example, `top_direct_mult` puts it back).
     """
     W = W_dec.detach().float().cpu()
     if ln_w is not None:
@@ -185,11 +177,6 @@ def logit_effects(
         out["neg_ids"].append(lo.indices.int())
         out["neg_vals"].append(lo.values)
     return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _output_kind(dcfg) -> str:
-    hook = dcfg.hook_out or dcfg.hook_in or ""
-    return hook.split(".", 1)[-1]
 
 
 @torch.inference_mode()
@@ -282,15 +269,25 @@ def analyze(
     arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
     arrays |= nearest_latents(dictionary.W_dec)
 
-    logits_note = None
-    if model is not None and _output_kind(dcfg) in RESIDUAL_KINDS:
-        unembed = unembedding(model)
-        if unembed is not None:
-            W_U, ln_w = unembed
-            if W_U.shape[0] == dictionary.W_dec.shape[1]:
-                eff = logit_effects(dictionary.W_dec, W_U, ln_w, cfg.n_logit_tokens)
-                arrays |= {f"logit_{k}": v for k, v in eff.items()}
-                logits_note = "W_dec * ln_final.w @ W_U" if ln_w is not None else "W_dec @ W_U"
+    logits_note = direct_note = None
+    direct_s = 0.0
+    writes = residual_writes(dictionary, model) if model is not None else None
+    unembed = unembed_directions(writes[0], model) if writes is not None else None
+    if unembed is not None:
+        dirs, W_U, how = unembed
+        eff = logit_effects(dirs, W_U, None, cfg.n_logit_tokens)
+        arrays |= {f"logit_{k}": v for k, v in eff.items()}
+        logits_note = f"{writes[1]} {how} @ W_U".replace("  ", " ")
+        if cfg.direct_effects:
+            t_direct = time.perf_counter()
+            per_example = example_effects(
+                dirs, W_U, model, arrays["top_index"], arrays["top_acts"], tokens, seq_all,
+                stream_arrays["pos"],
+            )  # fmt: skip
+            if per_example is not None:
+                arrays |= per_example
+                direct_note = f"act / ln_final scale at the token * ({logits_note})"
+            direct_s = time.perf_counter() - t_direct
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     ids = torch.unique(
         torch.cat(
@@ -318,9 +315,14 @@ def analyze(
         "density": density_summary(density.density, density.n_tokens, cfg.dense_threshold),
         "hist_edges": [float(e) for e in hist_edges()],
         "logits": logits_note,
+        "direct_effect": direct_note,  # per top example; None: no direct path or no model
         "model": getattr(getattr(model, "cfg", None), "model_name", None),
         # the pass scales with tokens; finishing (logit effects, contexts, writing) does not
-        "timings": {"pass_s": t_pass - t_start, "finish_s": time.perf_counter() - t_pass},
+        "timings": {
+            "pass_s": t_pass - t_start,
+            "finish_s": time.perf_counter() - t_pass,
+            "direct_effect_s": direct_s,  # part of finish_s: the forward for the norm scales
+        },
     }
     return write_feature_index(out_dir, meta, arrays, stream_arrays, recon_info, vocab)
 
@@ -399,7 +401,7 @@ def _token_str(tokenizer, i: int) -> str:
 INDEX_FILES = frozenset(
     ("index.json", "features.safetensors", "stream.safetensors", "recon.json", "vocab.json")
 )
-OWN_EXTRAS = frozenset(("report.html",))  # written into an index folder by `report`
+OWN_EXTRAS = frozenset(("report.html", "report_chunks"))  # written there by `report`
 
 
 def _is_our_index(path: Path) -> bool:
@@ -506,19 +508,27 @@ class FeatureIndex:
         acts = self.arrays[f"{prefix}_acts"][sel]
         toks = self.arrays[f"{prefix}_tokens"][sel]
         ctx = self.arrays[f"{prefix}_ctx_acts"][sel].float()
+        direct = prefix == "top" and "top_next_effect" in self.arrays
+        if direct:
+            mult = self.arrays["top_direct_mult"][sel].tolist()
+            nxt = self.arrays["top_next_ids"][sel].tolist()
+            eff = self.arrays["top_next_effect"][sel].tolist()
         out = []
-        for g, a, t, c in zip(idx.tolist(), acts.tolist(), toks, ctx, strict=True):
+        for k, (g, a, t, c) in enumerate(zip(idx.tolist(), acts.tolist(), toks, ctx, strict=True)):
             if g < 0:
                 continue
             keep = t >= 0
-            out.append({
+            ex = {
                 "index": g,
                 "act": a,
                 "token_ids": t[keep].tolist(),
                 "tokens": [self.token_str(i) for i in t[keep].tolist()],
                 "acts": c[keep].nan_to_num(0.0).tolist(),
                 "center": int(keep[: self.window].sum()),
-            })  # fmt: skip
+            }
+            if direct:  # effect on the next token's logit; act / norm scale at this token
+                ex |= {"next_id": nxt[k], "next_effect": eff[k], "direct_mult": mult[k]}
+            out.append(ex)
         return out
 
     def feature(self, i: int) -> dict:

@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=20, help="top examples kept per latent")
     p.add_argument("--window", type=int, default=10, help="context tokens either side")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens encoded at once")
+    p.add_argument(
+        "--direct-effects",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per top example, the latent's direct effect on the next-token logits (one forward "
+        "of the model over the sequences holding the examples; default on)",
+    )
     p.add_argument("--device", help="cpu, cuda (default: the dictionary's load default)")
 
 
@@ -68,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     hooks = [h for h in (dictionary.cfg.hook_in, dictionary.cfg.hook_out) if h]
     for h in hooks:
         manifest.hook(h)  # a clear error naming the hooks the cache holds
-    cfg = AnalysisConfig(top_k=args.top_k, window=args.window)
+    cfg = AnalysisConfig(top_k=args.top_k, window=args.window, direct_effects=args.direct_effects)
     check_window(cfg, dictionary.cfg.d_sae, manifest.context_len)
     model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
     total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)

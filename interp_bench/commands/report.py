@@ -1,11 +1,14 @@
-"""`interp-bench report`: write the self-contained HTML feature browser of a feature index."""
+"""`interp-bench report`: write the offline HTML feature browser of a feature index."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "Write report.html, a self-contained feature browser (opens from disk, no network)."
+HELP = (
+    "Write report.html, a feature browser that opens from disk with no network (each latent's "
+    "examples load on demand from report_chunks/ beside it)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     if not (d / "index.json").exists() and (d / "analysis" / "index.json").exists():
         d = d / "analysis"
     out = write_report(d, args.out, n_top=args.top, per_quantile=args.per_quantile)
-    size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MiB); open it in a browser (file://{out.resolve()})")
+    from interp_bench.analysis.report import chunk_dir
+
+    chunks = chunk_dir(out)
+    size = sum(p.stat().st_size for p in chunks.iterdir()) / 2**20
+    print(
+        f"wrote {out} ({out.stat().st_size / 2**10:,.0f} KiB) and {chunks.name}/ ({size:.1f} MiB, "
+        f"keep it beside the page); open it in a browser (file://{out.resolve()})"
+    )
     return 0

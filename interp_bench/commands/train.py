@@ -238,9 +238,11 @@ def run(args: argparse.Namespace) -> int:
     from interp_bench.commands.train_report import epochs_note
     from interp_bench.config import TrainConfig
     from interp_bench.training import ddp, failures, spread
+    from interp_bench.training.tracking import require_wandb
     from interp_bench.training.trainer import Trainer, dictionary_hooks, run_names
 
     tc = config_from_args(TrainConfig, args)  # checks every training setting first
+    require_wandb(tc.wandb)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder (one subfolder per dictionary)")

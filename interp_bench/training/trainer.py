@@ -32,9 +32,10 @@ from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import checkpoint as ckpt
 from interp_bench.training import ddp, guards
 from interp_bench.training.allocator import keep_freed_memory
+from interp_bench.training.tracking import WandbLog, require_wandb
 
 # Settings that may change between a run and its resume (or rerun) without changing its result.
-RESUME_FREE = ("device", "autocast", "log_every", "checkpoint_every", "extra")
+RESUME_FREE = ("device", "autocast", "log_every", "checkpoint_every", "wandb", "extra")
 
 
 class TrainingDiverged(ValueError):
@@ -89,6 +90,7 @@ class Trainer:
     ):
         if not dict_cfgs:
             raise ValueError("no dictionaries to train: pass at least one DictionaryConfig")
+        require_wandb(train_cfg.wandb)  # before any work
         self.cfgs = list(dict_cfgs)
         self.train_cfg = train_cfg
         self.device = torch.device(device or train_cfg.device or default_device())
@@ -139,6 +141,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.last_metrics: list[dict[str, float]] = []  # the latest logged metrics
+        self._tracker: WandbLog | None = None  # with train_cfg.wandb, on the main rank
 
     # ---- one step -------------------------------------------------------------------------
 
@@ -398,6 +401,15 @@ class Trainer:
                 if logging
                 else []
             )
+            if self.train_cfg.wandb is not None and ddp.is_main():
+                self._tracker = WandbLog(
+                    self.train_cfg.wandb,
+                    self.names,
+                    {"train": self.train_cfg.to_dict(), "dictionaries": dict(zip(
+                        self.names, [c.to_dict() for c in self.cfgs], strict=True))},
+                    self.out_dir,
+                )  # fmt: skip
+                stack.callback(self._tracker.finish)
             bar = stack.enter_context(
                 tqdm(
                     total=self.train_cfg.tokens,
@@ -470,6 +482,8 @@ class Trainer:
                 if logs:
                     logs[i].write(json.dumps(m) + "\n")
                     logs[i].flush()
+            if self._tracker is not None:
+                self._tracker.log(metrics)
             m = metrics[0]
             bar.set_postfix(
                 fvu=f"{m['fvu']:.3f}",
