@@ -96,7 +96,7 @@ def test_analyze_checks_before_loading(sae_dir, tmp_path, capsys):
     assert "--batch-tokens must be" in one_line_error([*base, "--batch-tokens", "0"], capsys)
     assert "--top-k must be positive" in one_line_error([*base, "--top-k", "0"], capsys)
     err = one_line_error([*base, "--window", "100000000"], capsys)
-    assert "GiB of memory" in err and "lower them" in err
+    assert "GiB for 96 latents" in err and "or a smaller --top-k" in err
     with pytest.raises(SystemExit):  # a negative count is refused by the parser itself
         main([*base, "--tokens", "-5"])
 
@@ -204,8 +204,6 @@ def test_checks_import_no_torch(argv, sae_dir, tmp_path):
 def test_copied_names_match_their_sources():
     from activation_cache.hooks import KINDS
     from activation_cache.models import EMBEDDED
-    from interp_bench.analysis.top_examples import AnalysisConfig
-    from interp_bench.commands import analyze, preflight
+    from interp_bench.commands import preflight
 
     assert preflight.KINDS == KINDS and preflight.EMBEDDED == EMBEDDED
-    assert AnalysisConfig.reservoir == analyze.RESERVOIR

@@ -176,24 +176,3 @@ def dictionary_model(cfg: dict) -> str | None:
     meta = cfg.get("metadata") or {}
     own = (meta.get("interp_bench") or {}).get("config") or {}
     return own.get("model_name") or meta.get("model_name") or None
-
-
-def memory_bytes() -> int | None:
-    """Physical memory of this machine (None where the OS does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def affordable(n_bytes: int, what: str, fix: str) -> None:
-    """Refuse a size the user gave when its buffers would not fit in half the memory (the
-    kernel would kill the process minutes later, after the model load)."""
-    total = memory_bytes()
-    if total is not None and n_bytes > total // 2:
-        raise ValueError(
-            f"{what} needs about {n_bytes / 2**30:.1f} GiB of memory, more than half of this "
-            f"machine's {total / 2**30:.1f} GiB; {fix}"
-        )
