@@ -180,6 +180,7 @@ CHEAP = [
     ["analyze", "--dictionary", "{sae}", "--activations", "{tmp}", "--tokens", "0"],
     ["demo", "--quick", "--layer", "40"],
     ["report", "{tmp}", "--top", "0"],
+    ["train", "--model", "smollm2-135m", "--hook", "L40.resid_post", "--out", "{tmp}/o"],
 ]
 
 
@@ -207,3 +208,63 @@ def test_copied_names_match_their_sources():
     from interp_bench.commands import preflight
 
     assert preflight.KINDS == KINDS and preflight.EMBEDDED == EMBEDDED
+
+
+def _config_only_models(tmp_path, monkeypatch) -> list[str]:
+    """A 2-layer, 64-wide GPT-2 known only by its config.json (no weights): as a folder, as a
+    hub id in a local Hugging Face cache, and the embedded SmolLM2 (30 layers, 576 wide)."""
+    import json
+
+    import huggingface_hub.constants
+
+    cfg = json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_positions": 256})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(cfg)
+    repo = tmp_path / "hub" / "models--someorg--tiny-gpt2"
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("a" * 40) / "config.json").write_text(cfg)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return [str(tmp_path / "model"), "someorg/tiny-gpt2", "smollm2-135m"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hook-in", "L99.mlp_in", "--hook-out", "L99.mlp_out"], "layer 99 out of range for a"),
+        (["--hook", "L0-40.resid_post"], "layer {n} out of range for a {n}-layer model"),
+        (["--hook-in", "all.mlp_in", "--hook-out", "L0.mlp_out"], "give one target per input"),
+        (["--hook", "all.resid_post", "--k", "5000", "--expansion", "1"], "k must be in 1..d_sae"),
+        (["--hook", "all.mlp_in", "--skip"], "--skip applies to transcoders"),
+        (["--hook", "L0.resid_post", "--context-len", "9000"], "--context-len is 9,000 tokens"),
+    ],
+)
+def test_streaming_train_checks_before_loading(extra, message, no_model, tmp_path, monkeypatch,
+                                               capsys):  # fmt: skip
+    """`train --model M --corpus C` checks its dictionaries against the depth and width in the
+    model's config file before the model loads (the loader fails this test if called)."""
+    for model in _config_only_models(tmp_path, monkeypatch):
+        n = 30 if model == "smollm2-135m" else 2
+        argv = ["train", "--model", model, "--corpus", str(tmp_path / "c.txt"),
+                "--out", str(tmp_path / "o"), *extra]  # fmt: skip
+        assert message.format(n=n) in one_line_error(argv, capsys), model
+    assert not (tmp_path / "o").exists()
+
+
+def test_streaming_train_without_a_config_on_disk_checks_after_loading(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    """No config.json anywhere offline (a hub id not in the HF cache): as before, the model is
+    loaded first and the hooks checked against it."""
+    import huggingface_hub.constants
+
+    from activation_cache import models
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    loaded = []
+    monkeypatch.setattr(models, "load_model", lambda name, **k: loaded.append(name) or tiny_model)
+    argv = ["train", "--model", "someorg/absent", "--corpus", str(tmp_path / "c.txt"),
+            "--out", str(tmp_path / "o"), "--hook", "L99.resid_post"]  # fmt: skip
+    assert "layer 99 out of range for a 2-layer model" in one_line_error(argv, capsys)
+    assert loaded == ["someorg/absent"]
