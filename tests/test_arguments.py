@@ -184,22 +184,32 @@ CHEAP = [
 ]
 
 
-@pytest.mark.parametrize("argv", CHEAP, ids=[a[0] for a in CHEAP])
-def test_checks_import_no_torch(argv, sae_dir, tmp_path):
+def test_checks_import_no_torch(sae_dir, tmp_path):
     """Importing torch alone took 15 s on the shared 2-core machine: a bad argument must be
-    answered without it (and so without any model)."""
+    answered without it (and so without any model). One fresh interpreter answers every CHEAP
+    command in turn; after each, torch must still be absent and the answer one line."""
+    import json
     import subprocess
     import sys
 
-    argv = [a.format(tmp=tmp_path, sae=sae_dir / "smol") for a in argv]
+    argvs = [[a.format(tmp=tmp_path, sae=sae_dir / "smol") for a in argv] for argv in CHEAP]
     (tmp_path / "manifest.json").write_text("{}")
     code = (
-        "import sys; from interp_bench.cli import main; rc = main(sys.argv[1:]); "
-        "print('torch' in sys.modules); sys.exit(rc)"
+        "import contextlib, io, json, sys\n"
+        "from interp_bench.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(argv)\n"
+        "    print(json.dumps([argv[0], rc, 'torch' in sys.modules, err.getvalue()]))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stdout.strip() == "False", (r.stdout, r.stderr)
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True,
+                       text=True)  # fmt: skip
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows] == [argv[0] for argv in CHEAP], r.stderr[-2000:]
+    for command, rc, imported_torch, err in rows:
+        assert rc == 2 and not imported_torch, (command, err)
+        assert len(err.strip().splitlines()) == 1, (command, err)
 
 
 def test_copied_names_match_their_sources():

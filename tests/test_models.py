@@ -6,20 +6,6 @@ import torch
 from activation_cache import models
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=len(gpt2_tokenizer)
-    )
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_hf_folder_loads_through_bridge(tiny_gpt2_dir):
     from transformers import GPT2LMHeadModel
 
