@@ -51,17 +51,9 @@ TOL = {
 
 def tiny_model():
     """A random 2-layer GPT-2-class model with the real GPT-2 tokenizer (no weights to load)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from activation_cache.tiny_model import tiny_random_model
 
-    from activation_cache.tokenizers import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=256, d_vocab=len(tok),
-        act_fn="gelu_new", normalization_type="LNPre", default_prepend_bos=True,
-        model_name="tiny-gpt2", seed=0, device="cpu",
-    )  # fmt: skip
-    return HookedTransformer(cfg, tokenizer=tok).eval()
+    return tiny_random_model()
 
 
 def sizes(args) -> dict:
