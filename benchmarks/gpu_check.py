@@ -59,7 +59,7 @@ def tiny_model():
 def sizes(args) -> dict:
     if args.tiny:
         return dict(hook="L1.resid_post", n_seq=16, ctx=32, d_sae=256, k=8, batch=128, steps=8,
-                    speed_d_sae=512, speed_steps=5, splice_seq=8)  # fmt: skip
+                    speed_d_sae=512, speed_steps=5, splice_seq=2)  # fmt: skip
     return dict(hook="L15.resid_post", n_seq=512, ctx=128, d_sae=4608, k=32, batch=4096,
                 steps=150, speed_d_sae=16384, speed_steps=50, splice_seq=32)  # fmt: skip
 

@@ -244,10 +244,8 @@ def test_intervention_clamp_to_own_value_is_a_no_op(rep, model):
 
 
 @pytest.fixture(scope="module")
-def bridge_model(tiny_gpt2_dir):
-    from activation_cache.models import load_model
-
-    return load_model(str(tiny_gpt2_dir), device="cpu")
+def bridge_model(tiny_gpt2_bridge):
+    return tiny_gpt2_bridge
 
 
 def _stream(model, tokens, hooks):

@@ -24,8 +24,8 @@ def test_hf_folder_loads_through_bridge(tiny_gpt2_dir):
     torch.testing.assert_close(logits.log_softmax(-1), ref.log_softmax(-1), atol=1e-4, rtol=0)
 
 
-def test_ln2_hook_out_is_what_the_mlp_reads(tiny_gpt2_dir):
-    model = models.load_model(str(tiny_gpt2_dir), device="cpu")
+def test_ln2_hook_out_is_what_the_mlp_reads(tiny_gpt2_bridge):
+    model = tiny_gpt2_bridge
     seen = {}
     mlp = model.original_model.transformer.h[1].mlp
     handle = mlp.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))

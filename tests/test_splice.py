@@ -206,6 +206,7 @@ def bridge_setup(tmp_path_factory, tiny_gpt2_dir):
     return root
 
 
+@pytest.mark.long  # loads a bridge model through the CLI, as test_cli_steer_on_a_bridge_model
 def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
     """End to end through `TransformerBridge` (no start_at_layer): table, JSON, exact splice."""
     import argparse
