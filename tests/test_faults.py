@@ -629,9 +629,12 @@ def test_crafted_cfg_json(feature_index, reference, tmp_path, capsys):
 # ---- bad arguments and inputs: one line each ---------------------------------------------------
 
 
-def test_window_bounded_by_context_and_memory(feature_index, reference, capsys):
+def test_window_bounded_by_context_and_memory(feature_index, reference, monkeypatch, capsys):
+    from interp_bench.analysis import memory
     from interp_bench.analysis.memory import check_window
 
+    # Memory to spare (1 TiB): the context is what binds here, whatever else the machine runs.
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 40)
     line = cli_error(
         capsys,
         "analyze --window 100000",
