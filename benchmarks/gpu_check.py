@@ -51,23 +51,15 @@ TOL = {
 
 def tiny_model():
     """A random 2-layer GPT-2-class model with the real GPT-2 tokenizer (no weights to load)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from activation_cache.tiny_model import tiny_random_model
 
-    from activation_cache.tokenizers import gpt2_tokenizer
-
-    tok = gpt2_tokenizer()
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=256, d_vocab=len(tok),
-        act_fn="gelu_new", normalization_type="LNPre", default_prepend_bos=True,
-        model_name="tiny-gpt2", seed=0, device="cpu",
-    )  # fmt: skip
-    return HookedTransformer(cfg, tokenizer=tok).eval()
+    return tiny_random_model()
 
 
 def sizes(args) -> dict:
     if args.tiny:
         return dict(hook="L1.resid_post", n_seq=16, ctx=32, d_sae=256, k=8, batch=128, steps=8,
-                    speed_d_sae=512, speed_steps=5, splice_seq=8)  # fmt: skip
+                    speed_d_sae=512, speed_steps=5, splice_seq=2)  # fmt: skip
     return dict(hook="L15.resid_post", n_seq=512, ctx=128, d_sae=4608, k=32, batch=4096,
                 steps=150, speed_d_sae=16384, speed_steps=50, splice_seq=32)  # fmt: skip
 

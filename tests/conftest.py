@@ -32,3 +32,21 @@ def gpt2_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model(gpt2_tokenizer):
     return make_tiny_model(gpt2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer):
+    """A tiny random GPT-2 as a Hugging Face folder (loads through `TransformerBridge`), built
+    once for every module that loads a model from a folder; tests only read it."""
+    from circuits_helpers import tiny_gpt2_folder
+
+    return tiny_gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"), gpt2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_bridge(tiny_gpt2_dir):
+    """That folder loaded as `load_model` loads any folder (a `TransformerBridge`), once per
+    session for the tests that only read it (a load costs about a second of CPU)."""
+    from activation_cache.models import load_model
+
+    return load_model(str(tiny_gpt2_dir), device="cpu")

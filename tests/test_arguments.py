@@ -96,7 +96,7 @@ def test_analyze_checks_before_loading(sae_dir, tmp_path, capsys):
     assert "--batch-tokens must be" in one_line_error([*base, "--batch-tokens", "0"], capsys)
     assert "--top-k must be positive" in one_line_error([*base, "--top-k", "0"], capsys)
     err = one_line_error([*base, "--window", "100000000"], capsys)
-    assert "GiB of memory" in err and "lower them" in err
+    assert "GiB for 96 latents" in err and "or a smaller --top-k" in err
     with pytest.raises(SystemExit):  # a negative count is refused by the parser itself
         main([*base, "--tokens", "-5"])
 
@@ -180,32 +180,101 @@ CHEAP = [
     ["analyze", "--dictionary", "{sae}", "--activations", "{tmp}", "--tokens", "0"],
     ["demo", "--quick", "--layer", "40"],
     ["report", "{tmp}", "--top", "0"],
+    ["train", "--model", "smollm2-135m", "--hook", "L40.resid_post", "--out", "{tmp}/o"],
 ]
 
 
-@pytest.mark.parametrize("argv", CHEAP, ids=[a[0] for a in CHEAP])
-def test_checks_import_no_torch(argv, sae_dir, tmp_path):
+def test_checks_import_no_torch(sae_dir, tmp_path):
     """Importing torch alone took 15 s on the shared 2-core machine: a bad argument must be
-    answered without it (and so without any model)."""
+    answered without it (and so without any model). One fresh interpreter answers every CHEAP
+    command in turn; after each, torch must still be absent and the answer one line."""
+    import json
     import subprocess
     import sys
 
-    argv = [a.format(tmp=tmp_path, sae=sae_dir / "smol") for a in argv]
+    argvs = [[a.format(tmp=tmp_path, sae=sae_dir / "smol") for a in argv] for argv in CHEAP]
     (tmp_path / "manifest.json").write_text("{}")
     code = (
-        "import sys; from interp_bench.cli import main; rc = main(sys.argv[1:]); "
-        "print('torch' in sys.modules); sys.exit(rc)"
+        "import contextlib, io, json, sys\n"
+        "from interp_bench.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(argv)\n"
+        "    print(json.dumps([argv[0], rc, 'torch' in sys.modules, err.getvalue()]))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stdout.strip() == "False", (r.stdout, r.stderr)
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(argvs)], capture_output=True,
+                       text=True)  # fmt: skip
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row[0] for row in rows] == [argv[0] for argv in CHEAP], r.stderr[-2000:]
+    for command, rc, imported_torch, err in rows:
+        assert rc == 2 and not imported_torch, (command, err)
+        assert len(err.strip().splitlines()) == 1, (command, err)
 
 
 def test_copied_names_match_their_sources():
     from activation_cache.hooks import KINDS
     from activation_cache.models import EMBEDDED
-    from interp_bench.analysis.top_examples import AnalysisConfig
-    from interp_bench.commands import analyze, preflight
+    from interp_bench.commands import preflight
 
     assert preflight.KINDS == KINDS and preflight.EMBEDDED == EMBEDDED
-    assert AnalysisConfig.reservoir == analyze.RESERVOIR
+
+
+def _config_only_models(tmp_path, monkeypatch) -> list[str]:
+    """A 2-layer, 64-wide GPT-2 known only by its config.json (no weights): as a folder, as a
+    hub id in a local Hugging Face cache, and the embedded SmolLM2 (30 layers, 576 wide)."""
+    import json
+
+    import huggingface_hub.constants
+
+    cfg = json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_positions": 256})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(cfg)
+    repo = tmp_path / "hub" / "models--someorg--tiny-gpt2"
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("a" * 40) / "config.json").write_text(cfg)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return [str(tmp_path / "model"), "someorg/tiny-gpt2", "smollm2-135m"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hook-in", "L99.mlp_in", "--hook-out", "L99.mlp_out"], "layer 99 out of range for a"),
+        (["--hook", "L0-40.resid_post"], "layer {n} out of range for a {n}-layer model"),
+        (["--hook-in", "all.mlp_in", "--hook-out", "L0.mlp_out"], "give one target per input"),
+        (["--hook", "all.resid_post", "--k", "5000", "--expansion", "1"], "k must be in 1..d_sae"),
+        (["--hook", "all.mlp_in", "--skip"], "--skip applies to transcoders"),
+        (["--hook", "L0.resid_post", "--context-len", "9000"], "--context-len is 9,000 tokens"),
+    ],
+)
+def test_streaming_train_checks_before_loading(extra, message, no_model, tmp_path, monkeypatch,
+                                               capsys):  # fmt: skip
+    """`train --model M --corpus C` checks its dictionaries against the depth and width in the
+    model's config file before the model loads (the loader fails this test if called)."""
+    for model in _config_only_models(tmp_path, monkeypatch):
+        n = 30 if model == "smollm2-135m" else 2
+        argv = ["train", "--model", model, "--corpus", str(tmp_path / "c.txt"),
+                "--out", str(tmp_path / "o"), *extra]  # fmt: skip
+        assert message.format(n=n) in one_line_error(argv, capsys), model
+    assert not (tmp_path / "o").exists()
+
+
+def test_streaming_train_without_a_config_on_disk_checks_after_loading(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    """No config.json anywhere offline (a hub id not in the HF cache): as before, the model is
+    loaded first and the hooks checked against it."""
+    import huggingface_hub.constants
+
+    from activation_cache import models
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    loaded = []
+    monkeypatch.setattr(models, "load_model", lambda name, **k: loaded.append(name) or tiny_model)
+    argv = ["train", "--model", "someorg/absent", "--corpus", str(tmp_path / "c.txt"),
+            "--out", str(tmp_path / "o"), "--hook", "L99.resid_post"]  # fmt: skip
+    assert "layer 99 out of range for a 2-layer model" in one_line_error(argv, capsys)
+    assert loaded == ["someorg/absent"]

@@ -129,6 +129,7 @@ def _offline_dom(url: str, tmp_path: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
+@pytest.mark.long  # launches headless Chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
 def test_steer_html_renders_offline(on_tiny_model, sae, tmp_path, capsys):
     argv = ["steer", "--dictionary", str(sae), "--latent", "3", "--prompt", "the king",

@@ -12,7 +12,6 @@ import subprocess
 
 import pytest
 import torch
-from circuits_helpers import tiny_gpt2_folder
 
 from interp_bench.circuits.graph import attribute, top_logits
 from interp_bench.circuits.prune import influence, normalized, prune
@@ -245,15 +244,8 @@ def test_intervention_clamp_to_own_value_is_a_no_op(rep, model):
 
 
 @pytest.fixture(scope="module")
-def gpt2_folder(tmp_path_factory, gpt2_tokenizer):
-    return tiny_gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"), gpt2_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def bridge_model(gpt2_folder):
-    from activation_cache.models import load_model
-
-    return load_model(str(gpt2_folder), device="cpu")
+def bridge_model(tiny_gpt2_bridge):
+    return tiny_gpt2_bridge
 
 
 def _stream(model, tokens, hooks):
@@ -270,13 +262,13 @@ def _stream(model, tokens, hooks):
 
 
 @pytest.fixture(scope="module")
-def transcoder_dir(tmp_path_factory, gpt2_folder, bridge_model):
+def transcoder_dir(tmp_path_factory, tiny_gpt2_dir, bridge_model):
     """Random transcoders at both layers; layer 1 also has a feature index (for the cards)."""
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze
 
     out = tmp_path_factory.mktemp("transcoders")
     for t in random_transcoders(2, 64, seed=1):
-        t.cfg.model_name = str(gpt2_folder)
+        t.cfg.model_name = str(tiny_gpt2_dir)
         save_dictionary(t, out / t.cfg.hook_in)
     torch.manual_seed(0)
     text = torch.randint(0, 50000, (8, 24))
@@ -349,6 +341,7 @@ def test_graph_html_is_self_contained(cli_out):
     assert "cdn" not in page.lower()
 
 
+@pytest.mark.long  # launches headless Chromium
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt install chromium)")
 def test_graph_html_renders_in_chromium(cli_out, tmp_path):
     data = json.loads((cli_out / "graph.json").read_text())

@@ -629,10 +629,12 @@ def test_crafted_cfg_json(feature_index, reference, tmp_path, capsys):
 # ---- bad arguments and inputs: one line each ---------------------------------------------------
 
 
-def test_window_bounded_by_context_and_memory(feature_index, reference, capsys):
-    from interp_bench.analysis.top_examples import AnalysisConfig
-    from interp_bench.commands.analyze import check_window
+def test_window_bounded_by_context_and_memory(feature_index, reference, monkeypatch, capsys):
+    from interp_bench.analysis import memory
+    from interp_bench.analysis.memory import check_window
 
+    # Memory to spare (1 TiB): the context is what binds here, whatever else the machine runs.
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 40)
     line = cli_error(
         capsys,
         "analyze --window 100000",
@@ -650,7 +652,45 @@ def test_window_bounded_by_context_and_memory(feature_index, reference, capsys):
     )
     assert f"use --window {CTX - 1} or less" in line
     with pytest.raises(ValueError, match=r"needs about 2\.1 GiB.*use --window 48 or less"):
-        check_window(AnalysisConfig(window=100), 16384, 1024, budget=1 << 30)
+        check_window(100, 20, 16384, 1024, budget=1 << 30)
+
+
+def test_window_one_bound_before_and_after_the_manifest(reference, tmp_path, monkeypatch, capsys):
+    """`analyze` bounds --window twice, with one function: in the argument checks (no manifest
+    read yet) and after reading it (context known). With memory for window 5, both refuse 6 and
+    accept 5; only the second knows the context, so only it refuses 16 on its own."""
+    from analysis_helpers import stand_in_dictionary
+
+    from interp_bench.analysis import memory
+    from interp_bench.dictionaries import save_dictionary
+
+    save_dictionary(stand_in_dictionary(d_in=64, d_sae=24), tmp_path / "sae")
+    budget = memory.analysis_bytes(24, 20, 5)  # exactly what window 5 needs
+    for w in range(12):
+        verdicts = set()
+        for context_len in (None, CTX):
+            try:
+                memory.check_window(w, 20, 24, context_len, budget=budget)
+                verdicts.add("accept")
+            except ValueError as err:
+                verdicts.add(f"refuse, {str(err).split('; ')[-1]}")
+        refused = {"refuse, use --window 5 or less, or a smaller --top-k"}
+        assert verdicts == ({"accept"} if w <= 5 else refused), (w, verdicts)
+    memory.check_window(CTX, 20, 24, None, budget=1 << 40)
+    with pytest.raises(ValueError, match=f"use --window {CTX - 1} or less"):
+        memory.check_window(CTX, 20, 24, CTX, budget=1 << 40)
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * budget)
+    seen, real = [], memory.check_window
+    monkeypatch.setattr(memory, "check_window", lambda *a: seen.append(a[3:4]) or real(*a))
+    argv = ["analyze", "--dictionary", str(tmp_path / "sae"), "--activations", str(reference),
+            "--model", "none", "--top-k", "20", "--out", str(tmp_path / "ix")]  # fmt: skip
+    line = cli_error(capsys, "analyze --window past memory", [*argv, "--window", "6"])
+    assert "use --window 5 or less" in line and seen == [()]  # refused before the manifest
+    seen.clear()
+    assert main([*argv, "--window", "5"]) == 0, capsys.readouterr().err
+    assert seen == [(), (CTX,)]  # accepted by the argument checks, then with the context
+    assert (tmp_path / "ix" / "index.json").exists()
 
 
 def test_damaged_checkpoint_names_it(tmp_path, capsys):

@@ -6,8 +6,9 @@ import sys
 from benchmarks import gpu_check
 
 
-def test_gpu_check_runs_on_cpu(tmp_path, monkeypatch):
+def test_gpu_check_runs_on_cpu(tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "gpu_check.json"
+    monkeypatch.setattr(gpu_check, "tiny_model", lambda: tiny_model)  # the session's, not a new one
     monkeypatch.setattr(
         sys, "argv", ["gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out)]
     )

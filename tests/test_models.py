@@ -6,20 +6,6 @@ import torch
 from activation_cache import models
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, n_positions=256, vocab_size=len(gpt2_tokenizer)
-    )
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    gpt2_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_hf_folder_loads_through_bridge(tiny_gpt2_dir):
     from transformers import GPT2LMHeadModel
 
@@ -38,8 +24,8 @@ def test_hf_folder_loads_through_bridge(tiny_gpt2_dir):
     torch.testing.assert_close(logits.log_softmax(-1), ref.log_softmax(-1), atol=1e-4, rtol=0)
 
 
-def test_ln2_hook_out_is_what_the_mlp_reads(tiny_gpt2_dir):
-    model = models.load_model(str(tiny_gpt2_dir), device="cpu")
+def test_ln2_hook_out_is_what_the_mlp_reads(tiny_gpt2_bridge):
+    model = tiny_gpt2_bridge
     seen = {}
     mlp = model.original_model.transformer.h[1].mlp
     handle = mlp.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))

@@ -193,15 +193,10 @@ def test_real_dictionaries_perfect_relu_and_mixed_pass(tiny_model, tokens):
 
 
 @pytest.fixture(scope="module")
-def bridge_setup(tmp_path_factory, gpt2_tokenizer):
+def bridge_setup(tmp_path_factory, tiny_gpt2_dir):
     """A tiny GPT-2 HF folder (loads as a TransformerBridge), a saved SAE and a text file."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     root = tmp_path_factory.mktemp("splice-cli")
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128))
-    hf.save_pretrained(root / "model")
-    gpt2_tokenizer.save_pretrained(root / "model")
+    (root / "model").symlink_to(tiny_gpt2_dir)
     sae = _real({"d_in": 64, "d_sae": 128, "k": 8, "hook_in": "L1.resid_post"}, seed=3)
     save_dictionary(sae, root / "sae")
     text = " ".join(
@@ -211,6 +206,7 @@ def bridge_setup(tmp_path_factory, gpt2_tokenizer):
     return root
 
 
+@pytest.mark.long  # loads a bridge model through the CLI, as test_cli_steer_on_a_bridge_model
 def test_cli_splice_on_a_bridge_model(bridge_setup, capsys):
     """End to end through `TransformerBridge` (no start_at_layer): table, JSON, exact splice."""
     import argparse

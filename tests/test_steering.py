@@ -228,21 +228,15 @@ def test_real_topk_dictionary_clamp_delta(tiny_model):
 
 
 @pytest.mark.long
-def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
+def test_cli_steer_on_a_bridge_model(tmp_path, tiny_gpt2_dir, capsys):
     """End to end through `TransformerBridge`: generations, effects, JSON and HTML written."""
     import argparse
-
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from interp_bench.commands import steer as cmd
     from interp_bench.config import DictionaryConfig
     from interp_bench.dictionaries import SparseDictionary, save_dictionary
 
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128)).save_pretrained(
-        tmp_path / "model"
-    )
-    gpt2_tokenizer.save_pretrained(tmp_path / "model")
     save_dictionary(
         SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, hook_in="L0.resid_post")),
         tmp_path / "sae",
@@ -254,7 +248,7 @@ def test_cli_steer_on_a_bridge_model(tmp_path, gpt2_tokenizer, capsys):
     cmd.add_arguments(parser)
     argv = ["--dictionary", str(tmp_path / "sae"), "--latent", "3", "--coefficients", "0,40",
             "--clamp", "0", "--prompt", "The quick brown fox", "--target", " jumps",
-            "--model", str(tmp_path / "model"), "--corpus", str(tmp_path / "c.txt"),
+            "--model", str(tiny_gpt2_dir), "--corpus", str(tmp_path / "c.txt"),
             "--neutral-tokens", "64", "--context-len", "32", "--max-new-tokens", "4",
             "--out", str(tmp_path / "steer"), "--device", "cpu"]  # fmt: skip
     assert cmd.run(parser.parse_args(argv)) == 0

@@ -121,6 +121,7 @@ def assert_same_cache(got: Path, want: Path) -> None:
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in want.iterdir())
 
 
+@pytest.mark.long  # a real torchrun launch: every rank imports torch
 def test_killed_rank_stops_the_other_then_resume_equals_one_process(one_process_cache, tmp_path):
     corpus, single = one_process_cache
     out, pids = tmp_path / "acts", tmp_path / "pids"
@@ -189,6 +190,7 @@ class Zipped:
 PER_RANK = 32
 
 
+@pytest.mark.long  # a real torchrun launch: every rank imports torch
 @pytest.mark.parametrize("spread", ["data", "dicts"])
 def test_training_equals_one_process_on_the_same_global_batches(
     one_process_cache, tmp_path, spread
@@ -233,6 +235,7 @@ def test_training_equals_one_process_on_the_same_global_batches(
         assert f'"step": {one.step_idx},' in lines[-1]
 
 
+@pytest.mark.long  # a real torchrun launch: every rank imports torch
 def test_training_rank_that_raises_stops_the_other_naming_it(one_process_cache, tmp_path):
     """Two "machines" (one rank each): rank 1 raises at step 4; rank 0, which torchrun would not
     stop, ends within the timeout with a line naming rank 1 and its error."""
@@ -316,6 +319,7 @@ def test_leftovers_path_keeps_the_integrity_scheme(gpt2_tokenizer, tmp_path):
     assert [h["d"] for h in read_manifest(out).hooks] == [32, 16]
 
 
+@pytest.mark.long  # a real torchrun launch: every rank imports torch
 def test_streaming_training_runs_under_torchrun(one_process_cache, tmp_path):
     """`train --model M --corpus C` (no cache) under torchrun: each rank runs the model on its own
     sequences, the ranks train one dictionary together and rank 0 saves it."""

@@ -47,6 +47,7 @@ from interp_bench.analysis.direct_effect import (
     unembed_directions,
     unembedding,  # noqa: F401  (re-exported: notebooks and tests import it from here)
 )
+from interp_bench.analysis.memory import RESERVOIR
 from interp_bench.analysis.neighbours import nearest_latents
 from interp_bench.analysis.recon_error import ReconStats, context_window, recon_summary
 
@@ -57,7 +58,7 @@ FORMAT_VERSION = 1
 class AnalysisConfig:
     top_k: int = 20  # top-activating examples kept per latent
     window: int = 10  # context tokens either side of an example
-    reservoir: int = 64  # uniform sample of firing events per latent (quantile examples)
+    reservoir: int = RESERVOIR  # uniform sample of firing events per latent (quantile examples)
     n_quantiles: int = 4  # quantile buckets of each latent's firing activations
     per_quantile: int = 4  # examples shown per bucket
     dense_threshold: float = 0.1  # "dense" latents fire on more than this fraction of tokens
@@ -425,12 +426,6 @@ def check_index_out(out: Path) -> None:
             f"{out} is not empty and is not a feature index we wrote ({', '.join(other[:3])}); "
             "pick an empty or new --out (nothing was changed)"
         )
-
-
-def analysis_bytes(d_sae: int, cfg: AnalysisConfig) -> int:
-    """Memory the per-latent example contexts take: float contexts in both selections, plus the
-    token and context arrays built from them at the end (about as many again)."""
-    return 2 * 4 * d_sae * (cfg.top_k + cfg.reservoir) * (2 * cfg.window + 1)
 
 
 def write_feature_index(out_dir, meta, arrays, stream, recon, vocab) -> FeatureIndex:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import replace
 from pathlib import Path
 
 HELP = (
@@ -38,12 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda (default: the dictionary's load default)")
 
 
-# AnalysisConfig.reservoir (a copy: these checks import no torch; a test keeps them equal)
-RESERVOIR = 64
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs neither torch nor the model: answers in about a second."""
+    from interp_bench.analysis.memory import check_window
     from interp_bench.commands import preflight as pf
 
     acts_dir = Path(args.activations)
@@ -53,16 +48,14 @@ def check_args(args: argparse.Namespace) -> None:
         )
     d_sae = pf.dictionary_cfg(args.dictionary).get("d_sae", 0)
     pf.positive(tokens=args.tokens, top_k=args.top_k, batch_tokens=args.batch_tokens)
-    pf.non_negative(window=args.window)
-    # context windows of the kept examples: float activations and int64 token ids
-    need = d_sae * (args.top_k + RESERVOIR) * (2 * args.window + 1) * (4 + 8)
-    pf.affordable(need, f"--top-k {args.top_k} --window {args.window}", "lower them")
+    check_window(args.window, args.top_k, d_sae)  # the context length is not known yet
 
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
     from activation_cache.shards import read_manifest
     from activation_cache.streams import cache_stream
+    from interp_bench.analysis.memory import check_window
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze, check_index_out
     from interp_bench.dictionaries import load_dictionary
 
@@ -76,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for h in hooks:
         manifest.hook(h)  # a clear error naming the hooks the cache holds
     cfg = AnalysisConfig(top_k=args.top_k, window=args.window, direct_effects=args.direct_effects)
-    check_window(cfg, dictionary.cfg.d_sae, manifest.context_len)
+    check_window(cfg.window, cfg.top_k, dictionary.cfg.d_sae, manifest.context_len, cfg.reservoir)
     model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
     total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)
     index = analyze(
@@ -95,40 +88,6 @@ def run(args: argparse.Namespace) -> int:
         f"{r['mean_rel_err']:.4f}\nfeature index: {out}  (browse: interp-bench report {out})"
     )
     return 0
-
-
-def check_window(cfg, d_sae: int, context_len: int, budget: int | None = None) -> None:
-    """Refuse a --window that cannot help (past the context) or would not fit in memory,
-    naming the largest value that fits."""
-    from interp_bench.analysis.top_examples import analysis_bytes
-
-    budget = budget if budget is not None else available_memory() // 2
-    per_token = analysis_bytes(d_sae, replace(cfg, window=0))  # cost grows as (2 w + 1)
-    fits = max(0, int((budget / per_token - 1) // 2))
-    safe = min(fits, context_len - 1)
-    if cfg.window > context_len - 1:
-        raise ValueError(
-            f"--window {cfg.window} reaches past the cache's {context_len}-token context; "
-            f"use --window {safe} or less"
-        )
-    if fits < cfg.window:
-        need = analysis_bytes(d_sae, cfg)
-        raise ValueError(
-            f"--window {cfg.window} needs about {need / 2**30:.1f} GiB for {d_sae} latents x "
-            f"{cfg.top_k + cfg.reservoir} examples (more than half the {budget * 2 / 2**30:.1f} "
-            f"GiB available); use --window {safe} or less, or a smaller --top-k"
-        )
-
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo, else physical memory."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _load_model(name: str | None):

@@ -72,11 +72,28 @@ def model_facts(name: str | None) -> ModelFacts:
             return ModelFacts(**_EMBEDDED_FACTS)
     else:
         folder = Path(name).expanduser()
+    path = folder / "config.json"
+    if not path.exists():
+        path = Path(_hub_config(name) or path)
     try:
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = json.loads(path.read_text())
     except (OSError, ValueError):
-        return ModelFacts()  # a hub or transformer-lens name: checked after loading
+        return ModelFacts()  # not on disk (e.g. a transformer-lens name): checked after loading
     return ModelFacts(_first(cfg, _CTX_KEYS), _first(cfg, _WIDTH_KEYS), _first(cfg, _LAYER_KEYS))
+
+
+def _hub_config(name: str) -> str | None:
+    """config.json of a hub id from the local Hugging Face cache (what AutoConfig reads offline),
+    without importing transformers or torch; None when absent or not a hub id."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return found if isinstance(found, str) else None
 
 
 def loaded_facts(model) -> ModelFacts:
@@ -176,24 +193,3 @@ def dictionary_model(cfg: dict) -> str | None:
     meta = cfg.get("metadata") or {}
     own = (meta.get("interp_bench") or {}).get("config") or {}
     return own.get("model_name") or meta.get("model_name") or None
-
-
-def memory_bytes() -> int | None:
-    """Physical memory of this machine (None where the OS does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def affordable(n_bytes: int, what: str, fix: str) -> None:
-    """Refuse a size the user gave when its buffers would not fit in half the memory (the
-    kernel would kill the process minutes later, after the model load)."""
-    total = memory_bytes()
-    if total is not None and n_bytes > total // 2:
-        raise ValueError(
-            f"{what} needs about {n_bytes / 2**30:.1f} GiB of memory, more than half of this "
-            f"machine's {total / 2**30:.1f} GiB; {fix}"
-        )

@@ -230,16 +230,27 @@ def check_out(out: Path, cfgs) -> None:
         check_inside(out, out / name, "dictionary folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def model_hooks(n_layers: int, d_model: int) -> dict[str, int]:
+    """Every hook a streaming run can read, with its width."""
+    return {f"L{i}.{k}": d_model for i in range(n_layers) for k in KINDS}
 
-    from activation_cache.models import default_device
-    from activation_cache.reader import ActivationReader, hook_stats
-    from interp_bench.commands.train_report import epochs_note
+
+def check_streaming(args: argparse.Namespace) -> None:
+    """`--model M`: the dictionaries' configs checked against the depth and width in the model's
+    config file, before torch and the model (25 s for SmolLM2) load. A model whose config is not
+    on disk is checked after loading, by the same `build_configs`."""
+    from interp_bench.commands import preflight as pf
+
+    facts = pf.model_facts(args.model)
+    pf.fits_context(facts, args.context_len, "--context-len", "lower it")
+    if facts.n_layers is not None and facts.d_model is not None:
+        hooks = model_hooks(facts.n_layers, facts.d_model)
+        build_configs(args, hooks, args.model, args.model, n_layers=facts.n_layers)
+
+
+def run(args: argparse.Namespace) -> int:
     from interp_bench.config import TrainConfig
-    from interp_bench.training import ddp, failures, spread
     from interp_bench.training.tracking import require_wandb
-    from interp_bench.training.trainer import Trainer, dictionary_hooks, run_names
 
     tc = config_from_args(TrainConfig, args)  # checks every training setting first
     require_wandb(tc.wandb)
@@ -249,7 +260,16 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.activations) == bool(args.model):
         raise ValueError("give --activations DIR (a cache) or --model M (streaming), not both")
     if args.model:
+        check_streaming(args)
         return run_streaming(args, tc, out)
+    import torch
+
+    from activation_cache.models import default_device
+    from activation_cache.reader import ActivationReader, hook_stats
+    from interp_bench.commands.train_report import epochs_note
+    from interp_bench.training import ddp, failures, spread
+    from interp_bench.training.trainer import Trainer, dictionary_hooks, run_names
+
     cache = Path(args.activations)
     hooks = cached_hooks(cache)
     cfgs = build_configs(args, hooks, cache, read_cache(cache).model)
@@ -323,8 +343,7 @@ def run_streaming(args: argparse.Namespace, tc, out: Path) -> int:
     tc.device, tc.autocast = str(device), tc.autocast or device.type == "cuda"
     model = load_model(args.model, device=device)
     n_layers = int(model.cfg.n_layers)
-    d = int(model.cfg.d_model)
-    hooks = {f"L{i}.{k}": d for i in range(n_layers) for k in KINDS}
+    hooks = model_hooks(n_layers, int(model.cfg.d_model))
     cfgs = build_configs(args, hooks, args.model, model_id(model), n_layers=n_layers)
     needed = sorted({h for c in cfgs for h in dictionary_hooks(c)})
     splits = load_corpus(
