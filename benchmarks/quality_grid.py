@@ -121,6 +121,10 @@ class Workload:
         """Cache every hook the cells read, train and eval split, in one forward each."""
         hooks = sorted({h for s in specs for h in split_hook(s)})
         self.base = self.root / "+".join(hooks)
+        for folder in sorted(self.root.glob("*")) if self.root.is_dir() else []:
+            if set(hooks) <= set(folder.name.split("+")) and self._complete(folder):
+                self.base = folder  # an earlier run cached these hooks with others
+                return
         t0 = time.perf_counter()
         ensure_cache(self.model, self.eval_tokens_ids, hooks, self.base / "eval", self.fingerprint)
         train = self.base / self.train_name
@@ -128,6 +132,12 @@ class Workload:
         dt = time.perf_counter() - t0
         if dt > 5:
             print(f"  cached {len(hooks)} hooks in {dt:.0f} s", flush=True)
+
+    def _complete(self, folder: Path) -> bool:
+        from activation_cache.shards import read_manifest
+
+        parts = (folder / "eval", folder / self.train_name)
+        return all((p / "manifest.json").exists() and read_manifest(p).complete for p in parts)
 
     def hook(self, spec: str) -> tuple[Path, dict[str, Tensor]]:
         """(train cache folder, held-out activations by hook) of a cell's hook spec."""

@@ -90,3 +90,7 @@ def test_small_transcoder_cell_runs_against_sparsify(tiny_model, tmp_path):
     assert cell["trainers"]["ours"]["config"]["dictionary"]["hook_out"] == "L1.mlp_out"
     (cached,) = (tmp_path / "acts").glob("*/*+*")
     assert cached.name == "L0.resid_post+L1.mlp_in+L1.mlp_out"
+    # A later run on a subset of those hooks reads that cache instead of making its own.
+    work = qg.Workload(qg.parse_args(["--small", "--acts-dir", str(tmp_path / "acts")]), tiny_model)
+    work.prepare(["L0.resid_post"])
+    assert work.base == cached
