@@ -13,6 +13,7 @@ budget. ``--design full`` takes the full product instead (many hours on 2 cores)
     python -m benchmarks.quality_grid                     # the default grid (~2 h on 2 cores)
     python -m benchmarks.quality_grid --hooks L9.resid_post --budgets 200k --ks 32 --widths 8
     python -m benchmarks.quality_grid --variant b9:adam_beta1=0.9  # ours with other settings too
+    python -m benchmarks.quality_grid --hooks "L15.mlp_in>L15.mlp_out"  # a transcoder cell
     python -m benchmarks.quality_grid --small             # tiny random model, seconds (CI)
 
 Prints a table and writes benchmarks/out/quality_grid.json.
