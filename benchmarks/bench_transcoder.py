@@ -93,7 +93,9 @@ class Sparsify:
       variance, backward, optimiser step + zero_grad, tokens-since-fired bookkeeping.
     """
 
-    def __init__(self, d: int, args, skip: bool = False) -> None:
+    def __init__(
+        self, d: int, args, skip: bool = False, hook_in: str = HOOK_IN, hook_out: str = HOOK_OUT
+    ) -> None:
         from schedulefree import ScheduleFreeWrapper
         from sparsify.config import SparseCoderConfig, TrainConfig
         from sparsify.sign_sgd import SignSGD
@@ -109,6 +111,7 @@ class Sparsify:
             raise RuntimeError("sparsify's defaults changed; update benchmarks/bench_transcoder")
         torch.manual_seed(args.seed)
         self.cfg, self.d, self.skip = cfg, d, skip
+        self.hook_in, self.hook_out = hook_in, hook_out
         self.sae = SparseCoder(d, sae_cfg, "cpu", dtype=torch.float32)
         lr = cfg.lr or 5e-3 / (n / 2**14) ** 0.5
         self.opt = ScheduleFreeWrapper(SignSGD([dict(params=self.sae.parameters(), lr=lr)]), 0.95)
@@ -119,7 +122,7 @@ class Sparsify:
 
     def step(self, batch: dict[str, Tensor]) -> None:
         sae, cfg = self.sae, self.cfg
-        x, y = batch[HOOK_IN], batch[HOOK_OUT]
+        x, y = batch[self.hook_in], batch[self.hook_out]
         if self.step_idx == 0:
             sae.encoder.bias.data = -x.mean(0) @ sae.encoder.weight.data.T
             sae.b_dec.data = y.mean(0)
@@ -142,7 +145,7 @@ class Sparsify:
             sae = self.sae
             cfg = DictionaryConfig(
                 d_in=self.d, d_sae=sae.num_latents, d_out=self.d, arch="topk", k=sae.cfg.k,
-                hook_in=HOOK_IN, hook_out=HOOK_OUT, skip=self.skip, decode="dense",
+                hook_in=self.hook_in, hook_out=self.hook_out, skip=self.skip, decode="dense",
             )  # fmt: skip
             d = SparseDictionary(cfg)
             d.W_enc_t.copy_(sae.encoder.weight)

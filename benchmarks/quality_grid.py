@@ -13,6 +13,7 @@ budget. ``--design full`` takes the full product instead (many hours on 2 cores)
     python -m benchmarks.quality_grid                     # the default grid (~2 h on 2 cores)
     python -m benchmarks.quality_grid --hooks L9.resid_post --budgets 200k --ks 32 --widths 8
     python -m benchmarks.quality_grid --variant b9:adam_beta1=0.9  # ours with other settings too
+    python -m benchmarks.quality_grid --hooks "L15.mlp_in>L15.mlp_out"  # a transcoder cell
     python -m benchmarks.quality_grid --small             # tiny random model, seconds (CI)
 
 Prints a table and writes benchmarks/out/quality_grid.json.
@@ -27,7 +28,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -50,46 +50,52 @@ SMALL_HOOKS = "L0.resid_post,L1.mlp_out"
 # ---- data ------------------------------------------------------------------------------------
 
 
-def ensure_cache(model, tokens: Tensor, hook: str, out: Path, fingerprint: str) -> Path:
-    """Cache ``hook`` over ``tokens`` into ``out`` once (cache_activations resumes or skips)."""
+def ensure_cache(model, tokens: Tensor, hooks: list[str], out: Path, fingerprint: str) -> Path:
+    """Cache ``hooks`` over ``tokens`` into ``out`` in one pass of the model (resumes or skips)."""
     from activation_cache.cache import cache_activations
 
     cache_activations(
-        model, tokens, [hook], out, dtype="float16", batch_size=16, shard_tokens=16384,
+        model, tokens, hooks, out, dtype="float16", batch_size=16, shard_tokens=16384,
         meta={"corpus_fingerprint": fingerprint}, progress=False,
     )  # fmt: skip
     return out
 
 
-def load_eval(path: Path, hook: str, n: int) -> Tensor:
+def split_hook(spec: str) -> list[str]:
+    """``L15.mlp_in>L15.mlp_out`` (a transcoder cell) -> both hooks; a plain hook -> itself."""
+    return [h.strip() for h in spec.split(">")]
+
+
+def load_eval(path: Path, hooks: list[str], n: int) -> dict[str, Tensor]:
     from activation_cache.reader import ActivationReader
 
-    r = ActivationReader(path, [hook], 4096, shuffle=False, prefetch=False)
-    chunks, got = [], 0
+    r = ActivationReader(path, hooks, 4096, shuffle=False, prefetch=False)
+    chunks: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    got = 0
     for b in r:
-        chunks.append(b[hook])
-        got += len(b[hook])
+        for h in hooks:
+            chunks[h].append(b[h])
+        got += len(b[hooks[0]])
         if got >= n:
             break
-    return torch.cat(chunks)[:n]
+    return {h: torch.cat(c)[:n] for h, c in chunks.items()}
 
 
-def train_batches(path: Path, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
+def train_batches(path: Path, hooks: list[str], batch_size: int, seed: int):
     """Shuffled batches of the cached train split, epoch after epoch (same order per seed)."""
     from activation_cache.reader import ActivationReader
 
-    r = ActivationReader(path, [hook], batch_size, seed=seed, drop_last=True, prefetch=False)
+    r = ActivationReader(path, hooks, batch_size, seed=seed, drop_last=True, prefetch=False)
     if r.n_tokens < batch_size:
         raise ValueError(
             f"{path} holds {r.n_tokens} tokens, fewer than one batch; lower --batch-size"
         )
     for epoch in itertools.count():
-        for b in r.batches(epoch, 0):
-            yield b[hook]
+        yield from r.batches(epoch, 0)
 
 
 class Workload:
-    """The model and corpus behind the grid, with one activation cache per hook."""
+    """The model and corpus behind the grid, with every hook of the grid cached in one pass."""
 
     def __init__(self, args: argparse.Namespace, model=None) -> None:
         from activation_cache.corpus import CorpusConfig, load_corpus
@@ -110,18 +116,36 @@ class Workload:
         self.root = Path(args.acts_dir) / f"{name}-ctx{ctx}"
         self.train_name = f"train-{len(self.train_tokens) * ctx}"
         self.eval_n = args.eval_tokens
+        self.base: Path | None = None
 
-    def hook(self, hook: str) -> tuple[Path, Tensor]:
-        """(train cache folder, held-out activations) of ``hook``, caching on first use."""
-        base = self.root / hook
+    def prepare(self, specs: list[str]) -> None:
+        """Cache every hook the cells read, train and eval split, in one forward each."""
+        hooks = sorted({h for s in specs for h in split_hook(s)})
+        self.base = self.root / "+".join(hooks)
+        for folder in sorted(self.root.glob("*")) if self.root.is_dir() else []:
+            if set(hooks) <= set(folder.name.split("+")) and self._complete(folder):
+                self.base = folder  # an earlier run cached these hooks with others
+                return
         t0 = time.perf_counter()
-        ensure_cache(self.model, self.eval_tokens_ids, hook, base / "eval", self.fingerprint)
-        train = base / self.train_name
-        ensure_cache(self.model, self.train_tokens, hook, train, self.fingerprint)
+        ensure_cache(self.model, self.eval_tokens_ids, hooks, self.base / "eval", self.fingerprint)
+        train = self.base / self.train_name
+        ensure_cache(self.model, self.train_tokens, hooks, train, self.fingerprint)
         dt = time.perf_counter() - t0
         if dt > 5:
-            print(f"  cached {hook} in {dt:.0f} s", flush=True)
-        return train, load_eval(base / "eval", hook, self.eval_n)
+            print(f"  cached {len(hooks)} hooks in {dt:.0f} s", flush=True)
+
+    def _complete(self, folder: Path) -> bool:
+        from activation_cache.shards import read_manifest
+
+        parts = (folder / "eval", folder / self.train_name)
+        return all((p / "manifest.json").exists() and read_manifest(p).complete for p in parts)
+
+    def hook(self, spec: str) -> tuple[Path, dict[str, Tensor]]:
+        """(train cache folder, held-out activations by hook) of a cell's hook spec."""
+        if self.base is None:
+            self.prepare([spec])
+        x_eval = load_eval(self.base / "eval", split_hook(spec), self.eval_n)
+        return self.base / self.train_name, x_eval
 
 
 # ---- trainers --------------------------------------------------------------------------------
@@ -159,56 +183,89 @@ def parse_variant(text: str) -> tuple[str, dict, dict, float]:
 
 
 class Ours:
-    """Our Trainer with one dictionary (its defaults unless a variant overrides them)."""
+    """Our Trainer with one dictionary (its defaults unless a variant overrides them); a hook
+    spec ``in>out`` makes it a transcoder."""
 
     def __init__(self, hook, d_in, d_sae, k, batch_size, tokens, seed, variant=None) -> None:
         from interp_bench.training.trainer import Trainer
 
         _, d_over, t_over, mult = variant or ("", {}, {}, 1.0)
-        cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, k=k, hook_in=hook, **d_over)
+        hooks = split_hook(hook)
+        io = {"hook_in": hooks[0]}
+        if len(hooks) > 1:
+            io.update(hook_out=hooks[1], d_out=d_in)
+        cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, k=k, **io, **d_over)
         tc = TrainConfig(batch_size=batch_size, tokens=tokens, checkpoint_every=0, seed=seed)
         tc = dataclasses.replace(tc, **t_over)
         if mult != 1.0:
             tc.lr = tc.auto_lr(d_sae) * mult
-        self.hook = hook
+        self.hooks = hooks
         self.trainer = Trainer([cfg], tc, device="cpu")
         self.config = {"dictionary": cfg.to_dict(), "train": tc.to_dict(), "lr": tc.auto_lr(d_sae)}
 
-    def step(self, x: Tensor) -> None:
-        self.trainer.step({self.hook: x})
+    def step(self, batch: dict[str, Tensor]) -> None:
+        self.trainer.step({h: batch[h] for h in self.hooks})
 
     def dictionary(self):
         return self.trainer.folded()[0].eval()
 
 
+class PeerSAE:
+    """A peer SAE fed the cell's one hook (peers.py steps on a bare tensor)."""
+
+    def __init__(self, peer, hook: str) -> None:
+        self.peer, self.hook = peer, hook
+
+    def step(self, batch: dict[str, Tensor]) -> None:
+        self.peer.step(batch[self.hook])
+
+    def dictionary(self, hook: str):
+        return self.peer.dictionary(hook)
+
+
+def sparsify_transcoder(hooks: list[str], d_in: int, d_sae: int, k: int, b: int, seed: int):
+    """sparsify's transcoder mode, stepped as bench_transcoder steps it, on this cell's hooks."""
+    from types import SimpleNamespace
+
+    from benchmarks.bench_transcoder import Sparsify
+
+    args = SimpleNamespace(expansion=d_sae // d_in, k=k, batch_size=b, seed=seed)
+    return Sparsify(d_in, args, hook_in=hooks[0], hook_out=hooks[1])
+
+
 def make_trainers(cell: dict, d_in: int, args, variants: list) -> dict:
     hook, d_sae, k, tokens, seed = (cell[n] for n in ("hook", "d_sae", "k", "tokens", "seed"))
     b = args.batch_size
+    hooks = split_hook(hook)
     out: dict = {}
     if "ours" in args.trainers:
         out["ours"] = Ours(hook, d_in, d_sae, k, b, tokens, seed)
     for v in variants:
         out[f"ours[{v[0]}]"] = Ours(hook, d_in, d_sae, k, b, tokens, seed, v)
     if "sparsify" in args.trainers:
-        out["sparsify"] = SparsifyPeer(d_in, d_sae, k=k, batch_size=b, seed=seed)
-    if "sae_lens" in args.trainers:
-        out["sae_lens"] = SAELensPeer(
-            "topk", d_in, d_sae, k=k, batch_size=b, total_tokens=tokens, seed=seed
+        out["sparsify"] = (
+            sparsify_transcoder(hooks, d_in, d_sae, k, b, seed)
+            if len(hooks) > 1
+            else PeerSAE(SparsifyPeer(d_in, d_sae, k=k, batch_size=b, seed=seed), hook)
         )
+    if "sae_lens" in args.trainers and len(hooks) == 1:
+        peer = SAELensPeer("topk", d_in, d_sae, k=k, batch_size=b, total_tokens=tokens, seed=seed)
+        out["sae_lens"] = PeerSAE(peer, hook)
     return out
 
 
 # ---- one cell --------------------------------------------------------------------------------
 
 
-def run_cell(cell: dict, train_dir: Path, x_eval: Tensor, args, variants: list) -> dict:
+def run_cell(cell: dict, train_dir: Path, x_eval: dict[str, Tensor], args, variants) -> dict:
     """Train every trainer on the same batches in lock-step (rotating order), then evaluate."""
-    d_in = x_eval.shape[1]
+    hooks = split_hook(cell["hook"])
+    d_in = x_eval[hooks[0]].shape[1]
     trainers = make_trainers(cell, d_in, args, variants)
     names = list(trainers)
     seconds = dict.fromkeys(names, 0.0)
     steps = cell["tokens"] // args.batch_size
-    batches = train_batches(train_dir, cell["hook"], args.batch_size, cell["seed"])
+    batches = train_batches(train_dir, hooks, args.batch_size, cell["seed"])
     load0 = os.getloadavg()[0]
     for i in range(steps):
         x = next(batches)
@@ -218,16 +275,17 @@ def run_cell(cell: dict, train_dir: Path, x_eval: Tensor, args, variants: list) 
             trainers[n].step(x)
             seconds[n] += time.perf_counter() - t0
         if (i + 1) % max(1, steps // 4) == 0 and i + 1 < steps:
-            rates = "  ".join(f"{n} {(i + 1) * len(x) / seconds[n]:,.0f}" for n in names)
+            rates = "  ".join(f"{n} {(i + 1) * args.batch_size / seconds[n]:,.0f}" for n in names)
             print(f"    step {i + 1}/{steps} tok/s: {rates}", flush=True)
-    # One typical-token cut for every trainer: 10x the median norm of the whole held-out set.
-    typical_norm = OUTLIER_NORM * x_eval.double().norm(dim=1).median().item()
-    batches = ({cell["hook"]: x_eval[s : s + 4096]} for s in range(0, len(x_eval), 4096))
+    # One typical-token cut for every trainer: 10x the median norm of the target's held-out set.
+    target = x_eval[hooks[-1]]
+    typical_norm = OUTLIER_NORM * target.double().norm(dim=1).median().item()
+    batches = ({h: x_eval[h][s : s + 4096] for h in hooks} for s in range(0, len(target), 4096))
     result = {}
     with ExitStack() as stack:
         dicts = [
             t.dictionary()
-            if isinstance(t, Ours)
+            if not isinstance(t, PeerSAE)
             else stack.enter_context(t.dictionary(cell["hook"]))
             for t in trainers.values()
         ]
@@ -333,7 +391,13 @@ def print_table(result: dict) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hooks", help=f"comma list (default {HOOKS}; --small: {SMALL_HOOKS})")
+    p.add_argument(
+        "--hooks",
+        help=f"comma list (default {HOOKS}; --small: {SMALL_HOOKS}); IN>OUT is a transcoder cell",
+    )
+    p.add_argument(
+        "--cache-also", default="", help="more hooks to cache in the same pass, for later runs"
+    )
     p.add_argument(
         "--budgets", help="training tokens per cell (default 200k,800k,2M; --small 2k,4k)"
     )
@@ -365,6 +429,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_tokens = min(args.eval_tokens, 1024)
         args.spread_seeds = min(args.spread_seeds, 1)
     args.hooks = [h.strip() for h in args.hooks.split(",") if h.strip()]
+    args.cache_also = [h.strip() for h in args.cache_also.split(",") if h.strip()]
     try:
         args.budgets = [parse_count(b) for b in args.budgets.split(",")]
         args.ks = [int(k) for k in args.ks.split(",")]
@@ -390,10 +455,11 @@ def run(args: argparse.Namespace, model=None) -> dict:
     work = Workload(args, model)
     cells = plan(args)
     print(f"{len(cells)} cells; caches under {work.root}", flush=True)
+    work.prepare(args.hooks + args.cache_also)
     for hook in dict.fromkeys(c["hook"] for c in cells):
         train_dir, x_eval = work.hook(hook)
         for cell in (c for c in cells if c["hook"] == hook):
-            cell["d_sae"] = cell["width"] * x_eval.shape[1]
+            cell["d_sae"] = cell["width"] * x_eval[split_hook(hook)[0]].shape[1]
             t0 = time.perf_counter()
             done = run_cell(cell, train_dir, x_eval, args, args.variants)
             done["wall_s"] = time.perf_counter() - t0

@@ -37,8 +37,9 @@ for arch in ("topk", "batchtopk", "jumprelu", "relu"):
     for transcoder in (False, True):
         kw = dict(hook_out="L0.mlp_out", d_out=48) if transcoder else {}
         cfg = DictionaryConfig(d_in=64, d_sae=256, arch=arch, k=8, hook_in="L0.resid_post", **kw)
+        # lr pinned to the width rule's value: the short-run boost (issue 10) is a default change
         tc = TrainConfig(batch_size=512, tokens=512 * 30, warmup_steps=5, sparsity_warmup_steps=5,
-                         dead_tokens=2048, checkpoint_every=0, device="cpu")
+                         dead_tokens=2048, checkpoint_every=0, device="cpu", lr=8e-3)
         [d] = Trainer([cfg], tc).fit(data)
         w = {"W_enc": d.W_enc, "W_dec": d.W_dec, "b_enc": d.b_enc, "b_dec": d.b_dec}
         if d.threshold is not None:

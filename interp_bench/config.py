@@ -17,6 +17,9 @@ from typing import Any
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 REVIVE = ("auto", "none", "recenter", "fire", "linear")
+# The default learning rate's run-length rule (TrainConfig.short_run_boost).
+LR_FULL_STEPS = 192
+LR_MAX_BOOST = 2.0
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -231,7 +234,9 @@ class TrainConfig(_JsonMixin):
 
     lr: float | None = None
     """learning rate (None: 1e-3 / sqrt(d_sae / 2**14), Gao et al.'s 1/sqrt(d_sae) scaling at 5x
-    their constant: FVU 0.080 against 0.109 at 2e-4 on bench_train)"""
+    their constant; an SAE run shorter than 192 steps gets sqrt(192 steps / its steps) times that,
+    at most 2x: short runs at the base rate stop short of sparsify; transcoders keep the base
+    rate; quality grid, issue 10, benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
     tokens: int = 10_000_000
@@ -310,8 +315,23 @@ class TrainConfig(_JsonMixin):
             f"init_b_dec must be mean, median or zero, got {self.init_b_dec!r}",
         )
 
-    def auto_lr(self, d_sae: int) -> float:
-        return self.lr if self.lr is not None else 1e-3 / (d_sae / 2**14) ** 0.5
+    def auto_lr(self, d_sae: int, transcoder: bool = False) -> float:
+        """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
+        times ``short_run_boost``."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder)
+
+    def short_run_boost(self, transcoder: bool = False) -> float:
+        """How much faster than the base rate an SAE run of few steps learns: sqrt(LR_FULL_STEPS
+        / steps), between 1 and LR_MAX_BOOST. A short run at the base rate stops far from its
+        plateau, behind sparsify's large sign steps. Transcoders keep the base rate: on their
+        48-step grid cell a higher rate cut FVU but left 47-72% of latents dead (quality grid,
+        issue 10, benchmarks/RESULTS.md)."""
+        if transcoder:
+            return 1.0
+        steps = max(1, math.ceil(self.tokens / self.batch_size))
+        return min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))
 
     def schedule(self, step_tokens: int | None = None) -> Schedule:
         """Step counts for steps of ``step_tokens`` tokens (all ranks together; default

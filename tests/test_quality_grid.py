@@ -70,3 +70,27 @@ def test_small_grid_runs_and_compares(tiny_model, tmp_path):
     best = row["trainers"][row["best_peer"]]["fvu"]
     assert row["ours_over_best"] == pytest.approx(row["trainers"]["ours"]["fvu"] / best)
     qg.print_table(result)
+
+
+def test_small_transcoder_cell_runs_against_sparsify(tiny_model, tmp_path):
+    """An ``in>out`` hook spec trains ours and sparsify's transcoder mode on the same batches,
+    cached with the other hooks in one pass (SAELens has no transcoder here, so it sits out)."""
+    pytest.importorskip("sparsify")
+    qg = _load()
+    args = qg.parse_args(
+        ["--small", "--hooks", "L1.mlp_in>L1.mlp_out", "--budgets", "2k", "--ks", "4",
+         "--spread-seeds", "0", "--cache-also", "L0.resid_post", "--acts-dir",
+         str(tmp_path / "acts"), "--out", str(tmp_path / "grid.json")]
+    )  # fmt: skip
+    result = qg.run(args, model=tiny_model)
+    (cell,) = result["cells"]
+    assert set(cell["trainers"]) == {"ours", "sparsify"}
+    for r in cell["trainers"].values():
+        assert math.isfinite(r["fvu"]) and 0 < r["fvu"] < 10 and r["l0"] <= 4 + 1e-6
+    assert cell["trainers"]["ours"]["config"]["dictionary"]["hook_out"] == "L1.mlp_out"
+    (cached,) = (tmp_path / "acts").glob("*/*+*")
+    assert cached.name == "L0.resid_post+L1.mlp_in+L1.mlp_out"
+    # A later run on a subset of those hooks reads that cache instead of making its own.
+    work = qg.Workload(qg.parse_args(["--small", "--acts-dir", str(tmp_path / "acts")]), tiny_model)
+    work.prepare(["L0.resid_post"])
+    assert work.base == cached

@@ -286,7 +286,7 @@ def test_lr_schedule_shape():
 def test_default_lr_scales_with_width():
     tc = tcfg(lr=None)
     t = Trainer([topk_cfg(), DictionaryConfig(d_in=D, d_sae=256, k=4, hook_in=HOOK)], tc)
-    assert t.lrs[0] == pytest.approx(1e-3 / (64 / 2**14) ** 0.5)
+    assert t.lrs[0] == pytest.approx(tc.auto_lr(64))  # 40 steps: the short-run boost applies
     assert t.lrs[1] == pytest.approx(t.lrs[0] / 2)
 
 

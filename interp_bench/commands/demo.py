@@ -22,7 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expansion", type=int, default=8, help="d_sae / d_model")
     p.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
     p.add_argument("--batch-size", type=int, help="training tokens per step")
-    p.add_argument("--lr", type=float, help="learning rate (default: scaled with d_sae)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: TrainConfig.lr's rule: 1/sqrt(d_sae), more for short runs)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument(
         "--out", help="run folder, re-running resumes (default: runs/demo, runs/quick with --quick)"

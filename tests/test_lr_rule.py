@@ -1,0 +1,73 @@
+"""The default learning rate's rule (TrainConfig.auto_lr): width scaling times a boost for short
+runs, chosen on the quality grid (issue 10, benchmarks/RESULTS.md)."""
+
+import argparse
+
+import pytest
+
+from interp_bench.commands.train import add_arguments
+from interp_bench.config import LR_FULL_STEPS, LR_MAX_BOOST, DictionaryConfig, TrainConfig
+from interp_bench.training.trainer import Trainer
+
+BATCH = 4096
+
+
+def lr(steps: int, d_sae: int = 4608, transcoder: bool = False, **kw) -> float:
+    return TrainConfig(batch_size=BATCH, tokens=steps * BATCH, **kw).auto_lr(d_sae, transcoder)
+
+
+def base(d_sae: int) -> float:
+    return 1e-3 / (d_sae / 2**14) ** 0.5
+
+
+def test_long_runs_keep_the_width_rule():
+    for steps in (LR_FULL_STEPS, 2 * LR_FULL_STEPS, 100_000):
+        assert lr(steps) == pytest.approx(base(4608))
+        assert lr(steps, d_sae=4 * 4608) == pytest.approx(base(4608) / 2)
+
+
+def test_short_runs_learn_faster_up_to_the_cap():
+    # bench_train's budget (786,432 tokens = 192 steps of 4096) keeps the base rate; a quarter
+    # of it (the grid's 200k cells) doubles it; nothing goes past the cap.
+    assert lr(LR_FULL_STEPS // 4) == pytest.approx(2 * base(4608))
+    assert lr(LR_FULL_STEPS // 2) == pytest.approx(2**0.5 * base(4608))
+    assert lr(1) == pytest.approx(LR_MAX_BOOST * base(4608))
+    rates = [lr(s) for s in range(1, 400)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_rule_counts_steps_not_tokens():
+    # The same tokens in batches 4x smaller are 4x the steps: no boost needed.
+    tc = TrainConfig(batch_size=BATCH // 4, tokens=LR_FULL_STEPS // 4 * BATCH)
+    assert tc.auto_lr(4608) == pytest.approx(base(4608))
+
+
+def test_transcoders_keep_the_base_rate():
+    # A higher rate left most of a 48-step transcoder's latents dead (RESULTS.md, issue 10).
+    assert lr(LR_FULL_STEPS // 4, transcoder=True) == pytest.approx(base(4608))
+
+
+def test_explicit_lr_wins_over_the_rule():
+    assert lr(10, lr=5e-4) == 5e-4 and lr(10, lr=5e-4, transcoder=True) == 5e-4
+
+
+def test_trainer_uses_the_rule():
+    cfgs = [
+        DictionaryConfig(d_in=16, d_sae=64, k=4, hook_in="L0.resid_post"),
+        DictionaryConfig(
+            d_in=16, d_sae=64, k=4, hook_in="L0.mlp_in", hook_out="L0.mlp_out", d_out=16
+        ),
+    ]
+    tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
+    t = Trainer(cfgs, tc, device="cpu")
+    assert t.lrs == [pytest.approx(tc.auto_lr(64)), pytest.approx(tc.auto_lr(64, True))]
+    assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(64)) and t.lrs[1] == pytest.approx(
+        base(64)
+    )
+
+
+def test_help_states_the_rule():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert "sqrt(d_sae / 2**14)" in text and "192 steps" in text
