@@ -69,7 +69,7 @@ class Ours:
         )  # fmt: skip
         tc = TrainConfig(batch_size=args.batch_size, tokens=args.tokens, checkpoint_every=0)
         if "lr_scale" in train_over:
-            tc.lr = tc.auto_lr(cfg.d_sae) * train_over["lr_scale"]
+            tc.lr = tc.auto_lr(cfg.d_sae, True) * train_over["lr_scale"]
         if "window" in train_over:
             tc.dead_tokens = args.tokens // train_over["window"]
         self.trainer = Trainer([cfg], tc, device="cpu")

@@ -197,11 +197,12 @@ class Ours:
         cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, k=k, **io, **d_over)
         tc = TrainConfig(batch_size=batch_size, tokens=tokens, checkpoint_every=0, seed=seed)
         tc = dataclasses.replace(tc, **t_over)
+        lr = tc.auto_lr(d_sae, cfg.is_transcoder, cfg.arch)
         if mult != 1.0:
-            tc.lr = tc.auto_lr(d_sae) * mult
+            tc.lr = lr = lr * mult
         self.hooks = hooks
         self.trainer = Trainer([cfg], tc, device="cpu")
-        self.config = {"dictionary": cfg.to_dict(), "train": tc.to_dict(), "lr": tc.auto_lr(d_sae)}
+        self.config = {"dictionary": cfg.to_dict(), "train": tc.to_dict(), "lr": lr}
 
     def step(self, batch: dict[str, Tensor]) -> None:
         self.trainer.step({h: batch[h] for h in self.hooks})

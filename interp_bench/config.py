@@ -20,6 +20,7 @@ REVIVE = ("auto", "none", "recenter", "fire", "linear")
 # The default learning rate's run-length rule (TrainConfig.short_run_boost).
 LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
+BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -315,20 +316,21 @@ class TrainConfig(_JsonMixin):
             f"init_b_dec must be mean, median or zero, got {self.init_b_dec!r}",
         )
 
-    def auto_lr(self, d_sae: int, transcoder: bool = False) -> float:
+    def auto_lr(self, d_sae: int, transcoder: bool = False, arch: str = "topk") -> float:
         """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
         times ``short_run_boost``."""
         if self.lr is not None:
             return self.lr
-        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder)
+        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder, arch)
 
-    def short_run_boost(self, transcoder: bool = False) -> float:
+    def short_run_boost(self, transcoder: bool = False, arch: str = "topk") -> float:
         """How much faster than the base rate an SAE run of few steps learns: sqrt(LR_FULL_STEPS
         / steps), between 1 and LR_MAX_BOOST. A short run at the base rate stops far from its
         plateau, behind sparsify's large sign steps. Transcoders keep the base rate: on their
         48-step grid cell a higher rate cut FVU but left 47-72% of latents dead (quality grid,
-        issue 10, benchmarks/RESULTS.md)."""
-        if transcoder:
+        issue 10, benchmarks/RESULTS.md). JumpReLU and ReLU keep it too: the grid measured TopK
+        SAEs only."""
+        if transcoder or arch not in BOOSTED_ARCHS:
             return 1.0
         steps = max(1, math.ceil(self.tokens / self.batch_size))
         return min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))

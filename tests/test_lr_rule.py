@@ -71,3 +71,12 @@ def test_help_states_the_rule():
     add_arguments(p)
     text = " ".join(p.format_help().split())
     assert "sqrt(d_sae / 2**14)" in text and "192 steps" in text
+
+
+def test_boost_is_for_topk_saes_only():
+    """The grid measured TopK SAEs; JumpReLU and ReLU keep the base rate on short runs."""
+    tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH)
+    base = 1e-3 / (4608 / 2**14) ** 0.5
+    assert tc.auto_lr(4608, arch="batchtopk") == pytest.approx(2 * base)
+    for arch in ("jumprelu", "relu"):
+        assert tc.auto_lr(4608, arch=arch) == pytest.approx(base)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +68,7 @@ class CrossLayerConfig(_JsonMixin):
     """Shape and sparsity of one cross-layer transcoder (``hooks_in[i]`` -> ``hooks_out[j]``,
     j >= i). Settings shared with ``DictionaryConfig`` mean the same there."""
 
+    is_transcoder: ClassVar[bool] = True  # what the trainer's lr rule asks of every config
     d_in: int
     """input width of every layer (d_model)"""
     d_sae: int

@@ -110,7 +110,7 @@ class Trainer:
             self.dicts.append(_build(c).to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
-        self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder) for c in self.cfgs]
+        self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
         self.optims = [
             torch.optim.Adam(
                 d.parameters(),
