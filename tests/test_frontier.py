@@ -72,3 +72,24 @@ def test_small_frontier_runs_and_compares(tiny_model, tmp_path):
     merged = frontier.merge([result, result])
     assert len(merged["runs"]) == 2 * len(result["runs"])
     frontier.print_tables(result)
+
+
+def test_peer_coefficient_reaches_saelens_and_splice_shapes_work():
+    pytest.importorskip("sae_lens")
+    pytest.importorskip("sparsify")
+    import torch
+
+    from benchmarks.peers import SAELensPeer, SparsifyPeer
+
+    x = torch.randn(2, 5, 16)
+    for arch, field in (("jumprelu", "l0_coefficient"), ("relu", "l1_coefficient")):
+        peer = SAELensPeer(arch, 16, 64, k=4, batch_size=8, total_tokens=80, coefficient=7.5)
+        assert getattr(peer.sae.cfg, field) == 7.5
+        with peer.dictionary("h") as d:
+            assert d.forward(x).shape == x.shape and d.W_dec.shape == (64, 16)
+    with pytest.raises(ValueError, match="no sparsity coefficient"):
+        SAELensPeer("topk", 16, 64, k=4, batch_size=8, total_tokens=80, coefficient=1.0)
+    with SparsifyPeer(16, 64, k=4, batch_size=8).dictionary("h") as d:
+        y = d.forward(x)
+        assert y.shape == x.shape and d.W_enc.shape == (16, 64)
+        assert torch.allclose(y[1], d.decode(d.encode(x[1])), atol=1e-6)
