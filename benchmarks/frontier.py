@@ -308,6 +308,10 @@ def print_tables(result: dict) -> None:
             f"{'{:g}-{:g}'.format(*row['band']):10}{r['id'] + mark:32}{r['l0']:>8.1f}"
             f"{r['fvu']:>8.4f}{ce:>8.4f}{100 * r['dead_frac']:>7.2f}{100 * r['dense_frac']:>7.2f}"
         )
+    print("\nband rows over training: L0 / dense% on the probe tokens at each eighth of the run")
+    for r in (byid[i] for i in dict.fromkeys(row["id"] for row in result["bands"])):
+        path = "  ".join(f"{l0:.0f}/{100 * dense:.0f}" for _, l0, dense in r["trajectory"])
+        print(f"{r['id']:32}{path}")
 
 
 # ---- driver ----------------------------------------------------------------------------------
