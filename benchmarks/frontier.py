@@ -14,7 +14,7 @@ held-out tokens), and every run trains on the same batches at the same token bud
 L0 and dense fraction are probed on 4k held-out tokens eight times over each run, so a run still
 dense at the end of its budget shows. Runs of one round train in lock-step (rotating order).
 
-    python -m benchmarks.frontier                 # L9.resid_post, 8x, 262k tokens (~45 min)
+    python -m benchmarks.frontier                 # L9.resid_post, 8x, 204,800 tokens (~1 h)
     python -m benchmarks.frontier --plot benchmarks/out/frontier.json   # figure only
     python -m benchmarks.frontier --small         # tiny random model, seconds (CI)
 
@@ -335,7 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hook", default=None, help="default L9.resid_post (--small: L1.resid_post)")
     p.add_argument("--width", type=int, default=None, help="d_sae / d_in (default 8; --small 4)")
-    p.add_argument("--tokens", type=parse_count, default=None, help="budget (default 262144)")
+    p.add_argument("--tokens", type=parse_count, default=None, help="budget (default 204800)")
     p.add_argument("--batch-size", type=parse_count, default=None, help="default 1024")
     p.add_argument("--ks", default=None, help="k of the TopK families (default 16,32,64)")
     p.add_argument("--bands", default=None, help="L0 bands (default 30-40,60-80)")
@@ -359,7 +359,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     small = args.small
     for name, full, tiny in (
         ("hook", "L9.resid_post", "L1.resid_post"), ("width", 8, 4),
-        ("tokens", 262_144, 2048), ("batch_size", 1024, 256), ("ks", "16,32,64", "4,8"),
+        ("tokens", 204_800, 2048), ("batch_size", 1024, 256), ("ks", "16,32,64", "4,8"),
         ("bands", "30-40,60-80", "4-8,10-20"), ("cache_tokens", 131_072, 8192),
     ):  # fmt: skip
         if getattr(args, name) is None:
