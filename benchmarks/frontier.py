@@ -340,6 +340,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ks", default=None, help="k of the TopK families (default 16,32,64)")
     p.add_argument("--bands", default=None, help="L0 bands (default 30-40,60-80)")
     p.add_argument("--rounds", type=int, default=2, help="sweep rounds after the first")
+    p.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="start no sweep round that would end past this many minutes of training",
+    )  # fmt: skip
     p.add_argument("--families", default=",".join(FAMILIES), help="comma list of families")
     p.add_argument("--splice-seqs", type=int, default=128, help="held-out sequences for CE")
     p.add_argument("--probe-tokens", type=int, default=4096)
@@ -417,12 +421,20 @@ def run(args: argparse.Namespace, model=None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)  # written after every round
         args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
+    t_start = time.perf_counter()
     ks = [f for f in K_FAMILIES if f in args.families]
     do_round([{"family": f, "k": k} for f in ks for k in args.ks], "k families")
     swept = [f for f in SWEPT if f in args.families]
     do_round([{"family": f, "coef": c} for f in swept for c in START[f]], "sweep 0")
     for i in range(args.rounds):
         runs = [r for r in next_round(result["runs"], args.bands) if r["family"] in swept]
+        last = result["rounds"][-1] if result["rounds"] else None
+        if runs and last and args.max_minutes:
+            guess = last["wall_s"] / max(1, len(last["runs"])) * len(runs)
+            if time.perf_counter() - t_start + guess > 60 * args.max_minutes:
+                print(f"  sweep {i + 1} skipped: ~{guess:.0f} s would pass --max-minutes")
+                result["skipped"] = [run_id(r) for r in runs]
+                break
         do_round(runs, f"sweep {i + 1}")
     result["bands"] = band_rows(result["runs"], args.bands)
     rows = [r for r in result["bands"] if r["id"] in keep]
