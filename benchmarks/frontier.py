@@ -38,7 +38,7 @@ from torch import Tensor
 
 from benchmarks.common import ROOT, machine_info
 from benchmarks.peers import SAELensPeer, SparsifyPeer
-from benchmarks.quality_grid import Ours, Workload, train_batches
+from benchmarks.quality_grid import Ours, Workload, load_eval, train_batches
 from interp_bench.commands.counts import parse_count
 from interp_bench.dictionaries.evaluate import OUTLIER_NORM, evaluate
 
@@ -353,6 +353,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--small", action="store_true", help="tiny random model, CI-sized (seconds)")
     p.add_argument("--acts-dir", default=str(OUT / "grid_acts"))
+    p.add_argument(
+        "--caches", default=None, help="TRAIN,EVAL: existing activation caches of --hook to use"
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--figure", default=None, help="figure stem (default docs/img/frontier)")
     p.add_argument("--no-image", action="store_true", help="write the figure's JSON only")
@@ -377,6 +380,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.bands = parse_bands(args.bands)
     except ValueError as e:
         p.error(str(e))
+    if args.caches is not None:
+        args.caches = args.caches.split(",")
+        if len(args.caches) != 2 or not all(Path(c, "manifest.json").exists() for c in args.caches):
+            p.error(
+                f"--caches takes TRAIN,EVAL cache folders (with manifest.json); got {args.caches}"
+            )
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in args.families if f not in FAMILIES]
     if bad:
@@ -394,7 +403,11 @@ def run(args: argparse.Namespace, model=None) -> dict:
     result: dict = {"machine": machine_info(), "runs": [], "rounds": [], "splice": {}}
     result["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     work = Workload(args, model)
-    train_dir, x_eval = work.hook(args.hook)
+    if args.caches:  # existing caches of the hook, read only (no forward pass here)
+        train_dir = Path(args.caches[0])
+        x_eval = load_eval(Path(args.caches[1]), args.hook, args.eval_tokens)
+    else:
+        train_dir, x_eval = work.hook(args.hook)
     keep: dict = {}  # trainers of runs that may become band rows (spliced at the end)
 
     def do_round(runs: list[dict], label: str) -> None:
