@@ -140,6 +140,7 @@ def train_round(runs: list[dict], train_dir: Path, x_eval: Tensor, hook: str, ar
                 with eval_dictionary(t, hook) as d:
                     (ev,) = evaluate([d], [{hook: probe}])
                 traj[n].append([(i + 1) * args.batch_size, ev.l0, ev.dense_frac])
+            print(f"    step {i + 1}/{steps} ({len(names)} runs)", flush=True)
     typical_norm = OUTLIER_NORM * x_eval.double().norm(dim=1).median().item()
     out = {}
     for run, (n, t) in zip(runs, trainers.items(), strict=True):
