@@ -37,12 +37,19 @@ class PeerDictionary:
         d_in: int,
         d_sae: int,
         hook: str,
+        w_dec: Tensor | None = None,
     ) -> None:
         self.encode, self.decode = encode, decode
         self.W_enc = weight  # the evaluator moves inputs to its device and dtype
+        self.W_dec = w_dec  # [d_sae, d_in]: the splice pass reads its shape and dtype
         self.d_in = self.d_out = d_in
         self.d_sae = d_sae
         self.cfg = SimpleNamespace(hook_in=hook, hook_out=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction of ``x [..., d_in]``, as `interp_bench.analysis.splice` asks."""
+        flat = x.reshape(-1, x.shape[-1])
+        return self.decode(self.encode(flat)).reshape(*x.shape[:-1], -1)
 
 
 class SAELensPeer:
@@ -68,12 +75,17 @@ class SAELensPeer:
         total_tokens: int,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        coefficient: float | None = None,
     ) -> None:
+        """``coefficient``: the sparsity coefficient (jumprelu: l0_coefficient, relu:
+        l1_coefficient) for a matched-L0 sweep; None keeps SAELens's default."""
         from sae_lens.config import SAETrainerConfig
         from sae_lens.training.sae_trainer import SAETrainer
 
         torch.manual_seed(seed)
         device = str(device)
+        if coefficient is not None and arch == "topk":
+            raise ValueError("topk has no sparsity coefficient; set k instead")
         if arch == "topk":
             from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
@@ -81,14 +93,16 @@ class SAELensPeer:
         elif arch == "jumprelu":
             from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
 
+            extra = {} if coefficient is None else {"l0_coefficient": coefficient}
             sae = JumpReLUTrainingSAE(
-                JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device)
+                JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, **extra)
             )
         elif arch == "relu":
             from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
+            extra = {} if coefficient is None else {"l1_coefficient": coefficient}
             sae = StandardTrainingSAE(
-                StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device)
+                StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, **extra)
             )
         else:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -125,7 +139,9 @@ class SAELensPeer:
         cfg = self.sae.cfg
         self.sae.eval()
         try:
-            yield PeerDictionary(encode, self.sae.decode, self.sae.W_enc, cfg.d_in, cfg.d_sae, hook)
+            yield PeerDictionary(
+                encode, self.sae.decode, self.sae.W_enc, cfg.d_in, cfg.d_sae, hook, self.sae.W_dec
+            )
         finally:
             self.sae.train()
 
@@ -235,7 +251,7 @@ class SparsifyPeer:
         self.opt.eval()
         try:
             yield PeerDictionary(
-                encode, decode, sae.encoder.weight, sae.d_in, sae.num_latents, hook
+                encode, decode, sae.encoder.weight.mT, sae.d_in, sae.num_latents, hook, sae.W_dec
             )
         finally:
             self.opt.train()
