@@ -37,7 +37,7 @@ test: lint
 # The fast lane (under a minute on 2 cores): everything but the tests that load the real model
 # (marked slow) and those that train long or launch processes (torchrun, Chromium, kills: long).
 test-fast: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not long"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not long"
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"

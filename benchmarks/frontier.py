@@ -38,7 +38,7 @@ from torch import Tensor
 
 from benchmarks.common import ROOT, machine_info
 from benchmarks.peers import SAELensPeer, SparsifyPeer
-from benchmarks.quality_grid import Ours, Workload, load_eval, train_batches
+from benchmarks.quality_grid import Ours, PeerSAE, Workload, load_eval, train_batches
 from interp_bench.commands.counts import parse_count
 from interp_bench.dictionaries.evaluate import OUTLIER_NORM, evaluate
 
@@ -84,11 +84,12 @@ def make_trainer(run: dict, hook: str, d_in: int, d_sae: int, args):
             over["matryoshka"] = matryoshka_sizes(d_sae)
         return Ours(hook, d_in, d_sae, run.get("k", 32), b, tokens, seed, (arch, over, {}, 1.0))
     if who == "sparsify":
-        return SparsifyPeer(d_in, d_sae, k=run["k"], batch_size=b, seed=seed)
-    return SAELensPeer(
+        return PeerSAE(SparsifyPeer(d_in, d_sae, k=run["k"], batch_size=b, seed=seed), hook)
+    peer = SAELensPeer(
         arch, d_in, d_sae, k=32, batch_size=b, total_tokens=tokens, seed=seed,
         coefficient=run["coef"],
     )  # fmt: skip
+    return PeerSAE(peer, hook)
 
 
 def matryoshka_sizes(d_sae: int) -> tuple[int, ...]:
@@ -126,7 +127,7 @@ def train_round(runs: list[dict], train_dir: Path, x_eval: Tensor, hook: str, ar
     steps = args.tokens // args.batch_size
     probe_at = {max(1, round(steps * (i + 1) / PROBES)) for i in range(PROBES)}
     probe = x_eval[: args.probe_tokens]
-    batches = train_batches(train_dir, hook, args.batch_size, args.seed)
+    batches = train_batches(train_dir, [hook], args.batch_size, args.seed)
     load0 = os.getloadavg()[0]
     for i in range(steps):
         x = next(batches)
@@ -406,9 +407,10 @@ def run(args: argparse.Namespace, model=None) -> dict:
     work = Workload(args, model)
     if args.caches:  # existing caches of the hook, read only (no forward pass here)
         train_dir = Path(args.caches[0])
-        x_eval = load_eval(Path(args.caches[1]), args.hook, args.eval_tokens)
+        x_eval = load_eval(Path(args.caches[1]), [args.hook], args.eval_tokens)[args.hook]
     else:
-        train_dir, x_eval = work.hook(args.hook)
+        train_dir, by_hook = work.hook(args.hook)
+        x_eval = by_hook[args.hook]
     keep: dict = {}  # trainers of runs that may become band rows (spliced at the end)
 
     def do_round(runs: list[dict], label: str) -> None:

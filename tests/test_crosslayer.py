@@ -61,6 +61,7 @@ def _fvu(y: torch.Tensor, r: torch.Tensor) -> float:
     return float((y - r).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
 
 
+@pytest.mark.long
 def test_planted_cross_layer_features_are_recovered():
     """Every planted feature's whole decoder (all the layers it writes to) is found by one CLT
     latent, and the CLT explains later layers' outputs that per-layer transcoders cannot."""

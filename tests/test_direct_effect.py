@@ -71,7 +71,12 @@ def brute_force(model, index, latent: int, slot: int, write: torch.Tensor):
     return nxt, delta
 
 
-@pytest.mark.parametrize("norm", ["LNPre", "LN", "RMS"])
+LONG = pytest.mark.long  # one norm in the fast lane, all three in the full suite
+
+
+@pytest.mark.parametrize(
+    "norm", [pytest.param("LNPre", marks=LONG), pytest.param("LN", marks=LONG), "RMS"]
+)
 def test_direct_effect_matches_brute_force(norm, gpt2_tokenizer, tokens, tmp_path):
     model = model_with(norm, gpt2_tokenizer)
     hook = "L1.resid_post"
