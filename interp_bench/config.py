@@ -316,14 +316,18 @@ class TrainConfig(_JsonMixin):
             f"init_b_dec must be mean, median or zero, got {self.init_b_dec!r}",
         )
 
-    def auto_lr(self, d_sae: int, transcoder: bool = False, arch: str = "topk") -> float:
+    def auto_lr(
+        self, d_sae: int, transcoder: bool = False, arch: str = "topk", steps: int | None = None
+    ) -> float:
         """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
         times ``short_run_boost``."""
         if self.lr is not None:
             return self.lr
-        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder, arch)
+        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder, arch, steps)
 
-    def short_run_boost(self, transcoder: bool = False, arch: str = "topk") -> float:
+    def short_run_boost(
+        self, transcoder: bool = False, arch: str = "topk", steps: int | None = None
+    ) -> float:
         """How much faster than the base rate an SAE run of few steps learns: sqrt(LR_FULL_STEPS
         / steps), between 1 and LR_MAX_BOOST. A short run at the base rate stops far from its
         plateau, behind sparsify's large sign steps. Transcoders keep the base rate: on their
@@ -332,7 +336,9 @@ class TrainConfig(_JsonMixin):
         SAEs only."""
         if transcoder or arch not in BOOSTED_ARCHS:
             return 1.0
-        steps = max(1, math.ceil(self.tokens / self.batch_size))
+        # The run's real step count when known (Schedule.total_steps: every rank's tokens per
+        # step), else the one batch_size implies.
+        steps = steps or max(1, math.ceil(self.tokens / self.batch_size))
         return min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))
 
     def schedule(self, step_tokens: int | None = None) -> Schedule:

@@ -80,3 +80,10 @@ def test_boost_is_for_topk_saes_only():
     assert tc.auto_lr(4608, arch="batchtopk") == pytest.approx(2 * base)
     for arch in ("jumprelu", "relu"):
         assert tc.auto_lr(4608, arch=arch) == pytest.approx(base)
+
+
+def test_boost_counts_the_steps_the_run_takes():
+    """Under torchrun each rank's batch_size is its share; the rule must see the global steps."""
+    tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH)
+    assert tc.auto_lr(4608, steps=192) == pytest.approx(1e-3 / (4608 / 2**14) ** 0.5)
+    assert tc.auto_lr(4608, steps=48) == pytest.approx(tc.auto_lr(4608))

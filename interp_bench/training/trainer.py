@@ -157,6 +157,9 @@ class Trainer:
         n_tokens = next(iter(batch.values())).shape[0] * self.world
         if self.schedule is None:
             self.schedule = tc.schedule(n_tokens)
+            # The lr rule counts the steps the run really takes (all ranks' tokens per step).
+            steps = self.schedule.total_steps
+            self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
         sched = self.schedule
         factor = lr_factor(
             self.step_idx, sched.total_steps, sched.warmup_steps, tc.decay_start, tc.lr_decay
