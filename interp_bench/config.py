@@ -207,6 +207,20 @@ class DictionaryConfig(_JsonMixin):
         return self.d_in if self.d_out is None else self.d_out
 
     @property
+    def n_latents(self) -> int:
+        """Latents the trainer's dead/dense counters cover (a CLT answers all its layers')."""
+        return self.d_sae
+
+    @property
+    def hooks(self) -> list[str]:
+        """Hooks this dictionary reads: input, then target if any."""
+        return [self.hook_in] + ([self.hook_out] if self.hook_out else [])
+
+    def io(self, table: dict):
+        """(input, target or None) from a batch keyed by hook."""
+        return table[self.hook_in], table[self.hook_out] if self.hook_out else None
+
+    @property
     def name(self) -> str:
         """Folder-friendly name, e.g. 'L8.resid_post-topk-4608'."""
         hook = self.hook_in or "x"

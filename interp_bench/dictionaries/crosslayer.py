@@ -149,6 +149,10 @@ class CrossLayerConfig(_JsonMixin):
     def hooks(self) -> list[str]:
         return [*self.hooks_in, *self.hooks_out]
 
+    def io(self, table: dict):
+        """(inputs, targets) from a batch keyed by hook: one list per side, in layer order."""
+        return [table[h] for h in self.hooks_in], [table[h] for h in self.hooks_out]
+
     @property
     def name(self) -> str:
         """Folder-friendly name, e.g. 'clt-L0-29.mlp_in-to-mlp_out-topk-448'."""

@@ -124,10 +124,10 @@ class Trainer:
         # Tokens since each latent last fired (dead detection, AuxK) and a recent-window count
         # of tokens each latent fired on (dense detection).
         self.since_fired = [
-            torch.zeros(_latents(c), dtype=torch.long, device=self.device) for c in self.cfgs
+            torch.zeros(c.n_latents, dtype=torch.long, device=self.device) for c in self.cfgs
         ]
         self.fire_counts = [
-            torch.zeros(_latents(c), dtype=torch.long, device=self.device) for c in self.cfgs
+            torch.zeros(c.n_latents, dtype=torch.long, device=self.device) for c in self.cfgs
         ]
         self.window_tokens = 0
         self.scales: dict[str, float] = {}
@@ -174,7 +174,7 @@ class Trainer:
 
         rows, counts = [], []
         for i, (d, cfg) in enumerate(zip(self.dicts, self.cfgs, strict=True)):
-            x, y = _io(cfg, batch)
+            x, y = cfg.io(batch)
             with autocast:
                 out = d.loss(
                     x,
@@ -275,7 +275,7 @@ class Trainer:
                     batch[h] = batch[h] * scale
                     full[h] = full[h] * scale
         for d, cfg in zip(self.dicts, self.cfgs, strict=True):
-            x, target = _io(cfg, full)
+            x, target = cfg.io(full)
             d.init_from_data(x, target, method=self.train_cfg.init_b_dec)
             d.post_step()  # start from unit-norm decoder rows where training keeps them so
         self.initialised = True
@@ -555,22 +555,7 @@ def _build(cfg) -> SparseDictionary | CrossLayerTranscoder:
 
 def dictionary_hooks(cfg) -> list[str]:
     """Hooks one dictionary reads: input and target, or every layer's for a CLT."""
-    if isinstance(cfg, CrossLayerConfig):
-        return cfg.hooks
-    return [cfg.hook_in] + ([cfg.hook_out] if cfg.hook_out else [])
-
-
-def _latents(cfg) -> int:
-    """Latents a dictionary's dead/dense counters cover (a CLT: all its layers', layer-major)."""
-    return cfg.n_latents if isinstance(cfg, CrossLayerConfig) else cfg.d_sae
-
-
-def _io(cfg, table: dict[str, torch.Tensor]):
-    """(input, target) of one dictionary from a batch keyed by hook: tensors (target None for
-    an SAE), or for a CLT one list per side in layer order."""
-    if isinstance(cfg, CrossLayerConfig):
-        return [table[h] for h in cfg.hooks_in], [table[h] for h in cfg.hooks_out]
-    return table[cfg.hook_in], table[cfg.hook_out] if cfg.hook_out else None
+    return cfg.hooks
 
 
 def _dim(cfgs: list[DictionaryConfig], hook: str) -> int:
