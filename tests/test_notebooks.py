@@ -84,13 +84,15 @@ def test_circuits_notebook_runs_on_tiny_model(tmp_path, monkeypatch, gpt2_tokeni
 
     folder = tiny_gpt2_folder(tmp_path / "tiny-gpt2", gpt2_tokenizer)
     monkeypatch.setenv("INTERP_BENCH_MODEL", str(folder))
+    monkeypatch.setenv("INTERP_BENCH_CIRCUITS", str(tmp_path / "circuits"))
     monkeypatch.setenv("INTERP_BENCH_SMALL", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
-    nb = _run(CIRCUITS, tmp_path)
+    nb = _run(CIRCUITS, NOTEBOOK_DIR)  # the kernel starts where Jupyter starts it
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
     text = "".join(o.get("text", "") for o in outputs)
     assert "2 transcoders" in text and "completeness" in text and "scale 0.0: KL" in text
-    assert (tmp_path / "runs/circuits/graph.html").exists()
+    assert (tmp_path / "circuits/graph.html").exists()
+    assert (tmp_path / "circuits/transcoders/L1.mlp_in/cfg.json").exists()
