@@ -29,16 +29,15 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from benchmarks.common import ROOT, machine_info
+from benchmarks.lockstep import PeerSAE, eval_dictionary, train_lockstep
 from benchmarks.peers import SAELensPeer, SparsifyPeer
-from benchmarks.quality_grid import Ours, PeerSAE, Workload, load_eval, train_batches
+from benchmarks.quality_grid import Ours, Workload, load_eval, train_batches
 from interp_bench.commands.counts import parse_count
 from interp_bench.dictionaries.evaluate import OUTLIER_NORM, evaluate
 
@@ -97,16 +96,6 @@ def matryoshka_sizes(d_sae: int) -> tuple[int, ...]:
     return (max(1, d_sae // 18), max(2, 2 * d_sae // 9), d_sae)
 
 
-@contextmanager
-def eval_dictionary(trainer, hook: str) -> Iterator:
-    """The dictionary in its evaluation state (ours folded, peers as they save it)."""
-    if isinstance(trainer, Ours):
-        yield trainer.dictionary()
-    else:
-        with trainer.dictionary(hook) as d:
-            yield d
-
-
 def run_id(run: dict) -> str:
     value = f"k{run['k']}" if "k" in run else f"c{run['coef']:.4g}"
     return f"{run['family']}@{value}"
@@ -121,36 +110,31 @@ def train_round(runs: list[dict], train_dir: Path, x_eval: Tensor, hook: str, ar
     d_in = x_eval.shape[1]
     d_sae = args.width * d_in
     trainers = {run_id(r): make_trainer(r, hook, d_in, d_sae, args) for r in runs}
-    names = list(trainers)
-    seconds = dict.fromkeys(names, 0.0)
-    traj: dict[str, list] = {n: [] for n in names}
+    traj: dict[str, list] = {n: [] for n in trainers}
     steps = args.tokens // args.batch_size
     probe_at = {max(1, round(steps * (i + 1) / PROBES)) for i in range(PROBES)}
     probe = x_eval[: args.probe_tokens]
-    batches = train_batches(train_dir, [hook], args.batch_size, args.seed)
-    load0 = os.getloadavg()[0]
-    for i in range(steps):
-        x = next(batches)
-        for j in range(len(names)):
-            n = names[(i + j) % len(names)]
-            t0 = time.perf_counter()
-            trainers[n].step(x)
-            seconds[n] += time.perf_counter() - t0
-        if i + 1 in probe_at:
-            for n, t in trainers.items():
-                with eval_dictionary(t, hook) as d:
-                    (ev,) = evaluate([d], [{hook: probe}])
-                traj[n].append([(i + 1) * args.batch_size, ev.l0, ev.dense_frac])
-            print(f"    step {i + 1}/{steps} ({len(names)} runs)", flush=True)
+
+    def probe_all(done: int, seconds: dict[str, float]) -> None:
+        if done not in probe_at:
+            return
+        for n, t in trainers.items():
+            with eval_dictionary(t, hook) as d:
+                (ev,) = evaluate([d], [{hook: probe}])
+            traj[n].append([done * args.batch_size, ev.l0, ev.dense_frac])
+        print(f"    step {done}/{steps} ({len(trainers)} runs)", flush=True)
+
     typical_norm = OUTLIER_NORM * x_eval.double().norm(dim=1).median().item()
+    held_out = ({hook: x_eval[s : s + 4096]} for s in range(0, len(x_eval), 4096))
+    batches = train_batches(train_dir, [hook], args.batch_size, args.seed)
+    trained = train_lockstep(
+        trainers, batches, steps, held_out, hook, typical_norm=typical_norm, after_step=probe_all
+    )
     out = {}
     for run, (n, t) in zip(runs, trainers.items(), strict=True):
-        with eval_dictionary(t, hook) as d:
-            batches_ = ({hook: x_eval[s : s + 4096]} for s in range(0, len(x_eval), 4096))
-            (ev,) = evaluate([d], batches_, typical_norm=typical_norm)
-        stats = {**run, "id": n, **ev.to_dict(), "trajectory": traj[n]}
-        stats["tokens_per_s"] = steps * args.batch_size / max(seconds[n], 1e-9)
-        stats["load"] = [load0, os.getloadavg()[0]]
+        stats = {**run, "id": n, **trained.stats[n].to_dict(), "trajectory": traj[n]}
+        stats["tokens_per_s"] = steps * args.batch_size / max(trained.seconds[n], 1e-9)
+        stats["load"] = trained.load
         stats["config"] = getattr(t, "config", {})
         out[n] = (stats, t)
     return out

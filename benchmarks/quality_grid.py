@@ -28,7 +28,6 @@ import json
 import math
 import os
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -36,10 +35,11 @@ from torch import Tensor
 
 from activation_cache.tiny_model import tiny_random_model
 from benchmarks.common import machine_info
+from benchmarks.lockstep import PeerSAE, train_lockstep
 from benchmarks.peers import SAELensPeer, SparsifyPeer
 from interp_bench.commands.counts import parse_count
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionaries.evaluate import OUTLIER_NORM, evaluate
+from interp_bench.dictionaries.evaluate import OUTLIER_NORM
 
 OUT = Path(__file__).resolve().parent / "out"
 PEERS = ("sparsify", "sae_lens")
@@ -211,19 +211,6 @@ class Ours:
         return self.trainer.folded()[0].eval()
 
 
-class PeerSAE:
-    """A peer SAE fed the cell's one hook (peers.py steps on a bare tensor)."""
-
-    def __init__(self, peer, hook: str) -> None:
-        self.peer, self.hook = peer, hook
-
-    def step(self, batch: dict[str, Tensor]) -> None:
-        self.peer.step(batch[self.hook])
-
-    def dictionary(self, hook: str):
-        return self.peer.dictionary(hook)
-
-
 def sparsify_transcoder(hooks: list[str], d_in: int, d_sae: int, k: int, b: int, seed: int):
     """sparsify's transcoder mode, stepped as bench_transcoder steps it, on this cell's hooks."""
     from types import SimpleNamespace
@@ -263,40 +250,29 @@ def run_cell(cell: dict, train_dir: Path, x_eval: dict[str, Tensor], args, varia
     hooks = split_hook(cell["hook"])
     d_in = x_eval[hooks[0]].shape[1]
     trainers = make_trainers(cell, d_in, args, variants)
-    names = list(trainers)
-    seconds = dict.fromkeys(names, 0.0)
     steps = cell["tokens"] // args.batch_size
-    batches = train_batches(train_dir, hooks, args.batch_size, cell["seed"])
-    load0 = os.getloadavg()[0]
-    for i in range(steps):
-        x = next(batches)
-        for j in range(len(names)):
-            n = names[(i + j) % len(names)]
-            t0 = time.perf_counter()
-            trainers[n].step(x)
-            seconds[n] += time.perf_counter() - t0
-        if (i + 1) % max(1, steps // 4) == 0 and i + 1 < steps:
-            rates = "  ".join(f"{n} {(i + 1) * args.batch_size / seconds[n]:,.0f}" for n in names)
-            print(f"    step {i + 1}/{steps} tok/s: {rates}", flush=True)
+
+    def progress(done: int, seconds: dict[str, float]) -> None:
+        if done % max(1, steps // 4) == 0 and done < steps:
+            rates = "  ".join(f"{n} {done * args.batch_size / s:,.0f}" for n, s in seconds.items())
+            print(f"    step {done}/{steps} tok/s: {rates}", flush=True)
+
     # One typical-token cut for every trainer: 10x the median norm of the target's held-out set.
     target = x_eval[hooks[-1]]
     typical_norm = OUTLIER_NORM * target.double().norm(dim=1).median().item()
-    batches = ({h: x_eval[h][s : s + 4096] for h in hooks} for s in range(0, len(target), 4096))
+    held_out = ({h: x_eval[h][s : s + 4096] for h in hooks} for s in range(0, len(target), 4096))
+    batches = train_batches(train_dir, hooks, args.batch_size, cell["seed"])
+    trained = train_lockstep(
+        trainers, batches, steps, held_out, cell["hook"], typical_norm=typical_norm,
+        after_step=progress,
+    )  # fmt: skip
     result = {}
-    with ExitStack() as stack:
-        dicts = [
-            t.dictionary()
-            if not isinstance(t, PeerSAE)
-            else stack.enter_context(t.dictionary(cell["hook"]))
-            for t in trainers.values()
-        ]
-        stats_all = evaluate(dicts, batches, typical_norm=typical_norm)
-    for (n, t), ev in zip(trainers.items(), stats_all, strict=True):
-        stats = ev.to_dict()
-        stats["tokens_per_s"] = steps * args.batch_size / max(seconds[n], 1e-9)
+    for n, t in trainers.items():
+        stats = trained.stats[n].to_dict()
+        stats["tokens_per_s"] = steps * args.batch_size / max(trained.seconds[n], 1e-9)
         stats["config"] = getattr(t, "config", {})
         result[n] = stats
-    return {**cell, "steps": steps, "load": [load0, os.getloadavg()[0]], "trainers": result}
+    return {**cell, "steps": steps, "load": trained.load, "trainers": result}
 
 
 # ---- the grid --------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interp_bench.dictionaries.dictionary import SparseDictionary
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 REVIVE = ("auto", "none", "recenter", "fire", "linear")
@@ -219,6 +222,16 @@ class DictionaryConfig(_JsonMixin):
     def io(self, table: dict):
         """(input, target or None) from a batch keyed by hook."""
         return table[self.hook_in], table[self.hook_out] if self.hook_out else None
+
+    def dim(self, hook: str) -> int:
+        """Width of one of ``hooks`` (the trainer scales it to mean norm sqrt(width))."""
+        return self.d_in if hook == self.hook_in else self.out_dim
+
+    def build(self) -> SparseDictionary:
+        """A fresh ``SparseDictionary`` of this shape (what the trainer trains)."""
+        from interp_bench.dictionaries.dictionary import SparseDictionary
+
+        return SparseDictionary(self)
 
     @property
     def name(self) -> str:

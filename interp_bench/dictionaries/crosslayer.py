@@ -21,7 +21,7 @@ CLT is exactly a transcoder (``tests/test_crosslayer.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -152,6 +152,14 @@ class CrossLayerConfig(_JsonMixin):
     def io(self, table: dict):
         """(inputs, targets) from a batch keyed by hook: one list per side, in layer order."""
         return [table[h] for h in self.hooks_in], [table[h] for h in self.hooks_out]
+
+    def dim(self, hook: str) -> int:
+        """Width of one of ``hooks`` (the trainer scales it to mean norm sqrt(width))."""
+        return self.d_in if hook in self.hooks_in else self.out_dim
+
+    def build(self) -> CrossLayerTranscoder:
+        """A fresh ``CrossLayerTranscoder`` of this shape (what the trainer trains)."""
+        return CrossLayerTranscoder(self)
 
     @property
     def name(self) -> str:
@@ -468,6 +476,13 @@ class CrossLayerTranscoder(nn.Module):
             [x * y for x, y in zip(b, s_out, strict=True)],
         )
         return self
+
+    def fold_hook_scales(self, scales: Mapping[str, float]) -> CrossLayerTranscoder:
+        """``fold_scale`` with the trainer's scale per hook (1 for a hook it left as is)."""
+        return self.fold_scale(
+            [scales.get(h, 1.0) for h in self.cfg.hooks_in],
+            [scales.get(h, 1.0) for h in self.cfg.hooks_out],
+        )
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ Weights use SAELens's shapes and names, so ``save`` writes a folder SAELens load
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -291,6 +292,12 @@ class SparseDictionary(nn.Module):
         a, b = self.folded_scales
         self.folded_scales = (a * in_scale, b * out_scale)
         return self
+
+    def fold_hook_scales(self, scales: Mapping[str, float]) -> SparseDictionary:
+        """``fold_scale`` with the trainer's scale per hook (1 for a hook it left as is)."""
+        cfg = self.cfg
+        s_in = scales.get(cfg.hook_in, 1.0)
+        return self.fold_scale(s_in, scales.get(cfg.hook_out, 1.0) if cfg.hook_out else s_in)
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ import torch
 from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
-from interp_bench.dictionaries.crosslayer import CrossLayerConfig, CrossLayerTranscoder
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import checkpoint as ckpt
 from interp_bench.training import ddp, guards
@@ -107,7 +106,7 @@ class Trainer:
         for c in self.cfgs:
             # Seed per dictionary so each one starts exactly as it would if trained alone.
             torch.manual_seed(train_cfg.seed)
-            self.dicts.append(_build(c).to(self.device))
+            self.dicts.append(c.build().to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
         self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
@@ -502,21 +501,7 @@ class Trainer:
 
     def folded(self) -> list[SparseDictionary]:
         """Copies of the dictionaries acting on raw activations (input scale folded in)."""
-        out = []
-        for d, cfg in zip(self.dicts, self.cfgs, strict=True):
-            f = copy.deepcopy(d)
-            if isinstance(cfg, CrossLayerConfig):
-                f.fold_scale(*(
-                    [self.scales.get(h, 1.0) for h in hooks]
-                    for hooks in (cfg.hooks_in, cfg.hooks_out)
-                ))  # fmt: skip
-                out.append(f)
-                continue
-            s_in = self.scales.get(cfg.hook_in, 1.0)
-            s_out = self.scales.get(cfg.hook_out, 1.0) if cfg.hook_out else s_in
-            f.fold_scale(s_in, s_out)
-            out.append(f)
-        return out
+        return [copy.deepcopy(d).fold_hook_scales(self.scales) for d in self.dicts]
 
     def save(self) -> list[SparseDictionary]:
         """Save every dictionary (raw-activation weights) with its configs; returns them."""
@@ -547,30 +532,14 @@ def train(
 # ---- helpers --------------------------------------------------------------------------------
 
 
-def _build(cfg) -> SparseDictionary | CrossLayerTranscoder:
-    if isinstance(cfg, CrossLayerConfig):
-        return CrossLayerTranscoder(cfg)
-    return SparseDictionary(cfg)
-
-
 def dictionary_hooks(cfg) -> list[str]:
     """Hooks one dictionary reads: input and target, or every layer's for a CLT."""
     return cfg.hooks
 
 
 def _dim(cfgs: list[DictionaryConfig], hook: str) -> int:
-    for c in cfgs:
-        if isinstance(c, CrossLayerConfig):
-            if hook in c.hooks_in:
-                return c.d_in
-            if hook in c.hooks_out:
-                return c.out_dim
-            continue
-        if c.hook_in == hook:
-            return c.d_in
-        if c.hook_out == hook:
-            return c.out_dim
-    raise KeyError(hook)
+    """Width of `hook`, as the first dictionary that reads it says."""
+    return next(c.dim(hook) for c in cfgs if hook in c.hooks)
 
 
 def _scale(mean_norm: float, d: int) -> float:
