@@ -153,3 +153,65 @@ def test_second_dictionary_on_the_same_text_runs_no_forward(gpt2_tokenizer, toke
     third = analyze(dictionary_on(hook, 64, 64, seed=2), acts, tmp_path / "c", off, model=model)
     assert "top_next_effect" not in third.arrays and third.meta["direct_effect"] is None
     assert "logit_pos_ids" in third.arrays  # the latent's promoted tokens stay
+
+
+@pytest.mark.slow
+def test_direct_effect_on_the_embedded_bridge(tmp_path):
+    """SmolLM2 through the TransformerBridge (RMSNorm, tied unembedding): the browser's
+    per-example effect equals the model's own logit change when the latent's write is added to
+    the final residual through the bridge's hooks, with the final norm's scale frozen."""
+    from activation_cache.models import load_model
+    from interp_bench.circuits.replacement import hooked
+
+    model = load_model("smollm2-135m", device="cpu")
+    d_model, hook = model.cfg.d_model, "L15.resid_post"
+    d = dictionary_on(hook, d_model, d_model, seed=1)
+    g = torch.Generator().manual_seed(5)
+    toks = torch.randint(100, 40000, (4, 16), generator=g)
+    toks[:, 0] = model.tokenizer.bos_token_id
+    index = analyze(d, model_stream(model, toks, [hook], batch_seqs=4), tmp_path,
+                    AnalysisConfig(top_k=2, window=2), model=model)  # fmt: skip
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    seq, tok = index.stream["seq"], index.stream["tokens"]
+    checked = 0
+    for latent in range(8):
+        for slot, ex in enumerate(index.feature(latent)["top"]):
+            gi = int(index.arrays["top_index"][latent, slot])
+            rows = (seq == seq[gi]).nonzero().squeeze(1)
+            p = gi - int(rows[0])
+            if p + 1 >= rows.numel():
+                continue
+            x = tok[rows][None].long()
+            store: dict = {}
+            with torch.no_grad(), hooked(model, [("ln_final.hook_scale", _keep(store))]):
+                clean = model(x)[0, p].float()
+            write = float(index.arrays["top_acts"][latent, slot]) * d.W_dec[latent].detach()
+            edits = [(last, _add(write, p)), ("ln_final.hook_scale", _frozen(store))]
+            with torch.no_grad(), hooked(model, edits):
+                new = model(x)[0, p].float()
+            nxt = int(tok[gi + 1])
+            assert ex["next_id"] == nxt
+            want = float(new[nxt] - clean[nxt])
+            assert ex["next_effect"] == pytest.approx(want, rel=2e-3, abs=2e-3)
+            checked += 1
+    assert checked >= 8
+
+
+def _keep(store: dict):
+    def fn(act, hook):
+        store["scale"] = act.detach().clone()
+
+    return fn
+
+
+def _frozen(store: dict):
+    return lambda act, hook: store["scale"].to(act.dtype)
+
+
+def _add(write: torch.Tensor, pos: int):
+    def fn(act, hook):
+        act = act.clone()
+        act[0, pos] += write.to(act.dtype)
+        return act
+
+    return fn

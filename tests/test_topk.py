@@ -131,6 +131,18 @@ def test_batchtopk_threshold_and_inference():
     assert 2.0 < (f > 0).sum(-1).float().mean() < 6.0
 
 
+def test_batchtopk_threshold_starts_at_the_first_batch_then_averages():
+    """From 0 the EMA would be 0.99^t short after t steps; it starts at the first value."""
+    cfg = DictionaryConfig(16, 64, arch="batchtopk", k=4, threshold_ema=0.9)
+    m = SparseDictionary(cfg)
+    m.act.update_threshold(torch.tensor([0.0, 2.0, 3.0]))
+    assert m.act.topk_threshold.item() == pytest.approx(2.0)
+    m.act.update_threshold(torch.tensor([1.0, 5.0]))
+    assert m.act.topk_threshold.item() == pytest.approx(0.9 * 2.0 + 0.1 * 1.0)
+    m.act.update_threshold(torch.zeros(3))  # nothing survived: unchanged
+    assert m.act.topk_threshold.item() == pytest.approx(1.9)
+
+
 def test_kl_penalty_is_zero_at_target_and_positive_elsewhere():
     rho = 0.05
     at_target = torch.full((1000, 3), 0.0)
