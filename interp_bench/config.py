@@ -302,8 +302,9 @@ class TrainConfig(_JsonMixin):
     step), 0 disables. It starts at the initial weights (after the data init) rather than after
     warm-up: their share at the end is exp(-1/fraction), 2% at 0.25, and no run length needs a
     second setting. Decoder rows of the average are renormalised with each row's norm moved into
-    its latent's encoder column, b_enc and threshold (exact for ReLU and JumpReLU latents, close
-    for TopK's per-token choice and BatchTopK's shared threshold)"""
+    its latent's encoder column, b_enc and threshold: exact for ReLU and JumpReLU latents; TopK's
+    per-token choice and BatchTopK's one threshold can shift, within 0.0003 FVU of the average as
+    it is on the --small cache (benchmarks/RESULTS.md)"""
     autocast: bool = False
     """bf16 autocast of the forward on CUDA"""
     normalize_inputs: bool = True

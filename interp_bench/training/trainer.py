@@ -357,7 +357,7 @@ class Trainer:
             self.optims[i].load_state_dict(state["optim"])
             self.since_fired[i].copy_(state["since_fired"])
             self.fire_counts[i].copy_(state["fire_counts"])
-            if "average" in state:
+            if "average" in state and self.train_cfg.weight_average > 0:
                 self.averages = self.averages or [{} for _ in self.dicts]
                 self.averages[i] = state["average"]
         self.step_idx = state["step"]
