@@ -296,6 +296,15 @@ class TrainConfig(_JsonMixin):
     each one (sweep_train, seeds_train; benchmarks/RESULTS.md)"""
     adam_eps: float = 1e-8
     """Adam epsilon"""
+    weight_average: float = 0.0
+    """evaluate and save an exponential moving average of the iterates instead of the last one:
+    the fraction of the run's steps the average remembers (decay 1 - 1/(fraction * steps) per
+    step), 0 disables. It starts at the initial weights (after the data init) rather than after
+    warm-up: their share at the end is exp(-1/fraction), 2% at 0.25, and no run length needs a
+    second setting. Decoder rows of the average are renormalised with each row's norm moved into
+    its latent's encoder column, b_enc and threshold: exact for ReLU and JumpReLU latents; TopK's
+    per-token choice and BatchTopK's one threshold can shift, within 0.0003 FVU of the average as
+    it is on the --small cache (benchmarks/RESULTS.md)"""
     autocast: bool = False
     """bf16 autocast of the forward on CUDA"""
     normalize_inputs: bool = True
@@ -337,6 +346,10 @@ class TrainConfig(_JsonMixin):
         _check(
             0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1,
             f"Adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}",
+        )
+        _check(
+            _finite(self.weight_average) and 0 <= self.weight_average < 1,
+            f"weight_average must be in [0, 1) (0 disables), got {self.weight_average}",
         )
         _check(
             self.init_b_dec in ("mean", "median", "zero"),

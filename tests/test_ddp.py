@@ -45,10 +45,11 @@ def _worker(rank: int, tmp: str, port: int) -> None:
     try:
         half = ROWS // WORLD
         data = [{HOOK: b[HOOK][rank * half : (rank + 1) * half]} for b in planted(STEPS, ROWS)]
-        tc = tcfg(batch_size=half, tokens=ROWS * STEPS, checkpoint_every=5)
+        tc = tcfg(batch_size=half, tokens=ROWS * STEPS, checkpoint_every=5, weight_average=0.3)
         t = Trainer(cfgs(), tc, out_dir=Path(tmp) / "ddp")
         t.fit(data)
         torch.save([d.state_dict() for d in t.dicts], Path(tmp) / f"rank{rank}.pt")
+        torch.save(t.averages, Path(tmp) / f"average{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -61,11 +62,19 @@ def test_ddp_matches_single_process(tmp_path):
         port = sock.getsockname()[1]
     mp.spawn(_worker, args=(str(tmp_path), port), nprocs=WORLD, join=True)
 
-    single = Trainer(cfgs(), tcfg(batch_size=ROWS, tokens=ROWS * STEPS), out_dir=tmp_path / "one")
+    tc = tcfg(batch_size=ROWS, tokens=ROWS * STEPS, weight_average=0.3)
+    single = Trainer(cfgs(), tc, out_dir=tmp_path / "one")
     single.fit(planted(STEPS, ROWS))
 
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    # Every rank keeps its own average of the iterates, identical without communication.
+    a0 = torch.load(tmp_path / "average0.pt", weights_only=True)
+    a1 = torch.load(tmp_path / "average1.pt", weights_only=True)
+    for a, b, s in zip(a0, a1, single.averages, strict=True):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=f"averages differ on {k}")
+            torch.testing.assert_close(a[k], s[k], atol=1e-5, rtol=1e-4, msg=k)
     for a, b, d in zip(r0, r1, single.dicts, strict=True):
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=f"ranks differ on {k}")

@@ -37,6 +37,10 @@ def test_variant_routes_fields_and_refuses_unknown_ones():
     qg = _load()
     name, d_over, t_over, mult = qg.parse_variant("x:auxk_alpha=0,adam-beta1=0.9,lr_mult=2")
     assert (name, d_over, t_over, mult) == ("x", {"auxk_alpha": 0}, {"adam_beta1": 0.9}, 2.0)
+    variant = qg.parse_variant("avg:weight_average=0.25")
+    assert variant[2] == {"weight_average": 0.25}
+    ours = qg.Ours("L0.resid_post", 8, 32, 4, 64, 640, 0, variant)
+    assert ours.trainer.train_cfg.weight_average == 0.25
     with pytest.raises(ValueError, match="no DictionaryConfig/TrainConfig field"):
         qg.parse_variant("x:nonsense=1")
     with pytest.raises(SystemExit):

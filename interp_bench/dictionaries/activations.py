@@ -129,6 +129,12 @@ class Activation(nn.Module):
     def load_threshold(self, threshold: Tensor) -> None:
         """Restore the inference threshold from a saved file (no-op where there is none)."""
 
+    def scale_threshold(self, scale: Tensor) -> None:
+        """Each latent's pre-activation was multiplied by ``scale [d_sae]`` (> 0): move its
+        threshold with it, so the same latents fire."""
+        if self.threshold is not None:
+            self.load_threshold(self.threshold * scale)
+
     def coefficient(self, warmup: float) -> float:
         """Sparsity coefficient at warm-up progress ``warmup`` (0 -> 1 over the warm-up)."""
         return 0.0
@@ -311,6 +317,11 @@ class BatchTopK(Activation):
     def load_threshold(self, threshold: Tensor) -> None:
         with torch.no_grad():
             self.topk_threshold.copy_(threshold.reshape(-1)[0])
+
+    def scale_threshold(self, scale: Tensor) -> None:
+        """One threshold for all latents: scaled by the median scale (exact when all are equal)."""
+        with torch.no_grad():
+            self.topk_threshold.mul_(scale.median().to(self.topk_threshold.dtype))
 
     def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         """The k * B largest pre-activations: ``(values ReLU'd, indices into pre.flatten())``."""

@@ -421,6 +421,17 @@ class CrossLayerTranscoder(nn.Module):
             W.div_(W.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
+    def fold_decoder_norms(self) -> CrossLayerTranscoder:
+        """``SparseDictionary.fold_decoder_norms`` per source layer (a row spans every target)."""
+        for i, W in enumerate(self.W_dec):
+            c = W.norm(dim=1).clamp_min(1e-12)
+            W.div_(c[:, None])
+            self.W_enc_t[i].mul_(c[:, None])
+            self.b_enc[i].mul_(c)
+            self.acts[i].scale_threshold(c)
+        return self
+
+    @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         for W in self.W_dec:
             if W.grad is None:

@@ -227,6 +227,19 @@ class SparseDictionary(nn.Module):
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
+    def fold_decoder_norms(self) -> SparseDictionary:
+        """Scale decoder rows to unit norm and each latent's encoder column, b_enc and threshold
+        by its row's old norm c, in place: (c f) (W_dec / c) = f W_dec, exact wherever a latent
+        scaled by c fires when the original does (ReLU, JumpReLU); TopK's per-token choice among
+        latents of unequal c can differ. For an average of unit-norm iterates (weight_average)."""
+        c = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_dec.div_(c[:, None])
+        self.W_enc_t.mul_(c[:, None])
+        self.b_enc.mul_(c)
+        self.act.scale_threshold(c)
+        return self
+
+    @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Drop the part of W_dec's gradient along each (unit) decoder row, so Adam moves rows
         along the sphere and the renormalisation after the step changes little."""

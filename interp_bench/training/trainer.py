@@ -28,8 +28,8 @@ from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
+from interp_bench.training import averaging, ddp, guards
 from interp_bench.training import checkpoint as ckpt
-from interp_bench.training import ddp, guards
 from interp_bench.training.allocator import keep_freed_memory
 from interp_bench.training.tracking import WandbLog, require_wandb
 
@@ -140,6 +140,9 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.last_metrics: list[dict[str, float]] = []  # the latest logged metrics
+        # With train_cfg.weight_average: each dictionary's average of its iterates, started at
+        # the weights of the first step (after the data init).
+        self.averages: list[averaging.Average] | None = None
         self._tracker: WandbLog | None = None  # with train_cfg.wandb, on the main rank
 
     # ---- one step -------------------------------------------------------------------------
@@ -160,6 +163,8 @@ class Trainer:
             steps = self.schedule.total_steps
             self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
         sched = self.schedule
+        if tc.weight_average > 0 and self.averages is None:
+            self.averages = [averaging.start_average(d) for d in self.dicts]
         factor = lr_factor(
             self.step_idx, sched.total_steps, sched.warmup_steps, tc.decay_start, tc.lr_decay
         )
@@ -210,6 +215,9 @@ class Trainer:
             d.post_step()  # unit-norm decoders: renormalise rows
             if ddp.enabled():  # e.g. batchtopk's threshold EMA, updated from local rows
                 ddp.all_reduce_mean_([b for b in d.buffers() if b.is_floating_point()])
+            if self.averages is not None:
+                decay = averaging.ema_decay(tc.weight_average, sched.total_steps)
+                averaging.update_average(self.averages[i], d, decay)
 
         with torch.no_grad():
             for i, c in enumerate(counts):
@@ -330,6 +338,8 @@ class Trainer:
                     since_fired=self.since_fired[i],
                     fire_counts=self.fire_counts[i],
                 )
+                if self.averages is not None:
+                    state["average"] = self.averages[i]
                 ckpt.write(run / "checkpoint", self.step_idx, state)
         ddp.barrier()  # every rank holds this step before any rank drops an older one
         if ddp.is_main():
@@ -347,6 +357,9 @@ class Trainer:
             self.optims[i].load_state_dict(state["optim"])
             self.since_fired[i].copy_(state["since_fired"])
             self.fire_counts[i].copy_(state["fire_counts"])
+            if "average" in state and self.train_cfg.weight_average > 0:
+                self.averages = self.averages or [{} for _ in self.dicts]
+                self.averages[i] = state["average"]
         self.step_idx = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.epoch = state["epoch"]
@@ -500,8 +513,15 @@ class Trainer:
     # ---- saving -----------------------------------------------------------------------------
 
     def folded(self) -> list[SparseDictionary]:
-        """Copies of the dictionaries acting on raw activations (input scale folded in)."""
-        return [copy.deepcopy(d).fold_hook_scales(self.scales) for d in self.dicts]
+        """Copies of the dictionaries acting on raw activations (input scale folded in): the
+        averages of their iterates with train_cfg.weight_average, else the last iterates."""
+        avgs = self.averages or [None] * len(self.dicts)
+        return [
+            (copy.deepcopy(d) if a is None else averaging.averaged_copy(d, a)).fold_hook_scales(
+                self.scales
+            )
+            for d, a in zip(self.dicts, avgs, strict=True)
+        ]
 
     def save(self) -> list[SparseDictionary]:
         """Save every dictionary (raw-activation weights) with its configs; returns them."""
