@@ -19,6 +19,7 @@ from interp_bench.dictionaries import SparseDictionary, save_dictionary
 from interp_bench.dictionaries.crosslayer import CrossLayerConfig, CrossLayerTranscoder
 
 N_LAYERS, D = 3, 64
+pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated")
 FLOATS = ("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "ce_error_added", "kl_spliced",
           "kl_zero", "kl_mean", "l0", "fvu")  # fmt: skip
 
@@ -53,16 +54,17 @@ def tokens(model):
     return toks
 
 
-def hooks(n: int) -> dict:
-    return {"hooks_in": tuple(f"L{i}.mlp_in" for i in range(n)),
-            "hooks_out": tuple(f"L{i}.mlp_out" for i in range(n))}  # fmt: skip
+def hooks(n: int | tuple[int, ...]) -> dict:
+    layers = range(n) if isinstance(n, int) else n
+    return {"hooks_in": tuple(f"L{i}.mlp_in" for i in layers),
+            "hooks_out": tuple(f"L{i}.mlp_out" for i in layers)}  # fmt: skip
 
 
-def random_clt(seed: int, k: int = 6, d_sae: int = 48, cross: bool = True) -> CrossLayerTranscoder:
+def random_clt(seed: int, cross: bool = True, layers=(0, 1, 2)) -> CrossLayerTranscoder:
     torch.manual_seed(seed)
-    clt = CrossLayerTranscoder(CrossLayerConfig(d_in=D, d_sae=d_sae, k=k, **hooks(N_LAYERS)))
+    clt = CrossLayerTranscoder(CrossLayerConfig(d_in=D, d_sae=48, k=6, **hooks(layers)))
     with torch.no_grad():
-        for i in range(N_LAYERS):
+        for i in range(len(layers)):
             clt.W_dec[i].normal_(0, 0.1)
             clt.b_enc[i].normal_(0, 0.3)
             if not cross:
@@ -74,9 +76,9 @@ def random_clt(seed: int, k: int = 6, d_sae: int = 48, cross: bool = True) -> Cr
 def own_layer_transcoders(clt: CrossLayerTranscoder) -> list[SparseDictionary]:
     """Per-layer TopK transcoders with the CLT's same-layer encoder, decoder and b_dec."""
     out = []
-    for i in range(clt.n_layers):
+    for i, (hook_in, hook_out) in enumerate(zip(clt.cfg.hooks_in, clt.cfg.hooks_out, strict=True)):
         cfg = DictionaryConfig(d_in=D, d_sae=clt.d_sae, k=clt.cfg.ks[i], d_out=D,
-                               hook_in=f"L{i}.mlp_in", hook_out=f"L{i}.mlp_out")  # fmt: skip
+                               hook_in=hook_in, hook_out=hook_out)  # fmt: skip
         d = SparseDictionary(cfg)
         with torch.no_grad():
             d.W_enc.copy_(clt.W_enc_t[i].t())
@@ -134,14 +136,17 @@ def test_one_transcoder_jointly_equals_the_single_splice(model, tokens, layer):
     assert joint.splice_hook == single.splice_hook == f"L{layer}.mlp_out"
 
 
-def test_clt_without_cross_blocks_equals_its_per_layer_transcoders(model, tokens):
-    clt = random_clt(seed=1, cross=False)
+@pytest.mark.parametrize("layers", [(0, 1, 2), (1, 2)])
+def test_clt_without_cross_blocks_equals_its_per_layer_transcoders(model, tokens, layers):
+    """Also for a CLT over the last layers only: its i-th layer is model layer i + 1."""
+    clt = random_clt(seed=1, cross=False, layers=layers)
     as_clt = joint_spliced_loss(model, [clt], tokens, batch_size=4)
     as_set = joint_spliced_loss(model, own_layer_transcoders(clt), tokens, batch_size=2)
     assert_same(as_clt, as_set)
     for a, b in zip(as_clt.extra["fvu_per_layer"], as_set.extra["fvu_per_layer"], strict=True):
         assert a == pytest.approx(b, rel=1e-5)
     assert as_clt.extra["l0_per_layer"] == as_set.extra["l0_per_layer"]
+    assert as_clt.extra["layers"] == list(layers) and as_set.splice_hook == as_clt.splice_hook
     # The cross-layer blocks are read: adding them back changes the spliced loss.
     with torch.no_grad():
         clt.W_dec[0][:, D:].normal_(0, 0.1)

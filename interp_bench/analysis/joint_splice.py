@@ -146,6 +146,8 @@ class _Replacement:
             out = out + skip
         if self.meters is not None:
             self.meters[layer].add(y, out, f)
+        for source in [s for s in self.latents if max(ts.targets(s)) <= layer]:
+            del self.latents[source]  # written everywhere it writes: per-layer sets keep one
         return out
 
 
