@@ -246,6 +246,10 @@ def test_cli_splices_a_clt_folder_and_a_joint_parent_folder(cli_setup, capsys):
         assert data["joint"] is True and len(data["results"]) == 1
         got[name] = data["results"][0]
     assert "L0-1.mlp_out" in capsys.readouterr().out
+    # Without --out: the parent of the per-layer folders gets the file, not L0 (its own).
+    assert main(["splice", "--joint", "--dictionary", str(root / "layers"), *common]) == 0
+    assert (root / "layers" / "splice_joint.json").exists()
+    assert not (root / "layers" / "L0" / "splice.json").exists()
     clt, layers = got["clt"], got["layers"]
     assert layers["name"] == "joint:layers" and clt["extra"]["layers"] == [0, 1]
     assert clt["ce_error_added"] == pytest.approx(clt["ce_clean"], abs=1e-5)

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="tokens per forward pass (whole sequences; as in `train`, a batch counts tokens)",
     )
     p.add_argument(
-        "--out", help="JSON results file (default: splice.json in the first dictionary's folder)"
+        "--out",
+        help="JSON results file (default: splice.json in the first dictionary's folder; with "
+        "--joint over several folders, splice_joint.json in the first one's parent folder)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -88,7 +90,9 @@ def check_args(args: argparse.Namespace) -> tuple[str, Path]:
     pf.fits_context(facts, args.context_len, "--context-len", "lower --context-len")
     for folder, cfg in zip(args.dictionary, cfgs, strict=True):
         pf.dictionary_fits(cfg, facts, folder)
-    out = Path(args.out) if args.out else Path(args.dictionary[0]) / "splice.json"
+    first = Path(args.dictionary[0])
+    default = first.parent / "splice_joint.json" if len(cfgs) > 1 and args.joint else None
+    out = Path(args.out) if args.out else default or first / "splice.json"
     return name, out.expanduser().resolve()
 
 
