@@ -7,8 +7,19 @@ from pathlib import Path
 
 HELP = (
     "Feature density, top-activating and quantile examples, promoted tokens and reconstruction "
-    "error of a dictionary over cached activations; writes a feature index."
+    "error of a dictionary over cached activations; writes a feature index (a cross-layer "
+    "transcoder: one per layer, OUT/L<l>/, from one pass)."
 )
+CLT_ARCHITECTURE = "crosslayer_transcoder"  # crosslayer_format's cfg.json tag (that imports torch)
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(v.strip().removeprefix("L")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of layer numbers: {text!r}"
+        ) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "of the model over the sequences holding the examples; default on)",
     )
     p.add_argument("--device", help="cpu, cuda (default: the dictionary's load default)")
+    p.add_argument(
+        "--layers",
+        type=_layers,
+        help="cross-layer transcoder only: index these model layers (e.g. 3,7; default: all)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -46,9 +62,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise FileNotFoundError(
             f"no activation cache at {acts_dir}; run `interp-bench cache --split eval` first"
         )
-    d_sae = pf.dictionary_cfg(args.dictionary).get("d_sae", 0)
+    cfg = pf.dictionary_cfg(args.dictionary)
+    d_sae = cfg.get("d_sae", 0)
+    args.crosslayer = cfg.get("architecture") == CLT_ARCHITECTURE
+    if args.crosslayer:  # every index of the pass is held at once
+        d_sae *= len(set(args.layers)) if args.layers else cfg.get("n_layers", 1)
+    elif args.layers:
+        raise ValueError(
+            f"--layers selects layers of a cross-layer transcoder; {args.dictionary} is not one "
+            "(drop --layers)"
+        )
     pf.positive(tokens=args.tokens, top_k=args.top_k, batch_tokens=args.batch_tokens)
     check_window(args.window, args.top_k, d_sae)  # the context length is not known yet
+    args.total_latents = d_sae
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,17 +87,28 @@ def run(args: argparse.Namespace) -> int:
 
     acts_dir = Path(args.activations)
     out = Path(args.out) if args.out else Path(args.dictionary) / "analysis"
-    check_index_out(out)  # before any work: never after a long pass
+    if out.is_file():
+        raise ValueError(f"--out {out} is a file; pick a folder for the feature index")
+    if not args.crosslayer:  # a CLT's indexes are its subfolders, checked once it is loaded
+        check_index_out(out)  # before any work: never after a long pass
     dictionary = load_dictionary(args.dictionary, device=args.device)
     dictionary.eval()
+    if args.crosslayer:
+        from interp_bench.analysis.crosslayer_index import index_folders, stream_hooks
+
+        index_folders(out, dictionary, args.layers)  # bad layers or --out: before any work
+        hooks = stream_hooks(dictionary, args.layers)
+    else:
+        hooks = [h for h in (dictionary.cfg.hook_in, dictionary.cfg.hook_out) if h]
     manifest = read_manifest(acts_dir)
-    hooks = [h for h in (dictionary.cfg.hook_in, dictionary.cfg.hook_out) if h]
     for h in hooks:
         manifest.hook(h)  # a clear error naming the hooks the cache holds
     cfg = AnalysisConfig(top_k=args.top_k, window=args.window, direct_effects=args.direct_effects)
-    check_window(cfg.window, cfg.top_k, dictionary.cfg.d_sae, manifest.context_len, cfg.reservoir)
+    check_window(cfg.window, cfg.top_k, args.total_latents, manifest.context_len, cfg.reservoir)
     model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
     total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)
+    if args.crosslayer:
+        return _run_crosslayer(args, dictionary, acts_dir, hooks, out, cfg, model, total)
     index = analyze(
         dictionary,
         cache_stream(acts_dir, hooks, args.batch_tokens),
@@ -86,6 +123,29 @@ def run(args: argparse.Namespace) -> int:
         f"analysed {d['n_tokens']:,} tokens: {d['dead']} dead and {d['dense']} dense of "
         f"{d['d_sae']:,} latents, NMSE {r['nmse']:.4f}, mean relative error "
         f"{r['mean_rel_err']:.4f}\nfeature index: {out}  (browse: interp-bench report {out})"
+    )
+    return 0
+
+
+def _run_crosslayer(args, clt, acts_dir, hooks, out, cfg, model, total) -> int:
+    """One pass over the cache, one feature index per selected CLT layer."""
+    from activation_cache.streams import cache_stream
+    from interp_bench.analysis.crosslayer_index import analyze_crosslayer
+
+    indexes = analyze_crosslayer(
+        clt, cache_stream(acts_dir, hooks, args.batch_tokens), out, cfg, layers=args.layers,
+        model=model, max_tokens=total, progress=True,
+    )  # fmt: skip
+    for layer, index in indexes.items():
+        d, r = index.meta["density"], index.recon
+        print(
+            f"L{layer}: {d['dead']} dead and {d['dense']} dense of {d['d_sae']:,} latents, "
+            f"NMSE {r['nmse']:.4f} (whole CLT into L{layer}'s output)  {index.path}"
+        )
+    n = next(iter(indexes.values())).meta["density"]["n_tokens"]
+    print(
+        f"analysed {n:,} tokens; feature indexes: {out}/L<l>  "
+        f"(browse: interp-bench report {out}/L<l>)"
     )
     return 0
 
