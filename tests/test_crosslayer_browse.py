@@ -261,7 +261,39 @@ def cli_setup(tmp_path_factory, gpt2_tokenizer):
     toks[:, 0] = gpt2_tokenizer.bos_token_id
     cache_activations(model, toks, all_hooks(2), root / "acts", dtype="float32",
                       shard_tokens=40, progress=False)  # fmt: skip
+    text = " ".join(
+        f"Line {i} of a small held-out corpus about foxes and dogs." for i in range(200)
+    )
+    (root / "corpus.txt").write_text(text)
     return root
+
+
+def test_cli_analyze_straight_from_the_model(cli_setup, capsys):
+    """--corpus: the eval split through the model, every CLT hook captured in one forward."""
+    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.models import load_model
+    from interp_bench.analysis.top_examples import load_feature_index
+    from interp_bench.cli import main
+    from interp_bench.dictionaries import load_dictionary
+
+    root = cli_setup
+    rc = main(["analyze", "--dictionary", str(root / "clt"), "--corpus", str(root / "corpus.txt"),
+               "--model", str(root / "model"), "--context-len", "16", "--tokens", "64",
+               "--top-k", str(TOP_K), "--window", str(WINDOW), "--out", str(root / "direct"),
+               "--device", "cpu"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    model = load_model(str(root / "model"), device="cpu")
+    toks = load_corpus(CorpusConfig(source=str(root / "corpus.txt"), context_len=16),
+                       model.tokenizer).eval[:4]  # fmt: skip
+    full = {k: torch.cat([b[k] for b in model_stream(model, toks, all_hooks(2))])
+            for k in ("L1.mlp_in", "pos")}  # fmt: skip
+    clt = load_dictionary(root / "clt")
+    f = clt.encode_layer(1, full["L1.mlp_in"])
+    f[full["pos"] == 0] = 0
+    index = load_feature_index(root / "direct" / "L1")
+    assert index.meta["n_tokens"] == 4 * 15
+    torch.testing.assert_close(index.arrays["top_acts"], f.T.topk(TOP_K, dim=1).values)
+    assert "summed" in index.meta["logits"]  # the model gives promoted tokens
 
 
 def test_cli_analyze_report_and_attribute_cards(cli_setup, capsys):

@@ -26,7 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from interp_bench.commands.counts import parse_count
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
-    p.add_argument("--activations", required=True, help="activation cache dir, e.g. RUN/acts/eval")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--activations", help="activation cache dir, e.g. RUN/acts/eval")
+    src.add_argument(
+        "--corpus",
+        help="instead of a cache: this text's eval split through --model, every hook the "
+        "dictionary reads captured in one forward per batch (nothing cached)",
+    )
+    p.add_argument(
+        "--context-len", type=int, default=128, help="with --corpus: tokens per sequence"
+    )
     p.add_argument("--tokens", type=parse_count, help="tokens to analyse (1M, 50k); default: all")
     p.add_argument("--out", help="index folder (default: DICTIONARY/analysis)")
     p.add_argument(
@@ -57,11 +66,16 @@ def check_args(args: argparse.Namespace) -> None:
     from interp_bench.analysis.memory import check_window
     from interp_bench.commands import preflight as pf
 
-    acts_dir = Path(args.activations)
-    if not (acts_dir / "manifest.json").exists():
+    if args.activations is not None and not (Path(args.activations) / "manifest.json").exists():
         raise FileNotFoundError(
-            f"no activation cache at {acts_dir}; run `interp-bench cache --split eval` first"
+            f"no activation cache at {args.activations}; run `interp-bench cache --split eval` "
+            "first, or read text straight from the model with --corpus"
         )
+    if args.corpus is not None:
+        if (args.model or "").lower() == "none":
+            raise ValueError("--corpus runs the model over the text: name it with --model")
+        if args.context_len < 2:
+            raise ValueError(f"--context-len must be >= 2, got {args.context_len}")
     cfg = pf.dictionary_cfg(args.dictionary)
     d_sae = cfg.get("d_sae", 0)
     args.crosslayer = cfg.get("architecture") == CLT_ARCHITECTURE
@@ -85,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
     from interp_bench.analysis.top_examples import AnalysisConfig, analyze, check_index_out
     from interp_bench.dictionaries import load_dictionary
 
-    acts_dir = Path(args.activations)
     out = Path(args.out) if args.out else Path(args.dictionary) / "analysis"
     if out.is_file():
         raise ValueError(f"--out {out} is a file; pick a folder for the feature index")
@@ -100,18 +113,24 @@ def run(args: argparse.Namespace) -> int:
         hooks = stream_hooks(dictionary, args.layers)
     else:
         hooks = [h for h in (dictionary.cfg.hook_in, dictionary.cfg.hook_out) if h]
-    manifest = read_manifest(acts_dir)
-    for h in hooks:
-        manifest.hook(h)  # a clear error naming the hooks the cache holds
     cfg = AnalysisConfig(top_k=args.top_k, window=args.window, direct_effects=args.direct_effects)
-    check_window(cfg.window, cfg.top_k, args.total_latents, manifest.context_len, cfg.reservoir)
-    model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
-    total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)
+    if args.corpus is None:
+        acts_dir = Path(args.activations)
+        manifest = read_manifest(acts_dir)
+        for h in hooks:
+            manifest.hook(h)  # a clear error naming the hooks the cache holds
+        check_window(cfg.window, cfg.top_k, args.total_latents, manifest.context_len, cfg.reservoir)
+        model = _load_model(args.model or manifest.model or dictionary.cfg.model_name)
+        total = manifest.n_tokens if args.tokens is None else min(args.tokens, manifest.n_tokens)
+        stream = cache_stream(acts_dir, hooks, args.batch_tokens)
+    else:
+        check_window(cfg.window, cfg.top_k, args.total_latents, args.context_len, cfg.reservoir)
+        model, stream, total = _model_source(args, dictionary, hooks)
     if args.crosslayer:
-        return _run_crosslayer(args, dictionary, acts_dir, hooks, out, cfg, model, total)
+        return _run_crosslayer(args, dictionary, stream, out, cfg, model, total)
     index = analyze(
         dictionary,
-        cache_stream(acts_dir, hooks, args.batch_tokens),
+        stream,
         out,
         cfg,
         model=model,
@@ -127,14 +146,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_crosslayer(args, clt, acts_dir, hooks, out, cfg, model, total) -> int:
-    """One pass over the cache, one feature index per selected CLT layer."""
-    from activation_cache.streams import cache_stream
+def _model_source(args: argparse.Namespace, dictionary, hooks: list[str]):
+    """(model, stream, total tokens) for --corpus: the eval split's sequences through the
+    model, every hook in one forward per batch of sequences."""
+    from activation_cache.corpus import CorpusConfig, load_corpus
+    from activation_cache.hooks import resolve_hooks
+    from activation_cache.models import load_model
+    from activation_cache.streams import model_stream
+
+    name = args.model or dictionary.cfg.model_name
+    if not name:
+        raise ValueError("the dictionary names no model: pass --model with --corpus")
+    model = load_model(name, device=args.device)
+    resolve_hooks(model, hooks)  # a clear error naming the hooks the model has
+    splits = load_corpus(
+        CorpusConfig(source=args.corpus, context_len=args.context_len), model.tokenizer
+    )
+    n_seq = splits.eval.shape[0] if args.tokens is None else -(-args.tokens // args.context_len)
+    tokens = splits.eval[:n_seq]
+    if tokens.shape[0] == 0:
+        raise ValueError(f"the eval split of {args.corpus} is empty; use a larger corpus")
+    batch_seqs = max(1, args.batch_tokens // args.context_len)
+    return model, model_stream(model, tokens, hooks, batch_seqs), tokens.numel()
+
+
+def _run_crosslayer(args, clt, stream, out, cfg, model, total) -> int:
+    """One pass over the stream, one feature index per selected CLT layer."""
     from interp_bench.analysis.crosslayer_index import analyze_crosslayer
 
     indexes = analyze_crosslayer(
-        clt, cache_stream(acts_dir, hooks, args.batch_tokens), out, cfg, layers=args.layers,
-        model=model, max_tokens=total, progress=True,
+        clt, stream, out, cfg, layers=args.layers, model=model, max_tokens=total, progress=True,
     )  # fmt: skip
     for layer, index in indexes.items():
         d, r = index.meta["density"], index.recon
