@@ -185,8 +185,8 @@ def _run_crosslayer(args, clt, stream, out, cfg, model, total) -> int:
         )
     n = next(iter(indexes.values())).meta["density"]["n_tokens"]
     print(
-        f"analysed {n:,} tokens; feature indexes: {out}/L<l>  "
-        f"(browse: interp-bench report {out}/L<l>)"
+        f"analysed {n:,} tokens; feature indexes: {out}/L<l>  (browse: interp-bench report {out}, "
+        "one report.html per layer)"
     )
     return 0
 
