@@ -158,8 +158,33 @@ def test_attribute_command_reads_a_clt_folder(clt_dir, tmp_path, capsys):
     assert 0 <= data["scores"]["completeness"] <= 1
 
 
-def test_interventions_refuse_a_clt(rep, model):
-    from interp_bench.circuits.intervene import Intervention, intervene
+def test_interventions_on_a_clt(rep, model):
+    """A CLT feature scaled by 1 is a no-op; clamped to 0, it takes its writes back out of the
+    MLP outputs of its layer and of every later one: -act * decoder(l, L)[i] at its position."""
+    from interp_bench.analysis.splice import hook_point
+    from interp_bench.circuits.intervene import Intervention, intervene, intervention_hooks
 
-    with pytest.raises(ValueError, match="CLT is not supported"):
-        intervene(model, rep.transcoders, rep.tokens, [Intervention(0, 1, 0, 1.0)])
+    ts, tokens, f = rep.transcoders, rep.tokens, rep.features
+    layer, pos, feat, act = int(f.layer[0]), int(f.pos[0]), int(f.index[0]), float(f.act[0])
+    assert layer == 0  # its writes reach layers 1 and 2
+    same = intervene(model, ts, tokens, [Intervention(layer, pos, feat, 1.0, "scale")])
+    assert same.kl == pytest.approx(0, abs=1e-6)
+
+    def put(target: int):
+        def fn(x, hook):
+            x = x.clone()
+            x[:, pos] -= act * ts.clt.decoder(0, target)[feat].detach()
+            return x
+
+        return fn
+
+    hand = [(hook_point(model, f"L{t}.mlp_out").tl_name, put(t)) for t in range(3)]
+    with torch.no_grad():
+        want = model.run_with_hooks(tokens, fwd_hooks=hand)
+        got = model.run_with_hooks(tokens, fwd_hooks=intervention_hooks(
+            model, ts, tokens, [Intervention(layer, pos, feat, 0.0)]))  # fmt: skip
+        own = model.run_with_hooks(tokens, fwd_hooks=hand[:1])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, own, atol=1e-4)  # the later layers' writes count
+    with pytest.raises(ValueError, match="no transcoder at layer 7"):
+        intervene(model, ts, tokens, [Intervention(7, 1, 0, 1.0)])

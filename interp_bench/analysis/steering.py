@@ -5,7 +5,10 @@ Two interventions, applied through transformer-lens hooks at the dictionary's ou
 - clamp: set latent i to `value * scale` while keeping the dictionary's error term, i.e.
   `x + decode(f_clamped) - decode(f) = x + (value * scale - f_i) * W_dec[i]`. Clamping a latent to
   its own value is therefore an exact no-op. For a transcoder, f is encoded from `hook_in` (the
-  MLP's input) and the change lands on `hook_out` (the MLP's output).
+  MLP's input) and the change lands on `hook_out` (the MLP's output). For a cross-layer
+  transcoder (CLT) feature (source layer l, latent i), f is encoded from layer l's MLP input and
+  the change lands on the MLP output of l and of every later layer the CLT covers, through its
+  decoder block `decoder(l, L)[i]` (`Writer`): the same rule, one target per layer it writes to.
 
 `scale` is typically the latent's max activation on some text (`latent_max_activation`), so that
 values read as multiples of how strongly the latent normally fires.
@@ -45,28 +48,72 @@ class Steer:
             raise ValueError(f"unknown steering mode {self.mode!r}: use one of {MODES}")
 
 
-def _check_latent(dictionary, latent: int) -> None:
-    d_sae = dictionary.W_dec.shape[0]
-    if not 0 <= latent < d_sae:
+@dataclass
+class Writer:
+    """What steering reads of a dictionary: where its latents are encoded from, how, and where
+    they write through which decoder (`[d_sae, d_out]`), in forward order."""
+
+    hook_in: str
+    encode: Callable[[Tensor], Tensor]
+    writes: list[tuple[str, Tensor]]
+
+    @property
+    def d_sae(self) -> int:
+        return self.writes[0][1].shape[0]
+
+
+def writer(dictionary, layer: int | None = None) -> Writer:
+    """An SAE or transcoder (`layer` None), or layer `layer` (a model layer) of a CLT."""
+    cfg = dictionary.cfg
+    if not hasattr(cfg, "hooks_in"):
+        if layer is not None:
+            raise ValueError(
+                "--layer picks a source layer of a cross-layer transcoder; this dictionary is "
+                f"one-layer ({cfg.hook_in}): drop --layer"
+            )
+        return Writer(cfg.hook_in, dictionary.encode,
+                      [(cfg.hook_out or cfg.hook_in, dictionary.W_dec.detach())])  # fmt: skip
+    from interp_bench.analysis.crosslayer_index import clt_layers, layer_position
+
+    if layer is None:
         raise ValueError(
-            f"latent {latent} out of range: this dictionary has latents 0..{d_sae - 1}"
+            "this is a cross-layer transcoder: name the feature's source layer with --layer "
+            f"(one of {','.join(map(str, clt_layers(dictionary)))})"
+        )
+    i = layer_position(dictionary, layer)
+    writes = [(cfg.hooks_out[j], dictionary.decoder(i, j).detach())
+              for j in range(i, dictionary.n_layers)]  # fmt: skip
+    return Writer(cfg.hooks_in[i], lambda x: dictionary.encode_layer(i, x), writes)
+
+
+def _check_latent(w: Writer, latent: int) -> None:
+    if not 0 <= latent < w.d_sae:
+        raise ValueError(
+            f"latent {latent} out of range: this dictionary has latents 0..{w.d_sae - 1}"
         )
 
 
 def steering_hooks(
-    model, dictionary, steers: Sequence[Steer | None], *, skip_first: bool = True
+    model,
+    dictionary,
+    steers: Sequence[Steer | None],
+    *,
+    skip_first: bool = True,
+    layer: int | None = None,
 ) -> list[tuple[str, object]]:
     """Forward hooks applying `steers[r]` to batch row r (one steer broadcasts to every row).
 
     `None` rows run clean. With `skip_first`, `positions=None` leaves position 0 (BOS) alone.
+    `layer`: the source layer of a CLT feature (a model layer), None for other dictionaries.
     """
+    w = writer(dictionary, layer)
     steers = list(steers)
     for s in steers:
         if s is not None:
-            _check_latent(dictionary, s.latent)
-    p_in = hook_point(model, dictionary.cfg.hook_in)
-    p_out = hook_point(model, dictionary.cfg.hook_out) if dictionary.cfg.hook_out else p_in
-    w_dec = dictionary.W_dec.detach()
+            _check_latent(w, s.latent)
+    p_in = hook_point(model, w.hook_in)
+    outs = [(hook_point(model, h), W) for h, W in w.writes]
+    w_dec = outs[0][1]
     latents = torch.tensor([s.latent if s else 0 for s in steers], device=w_dec.device)
     clamp = torch.tensor([bool(s and s.mode == "clamp") for s in steers], device=w_dec.device)
     target = torch.tensor(
@@ -90,24 +137,32 @@ def steering_hooks(
     def capture(act, hook):
         captured["x"] = flat(act)
 
-    def steer(act4, hook):
-        act = flat(act4)  # per-head `z` is steered in its flattened n_heads * d_head space
+    def amount_of(act: Tensor) -> Tensor:
+        """Per (row, position): the coefficient of the latent's decoder rows."""
         rows, seq_len = act.shape[:2]
         if len(steers) not in (1, rows):
             raise ValueError(f"{len(steers)} steers for a batch of {rows} rows: give one per row")
         amount = add[:, None].expand(len(steers), seq_len)
         if clamp.any():
-            x_in = captured.pop("x") if p_in is not p_out else act
-            f = dictionary.encode(x_in.to(w_dec.dtype))
+            x_in = captured.pop("x") if p_in.tl_name != outs[0][0].tl_name else act
+            f = w.encode(x_in.to(w_dec.dtype))
             idx = latents[:, None, None].expand(f.shape[0], seq_len, 1)
             f_i = f.gather(-1, idx)[..., 0]
             amount = torch.where(clamp[:, None], target[:, None] - f_i, amount)
-        amount = amount * mask(seq_len)
-        delta = amount[..., None] * w_dec[latents][:, None, :]
-        return (act + delta.to(act.dtype)).view_as(act4)
+        return amount * mask(seq_len)
 
-    hooks = [(p_out.tl_name, steer)]
-    if p_in is not p_out:
+    def steer(k: int, W: Tensor):
+        def fn(act4, hook):
+            act = flat(act4)  # per-head `z` is steered in its flattened n_heads * d_head space
+            if k == 0:  # the first write (the source layer's own): this forward's amount
+                captured["amount"] = amount_of(act)
+            delta = captured["amount"][..., None] * W[latents][:, None, :]
+            return (act + delta.to(act.dtype)).view_as(act4)
+
+        return fn
+
+    hooks = [(p.tl_name, steer(k, W)) for k, (p, W) in enumerate(outs)]
+    if p_in.tl_name != outs[0][0].tl_name:
         hooks.insert(0, (p_in.tl_name, capture))
     return hooks
 
@@ -215,16 +270,19 @@ def neutral_effects(
 
 @torch.inference_mode()
 def latent_max_activation(
-    model, dictionary, tokens: Tensor, latent: int, *, batch_size: int = 8
+    model, dictionary, tokens: Tensor, latent: int, *, batch_size: int = 8, layer: int | None = None
 ) -> float:
-    """The latent's largest activation over the non-BOS positions of `tokens` (for `scale`)."""
-    _check_latent(dictionary, latent)
-    p_in = hook_point(model, dictionary.cfg.hook_in)
+    """The latent's largest activation over the non-BOS positions of `tokens` (for `scale`);
+    `layer`: a CLT feature's source layer."""
+    w = writer(dictionary, layer)
+    _check_latent(w, latent)
+    p_in = hook_point(model, w.hook_in)
+    dtype = w.writes[0][1].dtype
     best = float("-inf")
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size].to(next(model.parameters()).device)
         x = capture(model, batch, [p_in])[p_in.short]
-        f = dictionary.encode(x[:, 1:].to(dictionary.W_dec.dtype))[..., latent]
+        f = w.encode(x[:, 1:].to(dtype))[..., latent]
         best = max(best, float(f.max()))
     return best
 
@@ -259,6 +317,14 @@ class SweepResult:
     clean_sampled: str
     rows: list[SweepRow] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    layer: int | None = None  # a CLT feature's source layer
+
+    @property
+    def feature(self) -> str:
+        """`latent 12`, or `L3 latent 12` for a CLT feature."""
+        return (
+            f"latent {self.latent}" if self.layer is None else f"L{self.layer} latent {self.latent}"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -281,13 +347,15 @@ def sweep(
     top_k: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    layer: int | None = None,
 ) -> SweepResult:
     """Add (and/or clamp) one latent at each value; generations, target log-prob, side effects.
 
     The clean model is row 0 of every batch, so clean and steered outputs come from one loop.
     `progress`: tqdm bars counting generated positions and neutral tokens, with their ETA.
+    `layer`: a CLT feature's source layer (a model layer), None for other dictionaries.
     """
-    _check_latent(dictionary, latent)
+    _check_latent(writer(dictionary, layer), latent)
     pos = tuple(positions) if positions is not None else None
     steers = [Steer(latent, "add", float(c), scale, pos) for c in coefficients]
     steers += [Steer(latent, "clamp", float(v), scale, pos) for v in clamp_values]
@@ -296,7 +364,8 @@ def sweep(
     p_tokens = _tokens(model, prompt, True)
     check_positions(pos, p_tokens.shape[1])
     rows: list[Steer | None] = [None, *steers]
-    hooks = steering_hooks(model, dictionary, rows, skip_first=_starts_with_bos(model, p_tokens))
+    skip_bos = _starts_with_bos(model, p_tokens)
+    hooks = steering_hooks(model, dictionary, rows, skip_first=skip_bos, layer=layer)
     n = len(rows)
 
     def texts(tokens: Tensor) -> list[str]:
@@ -333,7 +402,7 @@ def sweep(
         total = len(steers) * neutral_tokens.numel()
         side_bar = _bar(progress, total, "steer: side effects on neutral text", "tok")
         for r, s in enumerate(steers, start=1):
-            row_hooks = steering_hooks(model, dictionary, [s], skip_first=skip)
+            row_hooks = steering_hooks(model, dictionary, [s], skip_first=skip, layer=layer)
             effects[r] = neutral_effects(
                 model,
                 neutral_tokens,
@@ -345,6 +414,7 @@ def sweep(
     clean_ce = effects[1][1] if effects[1] is not None else None
 
     result = SweepResult(
+        layer=layer,
         latent=latent,
         prompt=prompt,
         target=target,
@@ -386,7 +456,7 @@ def _bar(progress: bool, total: int, desc: str, unit: str):
 def format_sweep(result: SweepResult) -> str:
     """Effects table, then generations side by side (clean first)."""
     lines = [
-        f"latent {result.latent}  scale {result.scale:.4g}  prompt {result.prompt!r}"
+        f"{result.feature}  scale {result.scale:.4g}  prompt {result.prompt!r}"
         + (f"  target {result.target!r}" if result.target else ""),
         f"{'mode':<6} {'value':>8} {'dlogp(target)':>14} {'KL neutral':>11} {'dCE neutral':>12}",
     ]
@@ -468,7 +538,7 @@ def sweep_figure(result: SweepResult):
         col=1,
     )
     fig.update_layout(
-        title=f"Steering latent {result.latent}: {result.prompt!r}",
+        title=f"Steering {result.feature}: {result.prompt!r}",
         height=900,
         template="plotly_white",
     )

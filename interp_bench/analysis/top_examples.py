@@ -180,6 +180,82 @@ def logit_effects(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+class IndexPass:
+    """One feature index's running state in the analysis pass: density, reconstruction error,
+    top and sampled examples. Several ride one stream (a CLT's layers: `crosslayer_index.py`)."""
+
+    def __init__(self, d_sae: int, cfg: AnalysisConfig) -> None:
+        self.d_sae = d_sae
+        self.density = DensityStats(d_sae)
+        self.recon = ReconStats()
+        self.top = RunningTopK(d_sae, cfg.top_k, cfg.window)
+        self.sample = RunningTopK(d_sae, cfg.reservoir, cfg.window)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def add(self, acts: Tensor, keep: Tensor, seq: Tensor, offset: int):
+        """Merge one chunk's latents `[n, d_sae]`; (rows, cols, vals) of the counted firings."""
+        flat = (acts > 0).view(-1).nonzero().squeeze(1)
+        rows, cols = flat // self.d_sae, flat % self.d_sae
+        counted = keep[rows]
+        rows, cols, flat = rows[counted], cols[counted], flat[counted]
+        vals = acts.view(-1).take(flat)
+        self.density.update(int(keep.sum()), cols, vals)
+        self.top.update(rows, cols, vals, vals, acts, seq, offset)
+        keys = torch.rand(vals.numel(), generator=self.gen)
+        self.sample.update(rows, cols, keys, vals, acts, seq, offset)
+        return rows, cols, vals
+
+
+def run_pass(
+    stream: Iterable[dict[str, Tensor]],
+    step,
+    *,
+    skip_bos: bool = True,
+    max_tokens: int | None = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Whole-sequence chunks of `stream` to `step(chunk, keep, seq, offset)` (`keep`: the rows
+    that count, BOS left out with `skip_bos`); returns the tokens, seq and pos of every analysed
+    token, in order."""
+    streams: dict[str, list[Tensor]] = {"tokens": [], "seq": [], "pos": []}
+    offset = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_tokens, unit="tok", desc="analyze")
+    for chunk in whole_sequences(stream):
+        if max_tokens is not None and offset + chunk["seq"].numel() > max_tokens:
+            chunk = {k: v[: max_tokens - offset] for k, v in chunk.items()}
+        seq, pos = chunk["seq"].long(), chunk["pos"].long()
+        n = seq.numel()
+        if n == 0:
+            break
+        step(chunk, pos != 0 if skip_bos else torch.ones(n, dtype=torch.bool), seq, offset)
+        streams["tokens"].append(chunk["tokens"].to(torch.int32))
+        streams["seq"].append(seq)
+        streams["pos"].append(pos.to(torch.int32))
+        offset += n
+        if bar is not None:
+            bar.update(n)
+        if max_tokens is not None and offset >= max_tokens:
+            break
+    if bar is not None:
+        bar.close()
+    if offset == 0:
+        raise ValueError("no tokens to analyse: the activation stream is empty (check --tokens)")
+    return {k: torch.cat(v) for k, v in streams.items()}
+
+
+def require_hooks(chunk: dict[str, Tensor], names) -> None:
+    for name in names:
+        if name and name not in chunk:
+            raise ValueError(
+                f"activations have no hook {name!r} (have {sorted(chunk)}); "
+                "cache the dictionary's hooks or pick a matching dictionary"
+            )
+
+
 @torch.inference_mode()
 def analyze(
     dictionary,
@@ -199,64 +275,51 @@ def analyze(
     """
     cfg = cfg or AnalysisConfig()
     dcfg = dictionary.cfg
-    d_sae, hook_in, hook_out = dcfg.d_sae, dcfg.hook_in, dcfg.hook_out
+    hook_in, hook_out = dcfg.hook_in, dcfg.hook_out
     device = dictionary.W_dec.device
-    density = DensityStats(d_sae)
-    recon = ReconStats()
-    top = RunningTopK(d_sae, cfg.top_k, cfg.window)
-    sample = RunningTopK(d_sae, cfg.reservoir, cfg.window)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    streams: dict[str, list[Tensor]] = {"tokens": [], "seq": [], "pos": []}
-    offset = 0
+    state = IndexPass(dcfg.d_sae, cfg)
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=max_tokens, unit="tok", desc="analyze")
-    for chunk in whole_sequences(stream):
-        if max_tokens is not None and offset + chunk["seq"].numel() > max_tokens:
-            chunk = {k: v[: max_tokens - offset] for k, v in chunk.items()}
-        for name in (hook_in, hook_out):
-            if name and name not in chunk:
-                raise ValueError(
-                    f"activations have no hook {name!r} (have {sorted(chunk)}); "
-                    "cache the dictionary's hooks or pick a matching dictionary"
-                )
+    def step(chunk, keep, seq, offset):
+        require_hooks(chunk, (hook_in, hook_out))
         x = chunk[hook_in].to(device=device, dtype=torch.float32)
-        seq, pos = chunk["seq"].long(), chunk["pos"].long()
-        n = x.shape[0]
-        if n == 0:
-            break
         acts = dictionary.encode(x).float().cpu()
-        keep = pos != 0 if cfg.skip_bos else torch.ones(n, dtype=torch.bool)
-        flat = (acts > 0).view(-1).nonzero().squeeze(1)
-        rows, cols = flat // d_sae, flat % d_sae
-        counted = keep[rows]
-        rows, cols, flat = rows[counted], cols[counted], flat[counted]
-        vals = acts.view(-1).take(flat)
+        rows, cols, vals = state.add(acts, keep, seq, offset)
         recon_x = _reconstruct(dictionary, x, acts, rows, cols, vals)
         target = chunk[hook_out].to(device=device, dtype=torch.float32) if hook_out else x
-        recon.update(recon_x.cpu(), target.cpu(), keep)
-        density.update(int(keep.sum()), cols, vals)
-        top.update(rows, cols, vals, vals, acts, seq, offset)
-        keys = torch.rand(vals.numel(), generator=gen)
-        sample.update(rows, cols, keys, vals, acts, seq, offset)
-        streams["tokens"].append(chunk["tokens"].to(torch.int32))
-        streams["seq"].append(seq)
-        streams["pos"].append(pos.to(torch.int32))
-        offset += n
-        if bar is not None:
-            bar.update(n)
-        if max_tokens is not None and offset >= max_tokens:
-            break
-    if bar is not None:
-        bar.close()
+        state.recon.update(recon_x.cpu(), target.cpu(), keep)
+
+    base = run_pass(stream, step, skip_bos=cfg.skip_bos, max_tokens=max_tokens, progress=progress)
+    pass_s = time.perf_counter() - t_start
+    writes = residual_writes(dictionary, model) if model is not None else None
+    meta = {"dictionary": dcfg.to_dict() if hasattr(dcfg, "to_dict") else dict(vars(dcfg))}
+    return finish_index(
+        out_dir, state, cfg, base, dictionary.W_dec, writes, meta, model=model,
+        tokenizer=tokenizer, pass_s=pass_s,
+    )  # fmt: skip
+
+
+def finish_index(
+    out_dir: str | Path,
+    state: IndexPass,
+    cfg: AnalysisConfig,
+    base: dict[str, Tensor],
+    W_dec: Tensor,
+    writes: tuple[Tensor, str] | None,
+    meta: dict,
+    *,
+    model=None,
+    tokenizer=None,
+    pass_s: float = 0.0,
+) -> FeatureIndex:
+    """Arrays, vocab and meta of one index from its pass state; writes it to `out_dir`.
+    `W_dec` gives the decoder-cosine neighbours, `writes` (each latent's residual write and how
+    it was read, or None) the promoted tokens and direct effects; `meta` is merged in."""
+    t_finish = time.perf_counter()
+    density = state.density
     if density.n_tokens == 0:
         raise ValueError("no tokens to analyse: the activation stream is empty (check --tokens)")
-
-    t_pass = time.perf_counter()
-    stream_arrays = {k: torch.cat(v) for k, v in streams.items()} | recon.arrays()
+    stream_arrays = base | state.recon.arrays()
     tokens, seq_all = stream_arrays["tokens"], stream_arrays["seq"]
     arrays: dict[str, Tensor] = {
         "density": density.density.float(),
@@ -266,13 +329,12 @@ def analyze(
         "hist_counts": density.histograms().int(),
     }
     # Top examples: sorted by activation already (topk's order); -1 marks an empty slot.
-    arrays |= _examples("top", *top.sorted(), tokens, seq_all, cfg.window)
-    arrays |= _quantile_examples(sample, cfg, tokens, seq_all)
-    arrays |= nearest_latents(dictionary.W_dec)
+    arrays |= _examples("top", *state.top.sorted(), tokens, seq_all, cfg.window)
+    arrays |= _quantile_examples(state.sample, cfg, tokens, seq_all)
+    arrays |= nearest_latents(W_dec)
 
     logits_note = direct_note = None
     direct_s = 0.0
-    writes = residual_writes(dictionary, model) if model is not None else None
     unembed = unembed_directions(writes[0], model) if writes is not None else None
     if unembed is not None:
         dirs, W_U, how = unembed
@@ -304,15 +366,14 @@ def analyze(
 
     recon_info = recon_summary(
         stream_arrays["sq_err"], stream_arrays["rel_err"], tokens, seq_all,
-        stream_arrays["pos"], n_worst=cfg.n_worst, window=cfg.window, nmse=recon.nmse,
+        stream_arrays["pos"], n_worst=cfg.n_worst, window=cfg.window, nmse=state.recon.nmse,
     )  # fmt: skip
     meta = {
         "format_version": FORMAT_VERSION,
         "analysis": dataclasses.asdict(cfg),
-        "dictionary": dcfg.to_dict() if hasattr(dcfg, "to_dict") else dict(vars(dcfg)),
         "n_tokens": density.n_tokens,
         "n_stream": int(tokens.numel()),
-        "d_sae": d_sae,
+        "d_sae": state.d_sae,
         "density": density_summary(density.density, density.n_tokens, cfg.dense_threshold),
         "hist_edges": [float(e) for e in hist_edges()],
         "logits": logits_note,
@@ -320,11 +381,11 @@ def analyze(
         "model": getattr(getattr(model, "cfg", None), "model_name", None),
         # the pass scales with tokens; finishing (logit effects, contexts, writing) does not
         "timings": {
-            "pass_s": t_pass - t_start,
-            "finish_s": time.perf_counter() - t_pass,
+            "pass_s": pass_s,  # the whole pass (shared by the indexes of one pass)
+            "finish_s": time.perf_counter() - t_finish,
             "direct_effect_s": direct_s,  # part of finish_s: the forward for the norm scales
         },
-    }
+    } | meta
     return write_feature_index(out_dir, meta, arrays, stream_arrays, recon_info, vocab)
 
 

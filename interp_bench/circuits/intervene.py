@@ -2,7 +2,8 @@
 
 A feature at (layer, position) is clamped to a value, or scaled by a factor of its activation on
 the prompt, through `analysis/steering.py`'s clamp (the transcoder's error term is kept, so a
-clamp to the feature's own value is an exact no-op). We report the new top next-token logits
+clamp to the feature's own value is an exact no-op). A CLT feature's change lands on the MLP
+output of its layer and of every later layer it writes to. We report the new top next-token logits
 and a greedy generation next to the clean ones.
 """
 
@@ -56,23 +57,23 @@ def intervention_hooks(
     """Forward hooks applying every intervention (steering clamps at single positions)."""
     from activation_cache.hooks import capture, resolve_hooks
 
-    if not isinstance(transcoders, TranscoderSet):
-        raise ValueError("interventions take per-layer transcoders; a CLT is not supported yet")
+    crosslayer = not isinstance(transcoders, TranscoderSet)  # a CLT: `CrossLayerSet`
     hooks = []
     for iv in interventions:
-        d = transcoders.dictionaries.get(iv.layer)
-        if d is None:
+        if iv.layer not in transcoders.layers:
             raise ValueError(f"no transcoder at layer {iv.layer}: layers {transcoders.layers}")
+        d = transcoders.clt if crosslayer else transcoders.dictionaries[iv.layer]
         if not 0 <= iv.pos < tokens.shape[-1]:
             raise ValueError(f"position {iv.pos} outside the prompt (0..{tokens.shape[-1] - 1})")
         value = iv.value
         if iv.mode == "scale":
-            spec = resolve_hooks(model, [d.cfg.hook_in])
+            spec = resolve_hooks(model, [f"L{iv.layer}.mlp_in"])
             x = capture(model, tokens.reshape(1, -1), spec)[spec[0].short][0, iv.pos]
             with torch.no_grad():
-                value = iv.value * float(d.encode(x.to(d.W_enc.dtype))[iv.feature])
+                value = iv.value * float(transcoders.encode(iv.layer, x)[iv.feature])
         steer = Steer(iv.feature, "clamp", value, 1.0, (iv.pos,))
-        hooks += steering_hooks(model, d, [steer], skip_first=False)
+        layer = iv.layer if crosslayer else None  # a CLT feature writes into every later layer
+        hooks += steering_hooks(model, d, [steer], skip_first=False, layer=layer)
     return hooks
 
 

@@ -143,11 +143,13 @@ def run(args: argparse.Namespace) -> int:
                    "node_threshold", "edge_threshold", "logit_prob", "max_logits")},
     }  # fmt: skip
     data = graph_dict(graph, pruned, tokenizer=model.tokenizer, meta=meta)
-    indexes = {
-        int(_HOOK.match(k).group(1)): p / "analysis"
-        for k, p in layer_dirs.items()
-        if (p / "analysis" / "index.json").exists()
-    }
+    indexes = {}  # a transcoder's index is its analysis/, a CLT's per layer analysis/L<l>/
+    for k, p in layer_dirs.items():
+        layer = int(_HOOK.match(k).group(1))
+        found = [d for d in (p / "analysis" / f"L{layer}", p / "analysis")
+                 if (d / "index.json").exists()]  # fmt: skip
+        if found:
+            indexes[layer] = found[0]
     out = Path(args.out)
     json_path = write_json(data, out / "graph.json")
     html_path = write_graph_html(data, out / "graph.html", feature_cards(data, indexes))

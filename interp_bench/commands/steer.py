@@ -13,6 +13,9 @@ HELP = (
 )
 
 
+CLT_ARCHITECTURE = "crosslayer_transcoder"  # crosslayer_format's cfg.json tag (that imports torch)
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -36,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dictionary", required=True, help="dictionary folder (cfg.json + weights)")
     p.add_argument("--latent", type=int, required=True, help="latent index to steer with")
+    p.add_argument(
+        "--layer",
+        type=int,
+        help="cross-layer transcoder: the feature's source layer (a model layer); its decoder "
+        "writes into that layer's MLP output and every later one's",
+    )
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument(
         "--coefficients",
@@ -72,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--out",
-        help="folder for steer_latent<I>.json and .html (default: the dictionary folder)",
+        help="folder for steer_latent<I>.json and .html (steer_L<l>_latent<I> with --layer; "
+        "default: the dictionary folder)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
@@ -92,6 +102,17 @@ def check_args(args: argparse.Namespace) -> tuple[str, dict]:
     pf.finite("temperature", args.temperature)
     if args.positions is not None and min(args.positions, default=0) < 0:
         raise ValueError(f"--positions must be >= 0, got {min(args.positions)}")
+    clt = cfg.get("architecture") == CLT_ARCHITECTURE
+    if clt and args.layer is None:
+        raise ValueError(
+            f"{args.dictionary} is a cross-layer transcoder: name the feature's source layer "
+            "with --layer (a model layer it covers)"
+        )
+    if not clt and args.layer is not None:
+        raise ValueError(
+            f"--layer picks a source layer of a cross-layer transcoder; {args.dictionary} is "
+            "not one (drop --layer)"
+        )
     d_sae = cfg.get("d_sae")
     if isinstance(d_sae, int) and args.latent >= d_sae:
         raise ValueError(
@@ -123,6 +144,8 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """Absolute (json, html) paths: next to the dictionary unless --out names a folder."""
     folder = Path(args.out if args.out else args.dictionary).expanduser().resolve()
     stem = f"steer_latent{args.latent}"
+    if args.layer is not None:
+        stem = f"steer_L{args.layer}_latent{args.latent}"
     return folder / f"{stem}.json", folder / f"{stem}.html"
 
 
@@ -137,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         latent_max_activation,
         sweep,
         sweep_figure,
+        writer,
     )
     from interp_bench.commands import preflight as pf
     from interp_bench.dictionaries import load_dictionary
@@ -145,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if coefficients is None:
         coefficients = [] if args.clamp else [0.0, 2.0, 4.0, 8.0]
     dictionary = load_dictionary(args.dictionary, device=args.device).eval()
+    writer(dictionary, args.layer)  # a --layer the CLT lacks fails before the model loads
     model = load_model(model_name, device=args.device)
     _check_model(args, cfg, pf.loaded_facts(model))
     prompt_len = model.to_tokens(args.prompt, prepend_bos=True).shape[1] if args.prompt else 0
@@ -169,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"the eval split of {args.corpus} is empty; use a larger corpus")
     scale = args.scale
     if args.scale_by_max:
-        scale = latent_max_activation(model, dictionary, neutral, args.latent)
+        scale = latent_max_activation(model, dictionary, neutral, args.latent, layer=args.layer)
         print(f"latent {args.latent} max activation on neutral text: {scale:.4g}")
         if scale <= 0:
             raise ValueError(
@@ -192,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
         progress=not args.no_progress,
+        layer=args.layer,
     )
     result.extra.update(model=model_id(model), dictionary=str(Path(args.dictionary).resolve()))
     print(format_sweep(result))
