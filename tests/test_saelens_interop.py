@@ -34,7 +34,7 @@ def random_dictionary(arch: str, transcoder: bool = False, skip: bool = False):
         for p in m.parameters():
             p.add_(0.2 * torch.randn_like(p))
         if arch == "batchtopk":
-            m.act.topk_threshold.fill_(0.4)
+            m.act.load_threshold(torch.tensor(0.4))
     m.fold_scale(0.5, 0.5 if not transcoder else 0.25)
     return m
 

@@ -131,16 +131,24 @@ def test_batchtopk_threshold_and_inference():
     assert 2.0 < (f > 0).sum(-1).float().mean() < 6.0
 
 
-def test_batchtopk_threshold_starts_at_the_first_batch_then_averages():
-    """From 0 the EMA would be 0.99^t short after t steps; it starts at the first value."""
+def test_batchtopk_threshold_is_a_bias_corrected_average():
+    """From 0 the EMA would be 0.99^t short after t steps; each batch weighs ema^age over the
+    total weight, so the first batch gives its own value and later ones average."""
     cfg = DictionaryConfig(16, 64, arch="batchtopk", k=4, threshold_ema=0.9)
     m = SparseDictionary(cfg)
     m.act.update_threshold(torch.tensor([0.0, 2.0, 3.0]))
     assert m.act.topk_threshold.item() == pytest.approx(2.0)
     m.act.update_threshold(torch.tensor([1.0, 5.0]))
-    assert m.act.topk_threshold.item() == pytest.approx(0.9 * 2.0 + 0.1 * 1.0)
+    want = (0.9 * 0.1 * 2.0 + 0.1 * 1.0) / (0.9 * 0.1 + 0.1)
+    assert m.act.topk_threshold.item() == pytest.approx(want)
     m.act.update_threshold(torch.zeros(3))  # nothing survived: unchanged
-    assert m.act.topk_threshold.item() == pytest.approx(1.9)
+    assert m.act.topk_threshold.item() == pytest.approx(want)
+    old = {k: v for k, v in m.state_dict().items() if not k.endswith("threshold_weight")}
+    fresh = SparseDictionary(cfg)
+    fresh.load_state_dict(old)  # a state saved before the correction: a finished threshold
+    assert fresh.act.threshold_weight.item() == 1.0
+    fresh.act.update_threshold(torch.tensor([1.0]))
+    assert fresh.act.topk_threshold.item() == pytest.approx(0.9 * want + 0.1 * 1.0)
 
 
 def test_kl_penalty_is_zero_at_target_and_positive_elsewhere():

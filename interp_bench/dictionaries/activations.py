@@ -309,6 +309,13 @@ class BatchTopK(Activation):
     def __init__(self, cfg: DictionaryConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("topk_threshold", torch.zeros(()))
+        # Total weight of the batches averaged so far (1 - ema^t): the bias correction.
+        self.register_buffer("threshold_weight", torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A state saved before the bias correction holds a finished threshold: weight 1.
+        state_dict.setdefault(prefix + "threshold_weight", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def threshold(self) -> Tensor:
@@ -317,6 +324,7 @@ class BatchTopK(Activation):
     def load_threshold(self, threshold: Tensor) -> None:
         with torch.no_grad():
             self.topk_threshold.copy_(threshold.reshape(-1)[0])
+            self.threshold_weight.fill_(1.0)
 
     def scale_threshold(self, scale: Tensor) -> None:
         """One threshold for all latents: scaled by the median scale (exact when all are equal)."""
@@ -332,16 +340,19 @@ class BatchTopK(Activation):
 
     @torch.no_grad()
     def update_threshold(self, values: Tensor) -> None:
-        """EMA of the smallest positive activation that survived the batch top-k. It starts at
-        the first batch's value, not at 0: from 0 it would still be 0.99^t short after t steps
-        (13% at 200), and a short run would fire several times k latents at inference
+        """Bias-corrected EMA (as Adam's moments) of the smallest positive activation that
+        survived the batch top-k: every batch so far weighs ema^age, normalised by the total
+        weight. Without the correction the EMA starts from 0 and is still 0.99^t short after
+        t steps (37% at 100), so a short run fires several times k latents at inference
         (frontier, issue 10: L0 ~100 at k 32 after 100 steps)."""
         positive = values[values > 0]
         if positive.numel():
             m = positive.min().to(self.topk_threshold.dtype)
-            fresh = self.topk_threshold == 0  # never updated: a surviving activation is > 0
-            ema = torch.where(fresh, 0.0, self.cfg.threshold_ema)
-            self.topk_threshold.mul_(ema).add_((1 - ema) * m)
+            ema = self.cfg.threshold_ema
+            before = ema * self.threshold_weight
+            weight = before + (1 - ema)
+            self.topk_threshold.mul_(before).add_((1 - ema) * m).div_(weight)
+            self.threshold_weight.copy_(weight)
 
     def infer(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.topk_threshold.to(pre.dtype)).to(pre.dtype)
