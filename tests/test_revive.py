@@ -51,10 +51,12 @@ def test_dead_latents_get_a_gradient_only_with_a_remedy(revive, decode):
         assert torch.equal(d.b_enc.detach()[~dead], b_before[~dead])  # live latents untouched
 
 
-def test_revive_is_opt_in():
+def test_revive_defaults_to_recenter_for_transcoders_only():
     tc = DictionaryConfig(d_in=D, d_sae=N, d_out=D, hook_in="a", hook_out="b")
     sae = DictionaryConfig(d_in=D, d_sae=N, hook_in="a")
-    assert tc.resolved_revive == "none" and sae.resolved_revive == "none"
+    assert tc.resolved_revive == "recenter" and sae.resolved_revive == "none"
+    assert DictionaryConfig(d_in=D, d_sae=N, d_out=D, hook_in="a", hook_out="b",
+                            revive="none").resolved_revive == "none"  # fmt: skip
     assert DictionaryConfig(d_in=D, d_sae=N, revive="recenter").resolved_revive == "recenter"
     with pytest.raises(ValueError, match="revive must be one of"):
         DictionaryConfig(d_in=D, d_sae=N, revive="resurrect")
