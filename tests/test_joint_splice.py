@@ -258,8 +258,14 @@ def test_cli_splices_a_clt_folder_and_a_joint_parent_folder(cli_setup, capsys):
         assert clt[key] == pytest.approx(layers[key], rel=1e-5, abs=1e-6), key
 
 
-def test_cli_bad_mixes_are_one_line_errors(cli_setup, capsys):
+def test_cli_bad_mixes_are_one_line_errors(cli_setup, capsys, monkeypatch):
+    import activation_cache.models as models
     from interp_bench.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a bad mix must be refused before the model loads")
+
+    monkeypatch.setattr(models, "load_model", no_model)
 
     root = cli_setup
     common = ["--model", str(root / "model"), "--corpus", str(root / "corpus.txt"), "--tokens",
@@ -274,5 +280,5 @@ def test_cli_bad_mixes_are_one_line_errors(cli_setup, capsys):
     ]  # fmt: skip
     for args, match in cases:
         assert main(["splice", *args, *common]) != 0
-        last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's load bar
+        last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("interp-bench splice: error:") and match in last, last

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from activation_cache.hooks import HookSpec, flat, like
+from interp_bench.analysis.joint_pairs import check_pairs
 from interp_bench.analysis.splice import (
     SpliceResult,
     _device,
@@ -66,26 +67,13 @@ def joint_set(model, dictionaries: Sequence):
             "a CLT is spliced jointly on its own: pass it as the only --dictionary, not with "
             "other dictionaries"
         )
-    seen: dict[int, str] = {}
-    for d in dictionaries:
-        for hook_in, hook_out in _pairs(d):
-            if not hook_out:
-                raise ValueError(
-                    f"the {hook_in} dictionary is an SAE: --joint splices transcoders "
-                    "(L<l>.mlp_in -> L<l>.mlp_out); splice SAEs without --joint"
-                )
-            p_in, p_out = hook_point(model, hook_in), hook_point(model, hook_out)
-            if (p_in.kind, p_out.kind) != ("mlp_in", "mlp_out") or p_in.layer != p_out.layer:
-                raise ValueError(
-                    f"{hook_in} -> {hook_out} does not replace one MLP: joint splicing needs "
-                    "L<l>.mlp_in -> L<l>.mlp_out transcoders; splice it without --joint"
-                )
-            if p_in.layer in seen:
-                raise ValueError(
-                    f"two transcoders for layer {p_in.layer} ({seen[p_in.layer]} and {hook_in}): "
-                    "pass one per layer"
-                )
-            seen[p_in.layer] = hook_in
+    pairs = [pair for d in dictionaries for pair in _pairs(d)]
+
+    def resolve(hook: str) -> tuple[str, int]:
+        point = hook_point(model, hook)
+        return point.kind, point.layer
+
+    check_pairs(pairs, resolve)
     return transcoder_set(model, dictionaries)
 
 

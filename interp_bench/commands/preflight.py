@@ -146,6 +146,15 @@ def suggest_hook(raw: str) -> str | None:
     return None
 
 
+def hook_kind_layer(name: str) -> tuple[str, int] | None:
+    """(kind, layer) of an `L<layer>.<kind>` or transformer-lens hook name; None if neither."""
+    m = _SHORT.match(name.strip())
+    if m is not None and m.group(2) in KINDS:
+        return m.group(2), int(m.group(1))
+    short = suggest_hook(name) if name.strip().startswith("blocks.") else None
+    return None if short is None else hook_kind_layer(short)
+
+
 def hook_names(hooks: str | Iterable[str], facts: ModelFacts) -> list[str]:
     """Syntax (and, when the depth is known, range) of `L<layer>.<kind>` names, with a
     suggestion for transformer-lens names; the model-specific lookup happens after loading."""

@@ -85,6 +85,12 @@ def check_args(args: argparse.Namespace) -> tuple[str, Path]:
                 "--dictionary (run splice again for the others)"
             )
         args.joint = True
+    elif args.joint:  # the mix, from the saved hook names: before the model loads
+        from interp_bench.analysis.joint_pairs import check_pairs
+
+        own = [((c.get("metadata") or {}).get("interp_bench") or {}).get("config") or {}
+               for c in cfgs]  # fmt: skip
+        check_pairs([(o.get("hook_in", "?"), o.get("hook_out")) for o in own], pf.hook_kind_layer)
     name = args.model or pf.dictionary_model(cfgs[0]) or "smollm2-135m"
     facts = pf.model_facts(name)
     pf.fits_context(facts, args.context_len, "--context-len", "lower --context-len")
