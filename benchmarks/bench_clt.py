@@ -11,7 +11,10 @@ split (`joint_spliced_loss`, as `interp-bench splice --joint` computes it): ever
 replaced at once in one forward, by the trainer's folded dictionaries (input scale folded in,
 what `train` saves and the CLI loads). Clean, spliced and zero-/mean-ablated CE, CE loss
 recovered, KL(clean || spliced), and the error-added check (== clean) per arm; its FVU and L0
-are measured in the spliced forward, so they differ from the held-out FVU above.
+are measured in the spliced forward, so they differ from the held-out FVU above. Each arm runs
+about 5.5 full forwards per splice batch of 8 sequences (clean, spliced, zero, mean,
+error-added, and the mean pass up to the last layer): 102 s for both arms at `--splice-seqs 8`
+on 1 thread at load 4 on 2 cores, so the default 32 adds a few minutes.
 
 `--full-step` also times a few steps of the default CLT over all 30 layers of SmolLM2 (448
 latents per layer, the `default_width` budget) on random batches, with the process's peak RSS:
