@@ -6,12 +6,23 @@ forward of the embedded model per batch, kept in memory) in lock-step; only the 
 is timed. Held-out FVU per output layer on the eval split with the one evaluator
 (`evaluate` for the transcoders, `evaluate_crosslayer` for the CLT: the same `QualityMeter`).
 
+Then the joint spliced loss of each arm on `--splice-seqs` held-out sequences of the eval
+split (`joint_spliced_loss`, as `interp-bench splice --joint` computes it): every covered MLP
+replaced at once in one forward, by the trainer's folded dictionaries (input scale folded in,
+what `train` saves and the CLI loads). Clean, spliced and zero-/mean-ablated CE, CE loss
+recovered, KL(clean || spliced), and the error-added check (== clean) per arm; its FVU and L0
+are measured in the spliced forward, so they differ from the held-out FVU above. Each arm runs
+about 5.5 full forwards per splice batch of 8 sequences (clean, spliced, zero, mean,
+error-added, and the mean pass up to the last layer): 102 s for both arms at `--splice-seqs 8`
+on 1 thread at load 4 on 2 cores, so the default 32 adds a few minutes.
+
 `--full-step` also times a few steps of the default CLT over all 30 layers of SmolLM2 (448
 latents per layer, the `default_width` budget) on random batches, with the process's peak RSS:
 what "trains on 2 CPU cores" costs.
 
     python -m benchmarks.bench_clt                 # L12-15, 4x, ~10 min on 2 busy cores
     python -m benchmarks.bench_clt --quick         # smoke run
+    python -m benchmarks.bench_clt --splice-seqs 0 # no joint splice
 
 Prints a table and writes benchmarks/out/bench_clt.json.
 """
@@ -21,10 +32,12 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Mapping
 
 import torch
 
 from benchmarks.common import OUT, machine_info, machine_line, print_table, write_json
+from interp_bench.analysis.splice import SpliceResult, format_table
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionaries.crosslayer import (
     CrossLayerConfig,
@@ -42,6 +55,20 @@ def collect(model, tokens, hooks, batch_size: int) -> list[dict[str, torch.Tenso
 
     src = ModelBatches(model, tokens, hooks, batch_size, seed=0, device="cpu")
     return [{h: v.half() for h, v in b.items()} for b in src.batches(0)]
+
+
+def joint_splices(
+    model, trainers: Mapping[str, Trainer], tokens: torch.Tensor, batch_size: int
+) -> dict[str, SpliceResult]:
+    """Each arm's joint spliced loss on `tokens` (`[n_seq, ctx]`, BOS first), from its trainer's
+    folded dictionaries: the raw-activation weights `train` saves, not the scaled ones it trains."""
+    from interp_bench.analysis.joint_splice import joint_spliced_loss
+
+    return {
+        name: joint_spliced_loss(model, [d.eval() for d in trainer.folded()], tokens,
+                                 name=name, batch_size=batch_size)
+        for name, trainer in trainers.items()
+    }  # fmt: skip
 
 
 def full_step(steps: int, batch_size: int) -> dict:
@@ -119,6 +146,12 @@ def run(args) -> dict:
             "fvu_typical": [s.fvu_typical for s in stats], "l0": [s.l0 for s in stats],
             "dead": [s.dead_frac for s in stats], "eval_tokens": stats[0].tokens,
         }  # fmt: skip
+    if args.splice_seqs:
+        t0 = time.perf_counter()
+        spliced = joint_splices(model, arms, splits.eval[: args.splice_seqs], batch_size=8)
+        for name, r in spliced.items():
+            result["arms"][name]["splice"] = r.to_dict()
+        print(f"joint splice of both arms in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.full_step:
         result["full_30_layers"] = full_step(args.full_step, args.batch_size)
     return result
@@ -134,6 +167,11 @@ def print_result(r: dict) -> None:
         rows.append([name, a["tokens_per_s"], a["parameters"], *a["fvu"],
                      sum(a["fvu"]) / len(a["fvu"]), sum(a["l0"]), max(a["dead"])])  # fmt: skip
     print_table(cols, rows)
+    spliced = [SpliceResult(**a["splice"]) for a in r["arms"].values() if "splice" in a]
+    if spliced:
+        print(f"\njoint splice (every covered MLP at once), {spliced[0].n_tokens:,} held-out "
+              "predicted tokens; FVU and L0 in the spliced forward, mean over layers:")  # fmt: skip
+        print(format_table(spliced))
     if "full_30_layers" in r:
         f = r["full_30_layers"]
         print(f"full SmolLM2 CLT: {f['layers']} layers x {f['d_sae_per_layer']} latents, "
@@ -152,12 +190,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=2032, help="16 sequences of 127 tokens")
     p.add_argument("--train-seqs", type=int, default=768)
     p.add_argument("--eval-seqs", type=int, default=64)
+    p.add_argument("--splice-seqs", type=int, default=32, help="joint-splice sequences (0: off)")
     p.add_argument("--full-step", type=int, default=3, help="steps of the 30-layer CLT (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.train_seqs, args.eval_seqs, args.full_step = 4, 64, 32, 2
+        args.splice_seqs = min(args.splice_seqs, 8)
+    if args.splice_seqs < 0:
+        p.error(f"--splice-seqs must be >= 0 (0 skips the joint splice), got {args.splice_seqs}")
     r = run(args)
     print_result(r)
     write_json(OUT / "bench_clt.json", r)

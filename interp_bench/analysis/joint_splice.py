@@ -31,7 +31,6 @@ from interp_bench.analysis.joint_pairs import check_pairs
 from interp_bench.analysis.splice import (
     SpliceResult,
     _device,
-    _recovered,
     _Reference,
     _Stats,
     _token_bar,
@@ -220,7 +219,8 @@ def joint_spliced_loss(
     if len(mean_of) != len(points):
         raise ValueError("means lack some mlp_out hooks: compute them on the same model")
 
-    stats = {k: _Stats() for k in ("spliced", "zero", "mean", "error_added")}
+    variants = ("spliced", "zero", "mean") + (("error_added",) if error_added else ())
+    stats = {k: _Stats() for k in variants}
     meters = {layer: _LayerMeter() for layer in layers}
     clean_ce, n_pred = 0.0, 0
     t0 = time.perf_counter()
@@ -236,28 +236,16 @@ def joint_spliced_loss(
             exact = _error_added(_Replacement(tset, None))
             stats["error_added"].add(_forward(model, batch, points, exact), ref)
 
-    ce = {k: s.ce / n_pred for k, s in stats.items()}
-    kl = {k: s.kl / n_pred for k, s in stats.items()}
-    ce_clean = clean_ce / n_pred
     fvus = [meters[layer].fvu() for layer in layers]
     l0s = [meters[layer].l0 / meters[layer].n for layer in layers]
-    return SpliceResult(
+    return SpliceResult.from_totals(
+        stats,
+        clean_ce,
+        n_pred,
         name=name,
         hook_in=_span(layers, "mlp_in"),
         hook_out=_span(layers, "mlp_out"),
         splice_hook=_span(layers, "mlp_out"),
-        n_tokens=n_pred,
-        ce_clean=ce_clean,
-        ce_spliced=ce["spliced"],
-        ce_zero=ce["zero"],
-        ce_mean=ce["mean"],
-        ce_error_added=ce["error_added"] if error_added else None,
-        ce_recovered=_recovered(ce["zero"], ce["spliced"], ce_clean),
-        ce_recovered_vs_mean=_recovered(ce["mean"], ce["spliced"], ce_clean),
-        kl_spliced=kl["spliced"],
-        kl_zero=kl["zero"],
-        kl_mean=kl["mean"],
-        kl_error_added=kl["error_added"] if error_added else None,
         l0=sum(l0s) / len(l0s),
         fvu=sum(fvus) / len(fvus),
         extra={

@@ -72,6 +72,49 @@ class SpliceResult:
     fvu: float
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_totals(
+        cls,
+        totals: Mapping[str, _Stats],
+        clean_ce: float,
+        n_tokens: int,
+        *,
+        name: str,
+        hook_in: str,
+        hook_out: str | None,
+        splice_hook: str,
+        l0: float,
+        fvu: float,
+        extra: dict | None = None,
+    ) -> SpliceResult:
+        """From summed CE and KL over `n_tokens` predicted tokens: `totals` of the variants
+        "spliced", "zero", "mean" and, when the exactness check ran, "error_added"; `clean_ce`
+        of the clean forward. The one place the means and recovered fractions are computed."""
+        ce = {k: s.ce / n_tokens for k, s in totals.items()}
+        kl = {k: s.kl / n_tokens for k, s in totals.items()}
+        ce_clean = clean_ce / n_tokens
+        return cls(
+            name=name,
+            hook_in=hook_in,
+            hook_out=hook_out,
+            splice_hook=splice_hook,
+            n_tokens=n_tokens,
+            ce_clean=ce_clean,
+            ce_spliced=ce["spliced"],
+            ce_zero=ce["zero"],
+            ce_mean=ce["mean"],
+            ce_error_added=ce.get("error_added"),
+            ce_recovered=_recovered(ce["zero"], ce["spliced"], ce_clean),
+            ce_recovered_vs_mean=_recovered(ce["mean"], ce["spliced"], ce_clean),
+            kl_spliced=kl["spliced"],
+            kl_zero=kl["zero"],
+            kl_mean=kl["mean"],
+            kl_error_added=kl.get("error_added"),
+            l0=l0,
+            fvu=fvu,
+            extra=extra or {},
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -275,30 +318,20 @@ def spliced_loss(
 
     seconds = time.perf_counter() - t0
     quality = {name: meter.result() for name, meter in recon_stats.items()}
-    ce_clean = clean.ce / n_pred
     results = []
     for name, d, _, p_out in plan:
-        zero, mean = per_hook[p_out.short]["zero"], per_hook[p_out.short]["mean"]
-        spliced, exact = per_dict[name]["spliced"], per_dict[name]["error_added"]
-        ce = {k: s.ce / n_pred for k, s in [("s", spliced), ("z", zero), ("m", mean), ("e", exact)]}
+        totals = {**per_hook[p_out.short], "spliced": per_dict[name]["spliced"]}
+        if error_added:
+            totals["error_added"] = per_dict[name]["error_added"]
         results.append(
-            SpliceResult(
+            SpliceResult.from_totals(
+                totals,
+                clean.ce,
+                n_pred,
                 name=name,
                 hook_in=d.cfg.hook_in,
                 hook_out=d.cfg.hook_out,
                 splice_hook=p_out.short,
-                n_tokens=n_pred,
-                ce_clean=ce_clean,
-                ce_spliced=ce["s"],
-                ce_zero=ce["z"],
-                ce_mean=ce["m"],
-                ce_error_added=ce["e"] if error_added else None,
-                ce_recovered=_recovered(ce["z"], ce["s"], ce_clean),
-                ce_recovered_vs_mean=_recovered(ce["m"], ce["s"], ce_clean),
-                kl_spliced=spliced.kl / n_pred,
-                kl_zero=zero.kl / n_pred,
-                kl_mean=mean.kl / n_pred,
-                kl_error_added=exact.kl / n_pred if error_added else None,
                 l0=quality[name].l0,
                 fvu=quality[name].fvu,
                 extra={"seconds": seconds, "share_prefix": share_prefix},
