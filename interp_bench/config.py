@@ -133,6 +133,8 @@ class DictionaryConfig(_JsonMixin):
     (SAELens's 0.001 left thresholds far below the pre-activations for hundreds of steps)"""
     jumprelu_init_threshold: float = 0.5
     """jumprelu: initial threshold"""
+    jumprelu_threshold_lr: float = 1.0
+    """jumprelu: multiplier of the learning rate for the thresholds (stored as log_threshold)"""
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
@@ -183,6 +185,10 @@ class DictionaryConfig(_JsonMixin):
         _check(
             self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
             "jumprelu_bandwidth and jumprelu_init_threshold must be positive",
+        )
+        _check(
+            _finite(self.jumprelu_threshold_lr) and self.jumprelu_threshold_lr > 0,
+            f"jumprelu_threshold_lr must be positive and finite, got {self.jumprelu_threshold_lr}",
         )
         _check(
             self.revive in REVIVE,

@@ -4,7 +4,8 @@ An activation turns encoder pre-activations ``pre [B, d_sae]`` into latents. Eac
 is particular to it, so :class:`~interp_bench.dictionaries.dictionary.SparseDictionary` never
 asks which architecture it holds:
 
-- its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``);
+- its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``) and
+  the learning-rate multipliers they train at (``lr_scales``; :func:`param_groups`);
 - ``infer(pre)``: dense latents at inference, and ``threshold`` for the saved file;
 - ``train_forward(d, x, dead_mask)``: the training forward, returning :class:`Encoded`. TopK and
   BatchTopK decode through the active latents only (``interp_bench.dictionaries.topk``);
@@ -138,6 +139,10 @@ class Activation(nn.Module):
     def coefficient(self, warmup: float) -> float:
         """Sparsity coefficient at warm-up progress ``warmup`` (0 -> 1 over the warm-up)."""
         return 0.0
+
+    def lr_scales(self) -> dict[str, float]:
+        """Multipliers of the shared learning rate for some of its parameters (by name)."""
+        return {}
 
     def sparse(self, d_sae: int) -> bool:
         """Whether training (and TopK inference) decode through the active latents only."""
@@ -418,6 +423,9 @@ class JumpReLU(Activation):
     def coefficient(self, warmup: float) -> float:
         return self.cfg.l0_coefficient * min(1.0, warmup)
 
+    def lr_scales(self) -> dict[str, float]:
+        return {"log_threshold": self.cfg.jumprelu_threshold_lr}
+
     def infer(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.log_threshold.exp()).to(pre.dtype)
 
@@ -427,6 +435,24 @@ class JumpReLU(Activation):
     def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
         theta = self.log_threshold.exp()
         return StepFn.apply(pre, theta, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+
+
+def param_groups(module: nn.Module) -> list[dict[str, Any]]:
+    """Optimiser parameter groups of a dictionary: its parameters at the shared learning rate,
+    then one group per multiplier its activations ask for (``lr_scale``, which the trainer
+    applies). Every parameter keeps its place in ``parameters()`` order when the scaled ones come
+    last (activations are registered last), so one-group optimiser states still line up."""
+    scales = {
+        id(getattr(act, name)): scale
+        for act in module.modules()
+        if isinstance(act, Activation)
+        for name, scale in act.lr_scales().items()
+        if scale != 1.0
+    }
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for p in module.parameters():
+        groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr_scale": s} for s, ps in groups.items() if ps]
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {
