@@ -541,41 +541,54 @@ def test_train_config_refuses_bad_values(bad):
         TrainConfig(**bad)
 
 
-def jumprelu_cfg(threshold_lr: float) -> DictionaryConfig:
+def jumprelu_cfg(threshold_lr: float | None = None) -> DictionaryConfig:
     return DictionaryConfig(
         d_in=D, d_sae=64, arch="jumprelu", hook_in=HOOK, jumprelu_threshold_lr=threshold_lr
     )
+
+
+def threshold_group(t: Trainer) -> dict:
+    d, (opt,) = t.dicts[0], t.optims
+    (group,) = [g for g in opt.param_groups if any(p is d.act.log_threshold for p in g["params"])]
+    assert group["params"] == [d.act.log_threshold] and len(opt.param_groups) == 2
+    return group
 
 
 def test_jumprelu_thresholds_train_at_their_own_learning_rate():
     """The thresholds get lr x jumprelu_threshold_lr (warm-up and decay included); Adam's first
     step moves every parameter by about its lr, so the thresholds move 10x further."""
     t = Trainer([jumprelu_cfg(10.0)], tcfg(lr=1e-3, warmup_steps=0))
-    d = t.dicts[0]
-    before = d.act.log_threshold.detach().clone()
+    before = t.dicts[0].act.log_threshold.detach().clone()
     t.step(planted(1)[0])
-    (opt,) = t.optims
-    thr = next(g for g in opt.param_groups if any(p is d.act.log_threshold for p in g["params"]))
-    rest = [g for g in opt.param_groups if g is not thr]
-    assert thr["params"] == [d.act.log_threshold] and len(rest) == 1
-    assert thr["lr"] == pytest.approx(1e-2) and rest[0]["lr"] == pytest.approx(1e-3)
-    moved = (d.act.log_threshold.detach() - before).abs()
+    group = threshold_group(t)
+    (rest,) = [g for g in t.optims[0].param_groups if g is not group]
+    assert group["lr"] == pytest.approx(1e-2) and rest["lr"] == pytest.approx(1e-3)
+    moved = (t.dicts[0].act.log_threshold.detach() - before).abs()
     assert moved.max().item() == pytest.approx(1e-2, rel=0.01)
-    # One group when the multiplier is 1, as for every other architecture.
-    assert len(Trainer([jumprelu_cfg(1.0)], tcfg()).optims[0].param_groups) == 1
 
 
-@pytest.mark.parametrize("old,new", [(1.0, 10.0), (10.0, 1.0)])
-def test_optimizer_state_loads_across_the_threshold_group_split(old, new):
-    """A checkpoint whose optimiser had one group (before the split) resumes into two, and back:
-    every parameter gets its own Adam moments."""
+@pytest.mark.parametrize("steps,scale", [(40, 4 / (3e-3 * 40)), (4000, 1.0)])
+def test_jumprelu_threshold_lr_by_default_lets_thresholds_travel_e4(steps, scale):
+    """None: 4 / (lr x steps) of the run as the trainer counts it at its first step, at least 1
+    (the batch here is 128 rows, the config's batch_size 4096)."""
+    t = Trainer([jumprelu_cfg()], tcfg(lr=3e-3, tokens=128 * steps, batch_size=4096))
+    t.step(planted(1)[0])
+    assert threshold_group(t)["lr_scale"] == pytest.approx(scale)
+
+
+def test_one_group_optimizer_state_loads_into_the_threshold_group():
+    """A checkpoint from before the split (one group, same parameter order) resumes: every
+    parameter gets its own Adam moments back."""
     from interp_bench.training.trainer import load_optimizer
 
-    a, b = Trainer([jumprelu_cfg(old)], tcfg()), Trainer([jumprelu_cfg(new)], tcfg())
+    a, b = Trainer([jumprelu_cfg()], tcfg()), Trainer([jumprelu_cfg()], tcfg())
     a.step(planted(1)[0])
+    old = a.optims[0].state_dict()
+    ids = [i for g in old["param_groups"] for i in g["params"]]
+    old["param_groups"] = [{**old["param_groups"][0], "params": ids}]
     b.dicts[0].load_state_dict(a.dicts[0].state_dict())
-    load_optimizer(b.optims[0], a.optims[0].state_dict())
-    assert len(b.optims[0].param_groups) != len(a.optims[0].param_groups)
+    load_optimizer(b.optims[0], old)
+    threshold_group(b)
     for (name, pa), pb in zip(a.dicts[0].named_parameters(), b.dicts[0].parameters(), strict=True):
         sa, sb = a.optims[0].state[pa], b.optims[0].state[pb]
         torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], msg=name)

@@ -111,9 +111,10 @@ class Trainer:
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
         self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
+        steps = train_cfg.schedule().total_steps  # refreshed at the first step (its batch size)
         self.optims = [
             torch.optim.Adam(
-                param_groups(d),
+                param_groups(d, lr, steps),
                 lr=lr,
                 betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
                 eps=train_cfg.adam_eps,
@@ -163,6 +164,9 @@ class Trainer:
             # The lr rule counts the steps the run really takes (all ranks' tokens per step).
             steps = self.schedule.total_steps
             self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
+            for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
+                for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
+                    g["lr_scale"] = new["lr_scale"]
         sched = self.schedule
         if tc.weight_average > 0 and self.averages is None:
             self.averages = [averaging.start_average(d) for d in self.dicts]
