@@ -594,3 +594,15 @@ def test_one_group_optimizer_state_loads_into_the_threshold_group():
         torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], msg=name)
         torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], msg=name)
     b.step(planted(2)[1])  # and it trains on
+
+
+def test_jumprelu_resume_equals_a_straight_run(tmp_path):
+    """The thresholds' group and its multiplier survive a checkpoint: same weights as straight."""
+    data, cfgs = planted(12), [jumprelu_cfg()]
+    tc = tcfg(tokens=128 * 20, checkpoint_every=7)
+    straight = Trainer(cfgs, tc, out_dir=tmp_path / "a").fit(data)
+    with pytest.raises(Crash):
+        Trainer(cfgs, tc, out_dir=tmp_path / "b").fit(CrashAfter(data, 16))
+    resumed = Trainer(cfgs, tc, out_dir=tmp_path / "b")
+    assert_same(weights(straight), weights(resumed.fit(data)))
+    assert threshold_group(resumed)["lr_scale"] == pytest.approx(4 / (3e-3 * 20))

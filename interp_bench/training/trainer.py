@@ -601,10 +601,10 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     ids = [i for g in saved for i in g["params"]]
     sizes = [len(g["params"]) for g in opt.param_groups]
     if [len(g["params"]) for g in saved] != sizes and len(ids) == sum(sizes):
-        starts = list(itertools.accumulate(sizes, initial=0))
+        bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
         groups = [
             {**saved[0], "lr_scale": g.get("lr_scale", 1.0), "params": ids[a:b]}
-            for g, a, b in zip(opt.param_groups, starts, starts[1:], strict=False)
+            for g, (a, b) in zip(opt.param_groups, bounds, strict=True)
         ]
         state = {**state, "param_groups": groups}
     opt.load_state_dict(state)
