@@ -139,9 +139,9 @@ class DictionaryConfig(_JsonMixin):
     whatever its gradient, so at the shared lr (1.9e-3 at 8x) a threshold moves at most x1.5 in
     200 steps and the L0 coefficient hardly changes L0 (77-89 for coefficients 0.3-7,200 on
     SmolLM2 L9); None lets it move e^4 over any run: 10.6 in 200 steps at 8x, where L0 follows
-    the coefficient (L9: 60 / 24 / 11 at 0.3 / 1 / 4; L15: 70 / 24 at 0.3 / 1), and 1 (the
-    shared lr, as SAELens's trainer) from ~2,100 steps, since 10 in a long run cost FVU
-    (planted data, 1,600 steps; RESULTS.md, "JumpReLU thresholds' learning rate")"""
+    the coefficient (L9: 60 / 35 / 24 / 11 at 0.3 / 0.6 / 1 / 4; L15: 70 / 24 at 0.3 / 1),
+    and 1 (the shared lr, as SAELens's trainer) from ~2,100 steps, since 10 in a long run cost
+    FVU (planted data, 1,600 steps; RESULTS.md, "JumpReLU thresholds' learning rate")"""
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
