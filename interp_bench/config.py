@@ -133,6 +133,15 @@ class DictionaryConfig(_JsonMixin):
     (SAELens's 0.001 left thresholds far below the pre-activations for hundreds of steps)"""
     jumprelu_init_threshold: float = 0.5
     """jumprelu: initial threshold"""
+    jumprelu_threshold_lr: float | None = None
+    """jumprelu: multiplier of the learning rate for the thresholds (trained as log_threshold);
+    None = 4 / (lr x steps), at least 1. Adam moves a parameter by about its lr per step
+    whatever its gradient, so at the shared lr (1.9e-3 at 8x) a threshold moves at most x1.5 in
+    200 steps and the L0 coefficient hardly changes L0 (77-89 for coefficients 0.3-7,200 on
+    SmolLM2 L9); None lets it move e^4 over any run: 10.6 in 200 steps at 8x, where L0 follows
+    the coefficient (L9: 60 / 35 / 24 / 11 at 0.3 / 0.6 / 1 / 4; L15: 70 / 24 at 0.3 / 1),
+    and 1 (the shared lr, as SAELens's trainer) from ~2,100 steps, since 10 in a long run cost
+    FVU (planted data, 1,600 steps; RESULTS.md, "JumpReLU thresholds' learning rate")"""
 
     def __post_init__(self) -> None:
         _check(self.arch in ARCHS, f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
@@ -183,6 +192,11 @@ class DictionaryConfig(_JsonMixin):
         _check(
             self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
             "jumprelu_bandwidth and jumprelu_init_threshold must be positive",
+        )
+        _check(
+            self.jumprelu_threshold_lr is None
+            or (_finite(self.jumprelu_threshold_lr) and self.jumprelu_threshold_lr > 0),
+            f"jumprelu_threshold_lr must be positive and finite, got {self.jumprelu_threshold_lr}",
         )
         _check(
             self.revive in REVIVE,

@@ -115,6 +115,12 @@ def test_jumprelu_l0_penalty_pushes_thresholds_up():
     assert (m.act.log_threshold.grad <= 0).all() and (m.act.log_threshold.grad < 0).any()
 
 
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])
+def test_jumprelu_threshold_lr_must_be_positive(bad):
+    with pytest.raises(ValueError, match="jumprelu_threshold_lr must be positive"):
+        DictionaryConfig(8, 32, arch="jumprelu", jumprelu_threshold_lr=bad)
+
+
 def test_batchtopk_threshold_and_inference():
     torch.manual_seed(0)
     cfg = DictionaryConfig(16, 64, arch="batchtopk", k=4, threshold_ema=0.0)

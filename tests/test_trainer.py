@@ -539,3 +539,70 @@ def test_schedule_scales_with_the_run():
 def test_train_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TrainConfig(**bad)
+
+
+def jumprelu_cfg(threshold_lr: float | None = None) -> DictionaryConfig:
+    return DictionaryConfig(
+        d_in=D, d_sae=64, arch="jumprelu", hook_in=HOOK, jumprelu_threshold_lr=threshold_lr
+    )
+
+
+def threshold_group(t: Trainer) -> dict:
+    d, (opt,) = t.dicts[0], t.optims
+    (group,) = [g for g in opt.param_groups if any(p is d.act.log_threshold for p in g["params"])]
+    assert group["params"] == [d.act.log_threshold] and len(opt.param_groups) == 2
+    return group
+
+
+def test_jumprelu_thresholds_train_at_their_own_learning_rate():
+    """The thresholds get lr x jumprelu_threshold_lr (warm-up and decay included); Adam's first
+    step moves every parameter by about its lr, so the thresholds move 10x further."""
+    t = Trainer([jumprelu_cfg(10.0)], tcfg(lr=1e-3, warmup_steps=0))
+    before = t.dicts[0].act.log_threshold.detach().clone()
+    t.step(planted(1)[0])
+    group = threshold_group(t)
+    (rest,) = [g for g in t.optims[0].param_groups if g is not group]
+    assert group["lr"] == pytest.approx(1e-2) and rest["lr"] == pytest.approx(1e-3)
+    moved = (t.dicts[0].act.log_threshold.detach() - before).abs()
+    assert moved.max().item() == pytest.approx(1e-2, rel=0.01)
+
+
+@pytest.mark.parametrize("steps,scale", [(40, 4 / (3e-3 * 40)), (4000, 1.0)])
+def test_jumprelu_threshold_lr_by_default_lets_thresholds_travel_e4(steps, scale):
+    """None: 4 / (lr x steps) of the run as the trainer counts it at its first step, at least 1
+    (the batch here is 128 rows, the config's batch_size 4096)."""
+    t = Trainer([jumprelu_cfg()], tcfg(lr=3e-3, tokens=128 * steps, batch_size=4096))
+    t.step(planted(1)[0])
+    assert threshold_group(t)["lr_scale"] == pytest.approx(scale)
+
+
+def test_one_group_optimizer_state_loads_into_the_threshold_group():
+    """A checkpoint from before the split (one group, same parameter order) resumes: every
+    parameter gets its own Adam moments back."""
+    from interp_bench.training.trainer import load_optimizer
+
+    a, b = Trainer([jumprelu_cfg()], tcfg()), Trainer([jumprelu_cfg()], tcfg())
+    a.step(planted(1)[0])
+    old = a.optims[0].state_dict()
+    ids = [i for g in old["param_groups"] for i in g["params"]]
+    old["param_groups"] = [{**old["param_groups"][0], "params": ids}]
+    b.dicts[0].load_state_dict(a.dicts[0].state_dict())
+    load_optimizer(b.optims[0], old)
+    threshold_group(b)
+    for (name, pa), pb in zip(a.dicts[0].named_parameters(), b.dicts[0].parameters(), strict=True):
+        sa, sb = a.optims[0].state[pa], b.optims[0].state[pb]
+        torch.testing.assert_close(sa["exp_avg"], sb["exp_avg"], msg=name)
+        torch.testing.assert_close(sa["exp_avg_sq"], sb["exp_avg_sq"], msg=name)
+    b.step(planted(2)[1])  # and it trains on
+
+
+def test_jumprelu_resume_equals_a_straight_run(tmp_path):
+    """The thresholds' group and its multiplier survive a checkpoint: same weights as straight."""
+    data, cfgs = planted(12), [jumprelu_cfg()]
+    tc = tcfg(tokens=128 * 20, checkpoint_every=7)
+    straight = Trainer(cfgs, tc, out_dir=tmp_path / "a").fit(data)
+    with pytest.raises(Crash):
+        Trainer(cfgs, tc, out_dir=tmp_path / "b").fit(CrashAfter(data, 16))
+    resumed = Trainer(cfgs, tc, out_dir=tmp_path / "b")
+    assert_same(weights(straight), weights(resumed.fit(data)))
+    assert threshold_group(resumed)["lr_scale"] == pytest.approx(4 / (3e-3 * 20))

@@ -4,7 +4,8 @@ An activation turns encoder pre-activations ``pre [B, d_sae]`` into latents. Eac
 is particular to it, so :class:`~interp_bench.dictionaries.dictionary.SparseDictionary` never
 asks which architecture it holds:
 
-- its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``);
+- its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``) and
+  the learning-rate multipliers they train at (``lr_scales``; :func:`param_groups`);
 - ``infer(pre)``: dense latents at inference, and ``threshold`` for the saved file;
 - ``train_forward(d, x, dead_mask)``: the training forward, returning :class:`Encoded`. TopK and
   BatchTopK decode through the active latents only (``interp_bench.dictionaries.topk``);
@@ -138,6 +139,11 @@ class Activation(nn.Module):
     def coefficient(self, warmup: float) -> float:
         """Sparsity coefficient at warm-up progress ``warmup`` (0 -> 1 over the warm-up)."""
         return 0.0
+
+    def lr_scales(self, lr: float, steps: int) -> dict[str, float]:
+        """Multipliers of the shared learning rate ``lr`` for some of its parameters (by name),
+        in a run of ``steps`` optimiser steps."""
+        return {}
 
     def sparse(self, d_sae: int) -> bool:
         """Whether training (and TopK inference) decode through the active latents only."""
@@ -396,6 +402,11 @@ class BatchTopK(Activation):
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 
+# Log-space distance the default JumpReLU threshold learning rate lets a threshold travel in a
+# run (jumprelu_threshold_lr None): e^4 = 55x its start.
+THRESHOLD_TRAVEL = 4.0
+
+
 class JumpReLU(Activation):
     """Per-latent thresholds trained by straight-through estimators, L0 penalty (Rajamanoharan
     et al. 2024). Thresholds are stored as ``log_threshold`` so they stay positive."""
@@ -418,6 +429,14 @@ class JumpReLU(Activation):
     def coefficient(self, warmup: float) -> float:
         return self.cfg.l0_coefficient * min(1.0, warmup)
 
+    def lr_scales(self, lr: float, steps: int) -> dict[str, float]:
+        """``jumprelu_threshold_lr``, or (None) enough for Adam, whose steps are about the lr
+        whatever the gradient, to move a threshold by a factor e^THRESHOLD_TRAVEL over the run."""
+        scale = self.cfg.jumprelu_threshold_lr
+        if scale is None:
+            scale = max(1.0, THRESHOLD_TRAVEL / max(lr * steps, 1e-12))
+        return {"log_threshold": scale}
+
     def infer(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.log_threshold.exp()).to(pre.dtype)
 
@@ -427,6 +446,26 @@ class JumpReLU(Activation):
     def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
         theta = self.log_threshold.exp()
         return StepFn.apply(pre, theta, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+
+
+def param_groups(module: nn.Module, lr: float, steps: int) -> list[dict[str, Any]]:
+    """Optimiser parameter groups of a dictionary for a run of ``steps`` at ``lr``: its
+    parameters at the shared learning rate, then one group per parameter name its activations
+    scale (``lr_scale``, which the trainer applies). The groups do not depend on the values, so
+    the trainer can refresh them once the run's length is known. Every parameter keeps its
+    place in ``parameters()`` order (activations are registered last), so one-group optimiser
+    states line up."""
+    scaled = {
+        id(getattr(act, name)): (name, scale)
+        for act in module.modules()
+        if isinstance(act, Activation)
+        for name, scale in act.lr_scales(lr, steps).items()
+    }
+    groups: dict[str, dict[str, Any]] = {"": {"params": [], "lr_scale": 1.0}}
+    for p in module.parameters():
+        name, scale = scaled.get(id(p), ("", 1.0))
+        groups.setdefault(name, {"params": [], "lr_scale": scale})["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {

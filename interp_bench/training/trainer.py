@@ -27,6 +27,7 @@ import torch
 from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
+from interp_bench.dictionaries.activations import param_groups
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import averaging, ddp, guards
 from interp_bench.training import checkpoint as ckpt
@@ -110,9 +111,10 @@ class Trainer:
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
         self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
+        steps = train_cfg.schedule().total_steps  # refreshed at the first step (its batch size)
         self.optims = [
             torch.optim.Adam(
-                d.parameters(),
+                param_groups(d, lr, steps),
                 lr=lr,
                 betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
                 eps=train_cfg.adam_eps,
@@ -162,6 +164,9 @@ class Trainer:
             # The lr rule counts the steps the run really takes (all ranks' tokens per step).
             steps = self.schedule.total_steps
             self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
+            for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
+                for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
+                    g["lr_scale"] = new["lr_scale"]
         sched = self.schedule
         if tc.weight_average > 0 and self.averages is None:
             self.averages = [averaging.start_average(d) for d in self.dicts]
@@ -209,7 +214,7 @@ class Trainer:
 
         for i, (d, opt) in enumerate(zip(self.dicts, self.optims, strict=True)):
             for g in opt.param_groups:
-                g["lr"] = self.lrs[i] * factor
+                g["lr"] = self.lrs[i] * factor * g.get("lr_scale", 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             d.post_step()  # unit-norm decoders: renormalise rows
@@ -354,7 +359,7 @@ class Trainer:
         for i, run in enumerate(self._run_dirs()):
             state = ckpt.read(run / "checkpoint", step, map_location=self.device)
             self.dicts[i].load_state_dict(state["model"])
-            self.optims[i].load_state_dict(state["optim"])
+            load_optimizer(self.optims[i], state["optim"])
             self.since_fired[i].copy_(state["since_fired"])
             self.fire_counts[i].copy_(state["fire_counts"])
             if "average" in state and self.train_cfg.weight_average > 0:
@@ -586,6 +591,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by the kill
     path.write_text("".join(line + "\n" for line in keep))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load ``state`` into ``opt``, regrouped as ``opt`` groups its parameters when only the
+    grouping differs (a checkpoint from before an activation's ``lr_scales`` split its
+    thresholds into a group of their own): the parameters keep their order either way."""
+    saved = state["param_groups"]
+    ids = [i for g in saved for i in g["params"]]
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    if [len(g["params"]) for g in saved] != sizes and len(ids) == sum(sizes):
+        bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
+        groups = [
+            {**saved[0], "lr_scale": g.get("lr_scale", 1.0), "params": ids[a:b]}
+            for g, (a, b) in zip(opt.param_groups, bounds, strict=True)
+        ]
+        state = {**state, "param_groups": groups}
+    opt.load_state_dict(state)
 
 
 def check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
