@@ -59,8 +59,10 @@ SWEPT = ("jumprelu/ours", "jumprelu/sae_lens", "relu/ours", "relu/sae_lens")
 # First-round coefficients, from each trainer's default (ours: L0 100-135 at L15 in 48 steps,
 # bench_train) towards sparser. Ours normalise inputs (one scale fits every hook); SAELens
 # trains on raw activations (dense after 48 steps at its defaults), so its pair is wider apart.
+# Ours' JumpReLU: L0 ~60 / ~24 at 0.3 / 1 in 200 steps of 1,024 on L9 once its thresholds got
+# their own lr (RESULTS.md, "JumpReLU thresholds' learning rate"); 2 and 8 now land below 20.
 START = {
-    "jumprelu/ours": (2.0, 8.0),
+    "jumprelu/ours": (0.3, 1.0),
     "relu/ours": (5.0, 20.0),
     "jumprelu/sae_lens": (1.0, 30.0),
     "relu/sae_lens": (3.0, 30.0),
