@@ -1,6 +1,7 @@
 """Training throughput and quality: our trainer against SAELens and EleutherAI sparsify.
 
-Every trainer is fed the same activation batches in the same order, in lock-step: for each batch
+Every trainer is fed the same activation batches in the same order, in lock-step
+(`benchmarks.lockstep`, shared with bench_transcoder, quality_grid and frontier): for each batch
 each trainer takes one step (the order rotates every step) and only the step itself is timed, so
 load from other processes on a shared machine hits every trainer alike. A plain matmul of the
 encoder's shape is timed in the same rotation, as the machine's reference speed.
@@ -23,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,10 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import OUT, machine_info, machine_line, print_table, write_json
+from benchmarks.lockstep import PeerSAE, eval_dictionary, train_lockstep
 from benchmarks.peers import ARCHS, SAELensPeer, SparsifyPeer
 from interp_bench.dictionaries import SparseDictionary, evaluate
-from interp_bench.dictionaries.evaluate import OUTLIER_NORM
+from interp_bench.dictionaries.evaluate import OUTLIER_NORM, EvalStats
 
 HOOK = "L15.resid_post"
 CACHE_EVAL_TOKENS = 32768  # held-out tokens cached once (BOS rows are skipped when read)
@@ -78,13 +80,12 @@ class OursAdapter:
         self.trainer = Trainer([cfg], train_cfg, device="cpu")
         self.config = {"dictionary": cfg.to_dict(), "train": train_cfg.to_dict()}
 
-    def step(self, x: Tensor) -> None:
-        self.trainer.step({HOOK: x})
+    def step(self, batch: dict[str, Tensor]) -> None:
+        self.trainer.step({HOOK: batch[HOOK]})
 
-    @contextmanager
-    def dictionary(self) -> Iterator[SparseDictionary]:
+    def dictionary(self) -> SparseDictionary:
         """A copy acting on raw activations (input scale folded in), as it would be saved."""
-        yield self.trainer.folded()[0].eval()
+        return self.trainer.folded()[0].eval()
 
 
 class MatmulProbe:
@@ -95,19 +96,20 @@ class MatmulProbe:
     def __init__(self, d_in: int, d_sae: int):
         self.w = torch.randn(d_in, d_sae) / math.sqrt(d_in)
 
-    def step(self, x: Tensor) -> None:
-        x @ self.w
+    def step(self, batch: dict[str, Tensor]) -> None:
+        batch[HOOK] @ self.w
 
 
 def make_trainer(who: str, arch: str, d_in: int, d_sae: int, args, tokens: int):
     if who == "ours":
         return OursAdapter(arch, d_in, d_sae, k=args.k, batch_size=args.batch_size, tokens=tokens)
     if who == "sae_lens":
-        return SAELensPeer(
+        peer = SAELensPeer(
             arch, d_in, d_sae, k=args.k, batch_size=args.batch_size, total_tokens=tokens
         )
+        return PeerSAE(peer, HOOK)
     if who == "sparsify":
-        return SparsifyPeer(d_in, d_sae, k=args.k, batch_size=args.batch_size)
+        return PeerSAE(SparsifyPeer(d_in, d_sae, k=args.k, batch_size=args.batch_size), HOOK)
     raise ValueError(who)
 
 
@@ -218,28 +220,37 @@ def cache_shakespeare(root: Path, train_tokens: int, eval_tokens: int) -> None:
 # ---- measuring --------------------------------------------------------------------------------
 
 
-def train_row(trainers: dict, batches: Iterator[Tensor], steps: int, log_every: int) -> dict:
-    """Step every trainer on each batch; the order rotates so none always runs first."""
+def train_row(trainers: dict, data: Data, steps: int, batch_size: int, log_every: int) -> dict:
+    """Step every trainer on each batch in lock-step (`benchmarks.lockstep`: the order rotates
+    so none always runs first), then measure each dictionary on the held-out set; the matmul
+    probe is only timed."""
     names = list(trainers)
-    seconds = dict.fromkeys(names, 0.0)
     step_times: dict[str, list[float]] = {n: [] for n in names}
+    before = dict.fromkeys(names, 0.0)
+    wall = {"s": 0.0}
+
+    def after_step(done: int, seconds: dict[str, float]) -> None:
+        for n in names:
+            step_times[n].append(seconds[n] - before[n])
+            before[n] = seconds[n]
+        wall["s"] = time.perf_counter() - t_row
+        if log_every and (done % log_every == 0 or done == steps):
+            rate = "  ".join(f"{n} {done * batch_size / seconds[n]:,.0f} tok/s" for n in names)
+            print(f"  step {done}/{steps}  {rate}", flush=True)
+
+    typical_norm = massive_activations(data.eval)["typical_norm"]
+    probes = [n for n, t in trainers.items() if isinstance(t, MatmulProbe)]
+    batches = ({HOOK: x} for x in data.train())
     t_row = time.perf_counter()
-    for i in range(steps):
-        x = next(batches)
-        for j in range(len(names)):
-            n = names[(i + j) % len(names)]
-            t0 = time.perf_counter()
-            trainers[n].step(x)
-            dt = time.perf_counter() - t0
-            seconds[n] += dt
-            step_times[n].append(dt)
-        if log_every and ((i + 1) % log_every == 0 or i + 1 == steps):
-            rate = "  ".join(f"{n} {(i + 1) * x.shape[0] / seconds[n]:,.0f} tok/s" for n in names)
-            print(f"  step {i + 1}/{steps}  {rate}", flush=True)
+    trained = train_lockstep(
+        trainers, batches, steps, eval_batches(data.eval, [HOOK]), HOOK,
+        typical_norm=typical_norm, after_step=after_step, timed_only=probes,
+    )  # fmt: skip
     return {
-        "seconds": seconds,
+        "seconds": trained.seconds,
         "median_step_s": {n: sorted(t)[len(t) // 2] for n, t in step_times.items()},
-        "wall_s": time.perf_counter() - t_row,
+        "wall_s": wall["s"],
+        "quality": {n: row_stats(s) for n, s in trained.stats.items()},
     }
 
 
@@ -260,23 +271,31 @@ def massive_activations(x_eval: Tensor) -> dict:
     }
 
 
+def eval_batches(x_eval: Tensor, hooks, batch_size: int = 4096) -> Iterator[dict[str, Tensor]]:
+    """``x_eval`` in batches, under every hook in ``hooks`` (each dictionary reads its own)."""
+    for s in range(0, len(x_eval), batch_size):
+        yield dict.fromkeys(hooks, x_eval[s : s + batch_size])
+
+
+def row_stats(s: EvalStats) -> dict:
+    """The held-out fields a row reports."""
+    keys = ("fvu", "fvu_typical", "outlier_tokens", "l0", "dead_frac")
+    return {**{k: getattr(s, k) for k in keys}, "eval_tokens": s.tokens}
+
+
 def held_out(dicts: list, x_eval: Tensor, batch_size: int = 4096) -> list[dict]:
     """Each dictionary's quality on ``x_eval`` (every one reads it as its ``cfg.hook_in``), one
     pass, by `interp_bench.dictionaries.evaluate`; the typical-token threshold is taken over the
     whole held-out set, not its first batch, so ``fvu_typical`` does not depend on batching."""
-    hooks = {d.cfg.hook_in for d in dicts}
-    batches = (
-        dict.fromkeys(hooks, x_eval[s : s + batch_size]) for s in range(0, len(x_eval), batch_size)
-    )
+    batches = eval_batches(x_eval, {d.cfg.hook_in for d in dicts}, batch_size)
     stats = evaluate(dicts, batches, typical_norm=massive_activations(x_eval)["typical_norm"])
-    keys = ("fvu", "fvu_typical", "outlier_tokens", "l0", "dead_frac")
-    return [{**{k: getattr(s, k) for k in keys}, "eval_tokens": s.tokens} for s in stats]
+    return [row_stats(s) for s in stats]
 
 
 def quality(trainers: dict, x_eval: Tensor) -> dict[str, dict]:
     """Held-out quality of every trainer's dictionary (ours and peers alike), in one pass."""
     with ExitStack() as stack:
-        dicts = [stack.enter_context(t.dictionary()) for t in trainers.values()]
+        dicts = [stack.enter_context(eval_dictionary(t, HOOK)) for t in trainers.values()]
         return dict(zip(trainers, held_out(dicts, x_eval), strict=True))
 
 
@@ -373,16 +392,15 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\n[{arch}] {steps} steps x {args.batch_size} tokens, d_sae {d_sae}", flush=True)
         trainers = {w: make_trainer(w, arch, d_in, d_sae, args, tokens) for w in ROW_TRAINERS[arch]}
         trainers["matmul"] = MatmulProbe(d_in, d_sae)
-        timing = train_row(trainers, data.train(), steps, log_every=max(1, steps // 5))
+        timing = train_row(trainers, data, steps, args.batch_size, log_every=max(1, steps // 5))
         mm = timing["median_step_s"]["matmul"]
         mm_gflops = 2 * args.batch_size * d_in * d_sae / mm / 1e9
         flops = flops_per_step(arch, args.batch_size, d_in, d_sae, args.k)
         epochs = tokens / data.train_tokens_available if data.train_tokens_available > 0 else None
         row = {"arch": arch, "tokens": tokens, "steps": steps, "epochs": epochs,
                "wall_s": timing["wall_s"], "matmul_gflops": mm_gflops, "trainers": {}}  # fmt: skip
-        evals = quality({w: trainers[w] for w in ROW_TRAINERS[arch]}, data.eval)
-        for who, ev in evals.items():
-            t = trainers[who]
+        for who, ev in timing["quality"].items():
+            t = trainers[who].peer if isinstance(trainers[who], PeerSAE) else trainers[who]
             secs = timing["seconds"][who]
             row["trainers"][who] = {
                 "tokens_per_s": tokens / secs,

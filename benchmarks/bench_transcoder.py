@@ -1,10 +1,10 @@
 """Transcoders (L15 mlp_in -> mlp_out, TopK k=32, 8x): ours against eai-sparsify's transcoder mode.
 
 Every trainer gets the same cached batches of the embedded SmolLM2 in the same order, in
-lock-step (the order rotates every step; only the step itself is timed), so load from other
-processes hits each trainer alike. Rows: sparsify (`transcode=True`, its defaults, stepped as its
-`Trainer.fit` hook steps a transcoder), our trainer under each dead-latent remedy
-(`DictionaryConfig.revive`) and dead-window length, and the skip transcoder of both.
+lock-step (`benchmarks.lockstep`: the order rotates every step; only the step itself is timed),
+so load from other processes hits each trainer alike. Rows: sparsify (`transcode=True`, its
+defaults, stepped as its `Trainer.fit` hook steps a transcoder), our trainer under each dead-latent
+remedy (`DictionaryConfig.revive`) and dead-window length, and the skip transcoder of both.
 
 Quality on held-out activations (the eval split, same evaluator for every row:
 `interp_bench.dictionaries.evaluate`): FVU of mlp_out, L0, never-firing fraction; and CE loss
@@ -26,15 +26,15 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from benchmarks.lockstep import train_lockstep
 from interp_bench.config import DictionaryConfig, TrainConfig
 from interp_bench.dictionaries import SparseDictionary
-from interp_bench.dictionaries.evaluate import evaluate
+from interp_bench.dictionaries.evaluate import EvalStats
 from interp_bench.training.trainer import Trainer
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -220,32 +220,34 @@ def run(args) -> dict:
     rows = [r for r in rows if not args.only or r[0] in args.only.split(";")]
     trainers = {label: make() for label, make in rows}
     steps = args.tokens // args.batch_size
-    seconds = dict.fromkeys(trainers, 0.0)
-    batches = train_batches(root, args.batch_size, args.seed)
-    load = [os.getloadavg()[0]]
-    names = list(trainers)
-    for i in range(steps):
-        batch = next(batches)
-        for j in range(len(names)):
-            n = names[(i + j) % len(names)]
-            t0 = time.perf_counter()
-            trainers[n].step(batch)
-            seconds[n] += time.perf_counter() - t0
-        if (i + 1) % max(1, steps // 8) == 0:
+    load: list[float] = []
+
+    def progress(done: int, seconds: dict[str, float]) -> None:
+        if done % max(1, steps // 8) == 0:
             load.append(os.getloadavg()[0])
-            print(f"step {i + 1}/{steps} load {load[-1]:.1f}", flush=True)
-    dicts = {n: t.dictionary() for n, t in trainers.items()}
-    stats = evaluate(list(dicts.values()), ev)
+            print(f"step {done}/{steps} load {load[-1]:.1f}", flush=True)
+
+    dicts: dict[str, SparseDictionary] = {}
+
+    def keep(evaluated: dict[str, SparseDictionary], stats: dict[str, EvalStats]) -> None:
+        dicts.update(evaluated)  # copies of the weights (ours folded, sparsify's average)
+
+    batches = train_batches(root, args.batch_size, args.seed)
+    trained = train_lockstep(
+        trainers, batches, steps, ev, HOOK_IN, typical_norm=None, after_step=progress,
+        after_eval=keep,
+    )  # fmt: skip
     from activation_cache.reader import ActivationReader
 
     available = ActivationReader(root / "train", HOOKS, args.batch_size, prefetch=False).n_tokens
-    result = {"rows": {}, "config": vars(args), "load": load, "steps": steps,
-              "train_tokens_available": available, "eval_tokens": stats[0].tokens}  # fmt: skip
-    for (n, t), s in zip(trainers.items(), stats, strict=True):
+    eval_tokens = next(iter(trained.stats.values())).tokens
+    result = {"rows": {}, "config": vars(args), "load": [trained.load[0], *load], "steps": steps,
+              "train_tokens_available": available, "eval_tokens": eval_tokens}  # fmt: skip
+    for n, t in trainers.items():
         result["rows"][n] = {
-            "tokens_per_s": steps * args.batch_size / seconds[n],
-            **s.to_dict(),
-            "dead_never_positive": never_positive(dicts[n], ev, s.density),
+            "tokens_per_s": steps * args.batch_size / trained.seconds[n],
+            **trained.stats[n].to_dict(),
+            "dead_never_positive": never_positive(dicts[n], ev, trained.stats[n].density),
             "config": t.config,
         }
     if args.splice_seqs:

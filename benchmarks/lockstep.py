@@ -1,15 +1,16 @@
 """Several trainers on the same batches in lock-step, then measured on one held-out pass.
 
-Shared by ``quality_grid`` (one cell) and ``frontier`` (one sweep round). Each step feeds one
-batch to every trainer, starting from a different trainer each step so none always runs first
-(on a warm or cold cache), and times each trainer's steps on their own.
+Shared by ``quality_grid`` (one cell), ``frontier`` (one sweep round), ``bench_train`` (one row;
+``seeds_train`` one seed) and ``bench_transcoder``. Each step feeds one batch to every trainer,
+starting from a different trainer each step so none always runs first (on a warm or cold cache),
+and times each trainer's steps on their own.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple
 
@@ -43,7 +44,7 @@ def eval_dictionary(trainer, hook: str) -> Iterator:
 
 
 class Lockstep(NamedTuple):
-    stats: dict[str, EvalStats]  # held-out quality per trainer
+    stats: dict[str, EvalStats]  # held-out quality per trainer (not the timed_only ones)
     seconds: dict[str, float]  # time spent in each trainer's steps
     load: list[float]  # 1-minute load average before training and after evaluation
 
@@ -55,12 +56,17 @@ def train_lockstep(
     held_out: Iterable[dict[str, Tensor]],
     hook: str,
     *,
-    typical_norm: float,
+    typical_norm: float | None,
     after_step: Callable[[int, dict[str, float]], None] | None = None,
+    timed_only: Collection[str] = (),
+    after_eval: Callable[[dict[str, Any], dict[str, EvalStats]], None] | None = None,
 ) -> Lockstep:
     """Take ``steps`` batches, each stepped by every trainer (rotating order); ``after_step(done,
     seconds)`` runs after each (progress, probes). Then evaluate every trainer's dictionary on
-    ``held_out`` in one pass; ``hook`` is the one a peer SAE reads."""
+    ``held_out`` in one pass (``typical_norm`` None: `evaluate`'s first-batch rule), except the
+    ``timed_only`` ones (reference probes with no dictionary); ``hook`` is the one a peer SAE
+    reads. ``after_eval(dictionaries, stats)`` runs while the dictionaries are still in their
+    evaluation state (a peer's swapped-in weights), for measurements beyond `evaluate`'s."""
     names = list(trainers)
     seconds = dict.fromkeys(names, 0.0)
     load0 = os.getloadavg()[0]
@@ -73,7 +79,11 @@ def train_lockstep(
             seconds[n] += time.perf_counter() - t0
         if after_step is not None:
             after_step(i + 1, seconds)
+    evaluated = [n for n in names if n not in timed_only]
     with ExitStack() as stack:
-        dicts = [stack.enter_context(eval_dictionary(t, hook)) for t in trainers.values()]
-        stats = evaluate(dicts, held_out, typical_norm=typical_norm)
-    return Lockstep(dict(zip(names, stats, strict=True)), seconds, [load0, os.getloadavg()[0]])
+        dicts = {n: stack.enter_context(eval_dictionary(trainers[n], hook)) for n in evaluated}
+        stats = evaluate(list(dicts.values()), held_out, typical_norm=typical_norm)
+        by_name = dict(zip(evaluated, stats, strict=True))
+        if after_eval is not None:
+            after_eval(dicts, by_name)
+    return Lockstep(by_name, seconds, [load0, os.getloadavg()[0]])

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks import bench_train as bt
 from benchmarks.common import machine_info, print_table, write_json
+from benchmarks.lockstep import PeerSAE
 from benchmarks.peers import SparsifyPeer
 
 
@@ -49,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
                 tokens=steps * args.batch_size,
                 overrides={"seed": seed},
             ),
-            "sparsify": SparsifyPeer(
-                data.d_in, d_sae, k=args.k, batch_size=args.batch_size, seed=seed
+            "sparsify": PeerSAE(
+                SparsifyPeer(data.d_in, d_sae, k=args.k, batch_size=args.batch_size, seed=seed),
+                bt.HOOK,
             ),
         }
-        timing = bt.train_row(trainers, data.train(), steps, log_every=0)
-        for who, ev in bt.quality(trainers, data.eval).items():
+        timing = bt.train_row(trainers, data, steps, args.batch_size, log_every=0)
+        for who, ev in timing["quality"].items():
             rows.append(
                 {
                     "seed": seed,

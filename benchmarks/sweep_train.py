@@ -44,7 +44,7 @@ def run_one(data: bt.Data, overrides: dict, steps: int, args) -> dict:
     batches = data.train()
     t0 = time.perf_counter()
     for _ in range(steps):
-        ours.step(next(batches))
+        ours.step({bt.HOOK: next(batches)})
     seconds = time.perf_counter() - t0
     return {
         "overrides": overrides,

@@ -144,3 +144,27 @@ def test_sparsify_transcoder_copies_into_our_dictionary_exactly(skip):
     peer.opt.train()
     torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-5)
     assert ours.W_dec.abs().sum() > 0  # sparsify's zero-initialised decoder did train
+
+
+def test_train_row_times_the_probe_and_measures_every_dictionary():
+    """bench_train's row through benchmarks.lockstep: ours and a peer are measured on the held-out
+    set; the matmul probe is stepped and timed only."""
+    from benchmarks.lockstep import PeerSAE
+
+    def train():
+        g = torch.Generator().manual_seed(2)
+        while True:
+            yield torch.randn(B, D_IN, generator=g) + 2.0
+
+    data = bench_train.Data(D_IN, train, _data(3), "test", -1)
+    trainers = {
+        "ours": bench_train.OursAdapter("topk", D_IN, D_SAE, k=K, batch_size=B, tokens=3 * B),
+        "sparsify": PeerSAE(peers.SparsifyPeer(D_IN, D_SAE, k=K, batch_size=B), bench_train.HOOK),
+        "matmul": bench_train.MatmulProbe(D_IN, D_SAE),
+    }
+    row = bench_train.train_row(trainers, data, 3, B, log_every=0)
+    assert list(row["quality"]) == ["ours", "sparsify"]
+    assert set(row["seconds"]) == set(row["median_step_s"]) == {"ours", "sparsify", "matmul"}
+    assert all(0 < row["median_step_s"][n] <= row["seconds"][n] for n in trainers)
+    for ev in row["quality"].values():
+        assert ev["eval_tokens"] == B and 0 < ev["fvu"] < float("inf") and ev["l0"] <= K
