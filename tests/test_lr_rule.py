@@ -4,9 +4,16 @@ runs, chosen on the quality grid (issue 10, benchmarks/RESULTS.md)."""
 import argparse
 
 import pytest
+import torch
 
 from interp_bench.commands.train import add_arguments
-from interp_bench.config import LR_FULL_STEPS, LR_MAX_BOOST, DictionaryConfig, TrainConfig
+from interp_bench.config import (
+    LR_FULL_STEPS,
+    LR_MAX_BOOST,
+    TRANSCODER_BOOST,
+    DictionaryConfig,
+    TrainConfig,
+)
 from interp_bench.training.trainer import Trainer
 
 BATCH = 4096
@@ -42,9 +49,17 @@ def test_rule_counts_steps_not_tokens():
     assert tc.auto_lr(4608) == pytest.approx(base(4608))
 
 
-def test_transcoders_keep_the_base_rate():
-    # A higher rate left most of a 48-step transcoder's latents dead (RESULTS.md, issue 10).
-    assert lr(LR_FULL_STEPS // 4, transcoder=True) == pytest.approx(base(4608))
+def test_topk_transcoders_get_a_flat_boost():
+    # 2x at every length the grid measured (48-390 steps; RESULTS.md, issue 13), and beyond.
+    for steps in (1, LR_FULL_STEPS // 4, LR_FULL_STEPS, 390, 100_000):
+        assert lr(steps, transcoder=True) == pytest.approx(TRANSCODER_BOOST * base(4608))
+
+
+def test_unmeasured_transcoders_keep_the_base_rate():
+    tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH)
+    assert tc.auto_lr(4608, True, crosslayer=True) == pytest.approx(base(4608))
+    for arch in ("batchtopk", "jumprelu", "relu"):
+        assert tc.auto_lr(4608, True, arch) == pytest.approx(base(4608))
 
 
 def test_explicit_lr_wins_over_the_rule():
@@ -61,9 +76,8 @@ def test_trainer_uses_the_rule():
     tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
     t = Trainer(cfgs, tc, device="cpu")
     assert t.lrs == [pytest.approx(tc.auto_lr(64)), pytest.approx(tc.auto_lr(64, True))]
-    assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(64)) and t.lrs[1] == pytest.approx(
-        base(64)
-    )
+    assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(64))
+    assert t.lrs[1] == pytest.approx(TRANSCODER_BOOST * base(64))
 
 
 def test_help_states_the_rule():
@@ -87,3 +101,16 @@ def test_boost_counts_the_steps_the_run_takes():
     tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH)
     assert tc.auto_lr(4608, steps=192) == pytest.approx(1e-3 / (4608 / 2**14) ** 0.5)
     assert tc.auto_lr(4608, steps=48) == pytest.approx(tc.auto_lr(4608))
+
+
+def test_trainer_keeps_a_crosslayer_transcoder_at_the_base_rate():
+    from interp_bench.dictionaries.crosslayer import CrossLayerConfig
+
+    ins, outs = ("L0.mlp_in", "L1.mlp_in"), ("L0.mlp_out", "L1.mlp_out")
+    clt = CrossLayerConfig(d_in=16, d_sae=64, k=4, hooks_in=ins, hooks_out=outs)
+    tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
+    t = Trainer([clt], tc, device="cpu")
+    assert t.lrs == [pytest.approx(base(64))]
+    x = {h: torch.randn(128, 16) for h in ins + outs}
+    t.step(x)  # the first step recomputes the rule with the real step count
+    assert t.lrs == [pytest.approx(base(64))]
