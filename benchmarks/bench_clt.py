@@ -30,6 +30,7 @@ Prints a table and writes benchmarks/out/bench_clt.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import time
 from collections.abc import Mapping
@@ -118,9 +119,13 @@ def run(args) -> dict:
     per_layer = [DictionaryConfig(d_in=d, d_sae=w, d_out=d, k=args.k, hook_in=i, hook_out=o)
                  for i, o in zip(ins, outs, strict=True)]  # fmt: skip
     clt = CrossLayerConfig(d_in=d, d_sae=w, k=args.k, hooks_in=ins, hooks_out=outs)
+    clt_tc = tc
+    if args.clt_lr_mult != 1:  # the CLT away from its default rate (the rule's base rate)
+        lr = tc.auto_lr(w, True, clt.arch, args.steps, crosslayer=True) * args.clt_lr_mult
+        clt_tc = dataclasses.replace(tc, lr=lr)
     arms = {
         "per-layer": Trainer(per_layer, tc, device="cpu"),
-        "clt": Trainer([clt], tc, device="cpu"),
+        "clt": Trainer([clt], clt_tc, device="cpu"),
     }
     spent = dict.fromkeys(arms, 0.0)
     names = list(arms)
@@ -191,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-seqs", type=int, default=768)
     p.add_argument("--eval-seqs", type=int, default=64)
     p.add_argument("--splice-seqs", type=int, default=32, help="joint-splice sequences (0: off)")
+    p.add_argument("--clt-lr-mult", type=float, default=1.0, help="x the CLT's default lr")
     p.add_argument("--full-step", type=int, default=3, help="steps of the 30-layer CLT (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")

@@ -345,7 +345,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--caches", default=None, help="TRAIN,EVAL: existing activation caches of --hook to use"
     )
     p.add_argument("--out", default=None)
-    p.add_argument("--figure", default=None, help="figure stem (default docs/img/frontier)")
+    p.add_argument(
+        "--figure",
+        default=None,
+        help="figure stem (default docs/img/frontier for every family, else beside --out)",
+    )
     p.add_argument("--no-image", action="store_true", help="write the figure's JSON only")
     p.add_argument(
         "--plot", nargs="+", default=None, help="only redraw the figure from these result JSONs"
@@ -381,7 +385,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.tokens < args.batch_size:
         p.error(f"--tokens {args.tokens} is less than one batch of {args.batch_size}")
     args.out = Path(args.out or OUT / ("frontier_small.json" if small else "frontier.json"))
-    default_figure = args.out.with_name(args.out.stem + "_figure") if small else IMG / "frontier"
+    # Only the full frontier replaces the README's figure; a subset of families (or --small)
+    # draws next to its --out, so a partial run cannot overwrite the committed one.
+    full = set(args.families) == set(FAMILIES)
+    default_figure = (
+        IMG / "frontier" if full and not small else args.out.with_name(args.out.stem + "_figure")
+    )
     args.figure = Path(args.figure or default_figure)
     return args
 

@@ -39,6 +39,14 @@ def test_bad_bands_and_families_are_refused():
         frontier.parse_args(["--families", "topk/ours,gated/ours"])
 
 
+def test_only_the_full_frontier_replaces_the_readme_figure(tmp_path):
+    out = tmp_path / "f.json"
+    full = frontier.parse_args(["--out", str(out)])
+    assert full.figure == frontier.IMG / "frontier"
+    part = frontier.parse_args(["--families", "jumprelu/ours", "--out", str(out)])
+    assert part.figure == tmp_path / "f_figure"
+
+
 def test_small_frontier_runs_and_compares(tiny_model, tmp_path):
     pytest.importorskip("sae_lens")
     pytest.importorskip("sparsify")
