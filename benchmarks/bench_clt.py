@@ -120,8 +120,8 @@ def run(args) -> dict:
                  for i, o in zip(ins, outs, strict=True)]  # fmt: skip
     clt = CrossLayerConfig(d_in=d, d_sae=w, k=args.k, hooks_in=ins, hooks_out=outs)
     clt_tc = tc
-    if args.clt_lr_mult != 1:  # the CLT away from its default rate (the rule's base rate)
-        lr = tc.auto_lr(w, True, clt.arch, args.steps, crosslayer=True) * args.clt_lr_mult
+    if args.clt_lr_mult != 1:  # the CLT away from its default rate
+        lr = tc.auto_lr(w, True, clt.arch, args.steps) * args.clt_lr_mult
         clt_tc = dataclasses.replace(tc, lr=lr)
     arms = {
         "per-layer": Trainer(per_layer, tc, device="cpu"),

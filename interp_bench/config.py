@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from interp_bench.dictionaries.dictionary import SparseDictionary
@@ -24,7 +24,7 @@ REVIVE = ("auto", "none", "recenter", "fire", "linear")
 LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
-# TopK transcoders (one layer's mlp_in -> mlp_out) at any length: the grid measured 48-390 steps.
+# TopK transcoders and CLTs at any length: measured at 48-390 steps (per-layer), 60 (CLT).
 TRANSCODER_BOOST = 2.0
 
 
@@ -69,8 +69,6 @@ def _finite(value: float) -> bool:
 @dataclass
 class DictionaryConfig(_JsonMixin):
     """Shape and sparsity method of one SAE (hook_out None) or transcoder (hook_out set)."""
-
-    is_crosslayer: ClassVar[bool] = False  # what the trainer's lr rule asks of every config
 
     d_in: int
     """input width (the hook's d_model)"""
@@ -282,10 +280,10 @@ class TrainConfig(_JsonMixin):
     lr: float | None = None
     """learning rate (None: 1e-3 / sqrt(d_sae / 2**14), Gao et al.'s 1/sqrt(d_sae) scaling at 5x
     their constant; an SAE run shorter than 192 steps gets sqrt(192 steps / its steps) times that,
-    at most 2x: short runs at the base rate stop short of sparsify; a TopK transcoder gets 2x at
-    any length: 4.7-14% lower FVU than 1x at 48-390 steps on L3/L9/L15, for more dead latents;
-    cross-layer transcoders keep the base rate; quality grid, issues 10 and 13,
-    benchmarks/RESULTS.md)"""
+    at most 2x: short runs at the base rate stop short of sparsify; a TopK transcoder or CLT gets
+    2x at any length: 4.7-14% lower FVU than 1x at 48-390 steps on L3/L9/L15, 8-18% for CLTs
+    of layers 0-3 and 12-15, for more dead latents; quality grid and bench_clt, issues 10 and
+    13, benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
     tokens: int = 10_000_000
@@ -378,36 +376,27 @@ class TrainConfig(_JsonMixin):
         )
 
     def auto_lr(
-        self,
-        d_sae: int,
-        transcoder: bool = False,
-        arch: str = "topk",
-        steps: int | None = None,
-        crosslayer: bool = False,
+        self, d_sae: int, transcoder: bool = False, arch: str = "topk", steps: int | None = None
     ) -> float:
         """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
         times ``short_run_boost``."""
         if self.lr is not None:
             return self.lr
-        boost = self.short_run_boost(transcoder, arch, steps, crosslayer)
-        return 1e-3 / (d_sae / 2**14) ** 0.5 * boost
+        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder, arch, steps)
 
     def short_run_boost(
-        self,
-        transcoder: bool = False,
-        arch: str = "topk",
-        steps: int | None = None,
-        crosslayer: bool = False,
+        self, transcoder: bool = False, arch: str = "topk", steps: int | None = None
     ) -> float:
         """How much faster than the base rate a run learns. An SAE run of few steps:
         sqrt(LR_FULL_STEPS / steps), between 1 and LR_MAX_BOOST (a short run at the base rate
-        stops far from its plateau, behind sparsify's large sign steps). A TopK transcoder:
-        TRANSCODER_BOOST at any length (measured at 48-390 steps: once `revive="recenter"` kept
-        dead latents trainable, 2x beat 1x on FVU on all four workloads and sparsify on three;
-        it leaves more latents dead, fewer than sparsify's). Cross-layer transcoders, JumpReLU
-        and ReLU keep the base rate: no grid measured them (benchmarks/RESULTS.md)."""
+        stops far from its plateau, behind sparsify's large sign steps). A TopK transcoder or
+        cross-layer transcoder: TRANSCODER_BOOST at any length (once `revive="recenter"` kept
+        dead latents trainable, 2x beat 1x on FVU on all four per-layer workloads, 48-390 steps,
+        and sparsify on three, and on both CLT workloads, also on CE recovered; it leaves more
+        latents dead, fewer than sparsify's). JumpReLU and ReLU keep the base rate: no grid
+        measured them (benchmarks/RESULTS.md)."""
         if transcoder:
-            return TRANSCODER_BOOST if arch == "topk" and not crosslayer else 1.0
+            return TRANSCODER_BOOST if arch == "topk" else 1.0
         if arch not in BOOSTED_ARCHS:
             return 1.0
         # The run's real step count when known (Schedule.total_steps: every rank's tokens per

@@ -100,9 +100,8 @@ def test_one_layer_clt_equals_a_transcoder():
     equal to the transcoder's, float for float."""
     data = Planted(n=1, m=12)
     batches = [data.batch(128) for _ in range(10)]
-    # One lr for both: the default rule boosts TopK transcoders and not CLTs.
     tc = TrainConfig(batch_size=128, tokens=128 * 30, checkpoint_every=0, log_every=1,
-                     dead_tokens=256, lr=4e-3)  # fmt: skip
+                     dead_tokens=256)  # fmt: skip
     one = clt_cfg(1, d_sae=48, k=4, auxk_k=8)
     tr = DictionaryConfig(d_in=D, d_sae=48, d_out=D, k=4, auxk_k=8, hook_in="L0.mlp_in",
                           hook_out="L0.mlp_out")  # fmt: skip

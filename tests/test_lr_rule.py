@@ -57,7 +57,6 @@ def test_topk_transcoders_get_a_flat_boost():
 
 def test_unmeasured_transcoders_keep_the_base_rate():
     tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH)
-    assert tc.auto_lr(4608, True, crosslayer=True) == pytest.approx(base(4608))
     for arch in ("batchtopk", "jumprelu", "relu"):
         assert tc.auto_lr(4608, True, arch) == pytest.approx(base(4608))
 
@@ -103,14 +102,14 @@ def test_boost_counts_the_steps_the_run_takes():
     assert tc.auto_lr(4608, steps=48) == pytest.approx(tc.auto_lr(4608))
 
 
-def test_trainer_keeps_a_crosslayer_transcoder_at_the_base_rate():
+def test_trainer_boosts_a_crosslayer_transcoder_like_a_transcoder():
     from interp_bench.dictionaries.crosslayer import CrossLayerConfig
 
     ins, outs = ("L0.mlp_in", "L1.mlp_in"), ("L0.mlp_out", "L1.mlp_out")
     clt = CrossLayerConfig(d_in=16, d_sae=64, k=4, hooks_in=ins, hooks_out=outs)
     tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
     t = Trainer([clt], tc, device="cpu")
-    assert t.lrs == [pytest.approx(base(64))]
+    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * base(64))]
     x = {h: torch.randn(128, 16) for h in ins + outs}
     t.step(x)  # the first step recomputes the rule with the real step count
-    assert t.lrs == [pytest.approx(base(64))]
+    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * base(64))]

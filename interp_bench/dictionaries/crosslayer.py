@@ -69,7 +69,6 @@ class CrossLayerConfig(_JsonMixin):
     j >= i). Settings shared with ``DictionaryConfig`` mean the same there."""
 
     is_transcoder: ClassVar[bool] = True  # what the trainer's lr rule asks of every config
-    is_crosslayer: ClassVar[bool] = True
     d_in: int
     """input width of every layer (d_model)"""
     d_sae: int

@@ -110,10 +110,7 @@ class Trainer:
             self.dicts.append(c.build().to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
-        self.lrs = [
-            train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch, crosslayer=c.is_crosslayer)
-            for c in self.cfgs
-        ]
+        self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
         steps = train_cfg.schedule().total_steps  # refreshed at the first step (its batch size)
         self.optims = [
             torch.optim.Adam(
@@ -166,10 +163,7 @@ class Trainer:
             self.schedule = tc.schedule(n_tokens)
             # The lr rule counts the steps the run really takes (all ranks' tokens per step).
             steps = self.schedule.total_steps
-            self.lrs = [
-                tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps, c.is_crosslayer)
-                for c in self.cfgs
-            ]
+            self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
             for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
                 for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
                     g["lr_scale"] = new["lr_scale"]
