@@ -23,6 +23,7 @@ REVIVE = ("auto", "none", "recenter", "fire", "linear")
 # The default learning rate's run-length rule (TrainConfig.short_run_boost).
 LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
+LR_FULL_WIDTH = 8  # d_sae / d_in of the workloads LR_FULL_STEPS and LR_MAX_BOOST were measured on
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
 # TopK transcoders and CLTs at any length: measured at 48-390 steps (per-layer), 60 (CLT).
 TRANSCODER_BOOST = 2.0
@@ -280,7 +281,9 @@ class TrainConfig(_JsonMixin):
     lr: float | None = None
     """learning rate (None: 1e-3 / sqrt(d_sae / 2**14), Gao et al.'s 1/sqrt(d_sae) scaling at 5x
     their constant; an SAE run shorter than 192 steps gets sqrt(192 steps / its steps) times that,
-    at most 2x: short runs at the base rate stop short of sparsify; a TopK transcoder or CLT gets
+    at most 2x: short runs at the base rate stop short of sparsify; wider than 8x d_in, both the
+    192 steps and the 2x scale with width / 8 (each latent is updated that much less often), so a
+    short wide run learns as fast as an 8x one; a TopK transcoder or CLT gets
     2x at any length: 4.7-14% lower FVU than 1x at 48-390 steps on L3/L9/L15, 8-18% for CLTs
     of layers 0-3 and 12-15, for more dead latents; quality grid and bench_clt, issues 10 and
     13, benchmarks/RESULTS.md)"""
@@ -376,16 +379,27 @@ class TrainConfig(_JsonMixin):
         )
 
     def auto_lr(
-        self, d_sae: int, transcoder: bool = False, arch: str = "topk", steps: int | None = None
+        self,
+        d_sae: int,
+        transcoder: bool = False,
+        arch: str = "topk",
+        steps: int | None = None,
+        d_in: int | None = None,
     ) -> float:
         """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
-        times ``short_run_boost``."""
+        times ``short_run_boost`` (which needs ``d_in`` to see how wide the dictionary is)."""
         if self.lr is not None:
             return self.lr
-        return 1e-3 / (d_sae / 2**14) ** 0.5 * self.short_run_boost(transcoder, arch, steps)
+        width = d_sae / d_in if d_in else LR_FULL_WIDTH
+        boost = self.short_run_boost(transcoder, arch, steps, width)
+        return 1e-3 / (d_sae / 2**14) ** 0.5 * boost
 
     def short_run_boost(
-        self, transcoder: bool = False, arch: str = "topk", steps: int | None = None
+        self,
+        transcoder: bool = False,
+        arch: str = "topk",
+        steps: int | None = None,
+        width: float = LR_FULL_WIDTH,
     ) -> float:
         """How much faster than the base rate a run learns. An SAE run of few steps:
         sqrt(LR_FULL_STEPS / steps), between 1 and LR_MAX_BOOST (a short run at the base rate
@@ -402,7 +416,11 @@ class TrainConfig(_JsonMixin):
         # The run's real step count when known (Schedule.total_steps: every rank's tokens per
         # step), else the one batch_size implies.
         steps = steps or max(1, math.ceil(self.tokens / self.batch_size))
-        return min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))
+        # A dictionary w times wider than LR_FULL_WIDTH updates each latent w times less often,
+        # so it needs w times the steps, and the cap rises to match: a short wide run learns at
+        # the rate of an 8x dictionary of the same length until Gao's scaling takes over.
+        w = max(1.0, width / LR_FULL_WIDTH)
+        return min(LR_MAX_BOOST * w**0.5, max(1.0, (LR_FULL_STEPS * w / steps) ** 0.5))
 
     def schedule(self, step_tokens: int | None = None) -> Schedule:
         """Step counts for steps of ``step_tokens`` tokens (all ranks together; default

@@ -9,6 +9,7 @@ import torch
 from interp_bench.commands.train import add_arguments
 from interp_bench.config import (
     LR_FULL_STEPS,
+    LR_FULL_WIDTH,
     LR_MAX_BOOST,
     TRANSCODER_BOOST,
     DictionaryConfig,
@@ -113,3 +114,44 @@ def test_trainer_boosts_a_crosslayer_transcoder_like_a_transcoder():
     x = {h: torch.randn(128, 16) for h in ins + outs}
     t.step(x)  # the first step recomputes the rule with the real step count
     assert t.lrs == [pytest.approx(TRANSCODER_BOOST * base(64))]
+
+
+def wide_lr(steps: int, width: int, d_in: int = 576) -> float:
+    tc = TrainConfig(batch_size=BATCH, tokens=steps * BATCH)
+    return tc.auto_lr(width * d_in, d_in=d_in)
+
+
+def test_short_wide_runs_learn_as_fast_as_8x_ones():
+    # Each latent of a 4x wider dictionary is updated 4x less often, so below the 8x run's
+    # full length the wider one keeps the 8x rate instead of dropping by 1/sqrt(4).
+    for steps in (1, 12, 48, 100, LR_FULL_STEPS - 1):
+        assert wide_lr(steps, 32) == pytest.approx(wide_lr(steps, LR_FULL_WIDTH))
+        assert wide_lr(steps, 16) == pytest.approx(wide_lr(steps, LR_FULL_WIDTH))
+
+
+def test_wide_runs_reach_the_width_rule_when_long_enough():
+    for width in (16, 32, 64):
+        full = LR_FULL_STEPS * width // LR_FULL_WIDTH
+        for steps in (full, 3 * full):
+            assert wide_lr(steps, width) == pytest.approx(base(width * 576))
+        # In between, the rate falls from the 8x rate to Gao's, never below it.
+        rates = [wide_lr(s, width) for s in range(LR_FULL_STEPS, full + 1, 7)]
+        assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+        assert base(width * 576) <= min(rates) and max(rates) <= wide_lr(1, LR_FULL_WIDTH)
+
+
+def test_narrow_widths_and_transcoders_ignore_width():
+    for steps in (12, 100, 1000):
+        assert wide_lr(steps, 4) == pytest.approx(lr(steps, d_sae=4 * 576))
+        tc = TrainConfig(batch_size=BATCH, tokens=steps * BATCH)
+        assert tc.auto_lr(32 * 576, True, d_in=576) == pytest.approx(tc.auto_lr(32 * 576, True))
+
+
+def test_trainer_passes_the_width():
+    cfg = DictionaryConfig(d_in=16, d_sae=16 * 32, k=4, hook_in="L0.resid_post")
+    tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
+    t = Trainer([cfg], tc, device="cpu")
+    # 12 steps: the 8x rate at its cap, not the 32x rule's half of it.
+    assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(16 * LR_FULL_WIDTH))
+    t.step({"L0.resid_post": torch.randn(128, 16)})  # recomputed with the real step count
+    assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(16 * LR_FULL_WIDTH))

@@ -287,6 +287,10 @@ def test_default_lr_scales_with_width():
     tc = tcfg(lr=None)
     t = Trainer([topk_cfg(), DictionaryConfig(d_in=D, d_sae=256, k=4, hook_in=HOOK)], tc)
     assert t.lrs[0] == pytest.approx(tc.auto_lr(64))  # 40 steps: the short-run boost applies
+    # 16x at 40 steps: the rate of an 8x dictionary (the width rule waits for longer runs).
+    assert t.lrs[1] == pytest.approx(t.lrs[0] / 2**0.5)
+    long = tcfg(lr=None, tokens=400 * tc.batch_size)
+    t = Trainer([topk_cfg(), DictionaryConfig(d_in=D, d_sae=256, k=4, hook_in=HOOK)], long)
     assert t.lrs[1] == pytest.approx(t.lrs[0] / 2)
 
 
@@ -579,7 +583,7 @@ def test_jumprelu_threshold_lr_by_default_lets_thresholds_travel_e4(steps, scale
 def test_one_group_optimizer_state_loads_into_the_threshold_group():
     """A checkpoint from before the split (one group, same parameter order) resumes: every
     parameter gets its own Adam moments back."""
-    from interp_bench.training.trainer import load_optimizer
+    from interp_bench.training.optim_groups import load_optimizer
 
     a, b = Trainer([jumprelu_cfg()], tcfg()), Trainer([jumprelu_cfg()], tcfg())
     a.step(planted(1)[0])

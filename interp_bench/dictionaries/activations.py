@@ -5,7 +5,8 @@ is particular to it, so :class:`~interp_bench.dictionaries.dictionary.SparseDict
 asks which architecture it holds:
 
 - its parameters (JumpReLU's ``log_threshold``, BatchTopK's inference ``topk_threshold``) and
-  the learning-rate multipliers they train at (``lr_scales``; :func:`param_groups`);
+  the learning-rate multipliers they train at (``lr_scales``; the trainer's optimiser groups
+  them, interp_bench/training/optim_groups.py);
 - ``infer(pre)``: dense latents at inference, and ``threshold`` for the saved file;
 - ``train_forward(d, x, dead_mask)``: the training forward, returning :class:`Encoded`. TopK and
   BatchTopK decode through the active latents only (``interp_bench.dictionaries.topk``);
@@ -446,26 +447,6 @@ class JumpReLU(Activation):
     def penalty(self, pre: Tensor, acts: Tensor, W_dec: Tensor) -> Tensor:
         theta = self.log_threshold.exp()
         return StepFn.apply(pre, theta, self.cfg.jumprelu_bandwidth).sum(-1).mean()
-
-
-def param_groups(module: nn.Module, lr: float, steps: int) -> list[dict[str, Any]]:
-    """Optimiser parameter groups of a dictionary for a run of ``steps`` at ``lr``: its
-    parameters at the shared learning rate, then one group per parameter name its activations
-    scale (``lr_scale``, which the trainer applies). The groups do not depend on the values, so
-    the trainer can refresh them once the run's length is known. Every parameter keeps its
-    place in ``parameters()`` order (activations are registered last), so one-group optimiser
-    states line up."""
-    scaled = {
-        id(getattr(act, name)): (name, scale)
-        for act in module.modules()
-        if isinstance(act, Activation)
-        for name, scale in act.lr_scales(lr, steps).items()
-    }
-    groups: dict[str, dict[str, Any]] = {"": {"params": [], "lr_scale": 1.0}}
-    for p in module.parameters():
-        name, scale = scaled.get(id(p), ("", 1.0))
-        groups.setdefault(name, {"params": [], "lr_scale": scale})["params"].append(p)
-    return [g for g in groups.values() if g["params"]]
 
 
 ACTIVATIONS: dict[str, type[Activation]] = {

@@ -27,11 +27,11 @@ import torch
 from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
-from interp_bench.dictionaries.activations import param_groups
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import averaging, ddp, guards
 from interp_bench.training import checkpoint as ckpt
 from interp_bench.training.allocator import keep_freed_memory
+from interp_bench.training.optim_groups import load_optimizer, param_groups
 from interp_bench.training.tracking import WandbLog, require_wandb
 
 # Settings that may change between a run and its resume (or rerun) without changing its result.
@@ -110,7 +110,9 @@ class Trainer:
             self.dicts.append(c.build().to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
-        self.lrs = [train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch) for c in self.cfgs]
+        self.lrs = [
+            train_cfg.auto_lr(c.d_sae, c.is_transcoder, c.arch, d_in=c.d_in) for c in self.cfgs
+        ]
         steps = train_cfg.schedule().total_steps  # refreshed at the first step (its batch size)
         self.optims = [
             torch.optim.Adam(
@@ -163,7 +165,9 @@ class Trainer:
             self.schedule = tc.schedule(n_tokens)
             # The lr rule counts the steps the run really takes (all ranks' tokens per step).
             steps = self.schedule.total_steps
-            self.lrs = [tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps) for c in self.cfgs]
+            self.lrs = [
+                tc.auto_lr(c.d_sae, c.is_transcoder, c.arch, steps, c.d_in) for c in self.cfgs
+            ]
             for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
                 for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
                     g["lr_scale"] = new["lr_scale"]
@@ -591,23 +595,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by the kill
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load ``state`` into ``opt``, regrouped as ``opt`` groups its parameters when only the
-    grouping differs (a checkpoint from before an activation's ``lr_scales`` split its
-    thresholds into a group of their own): the parameters keep their order either way."""
-    saved = state["param_groups"]
-    ids = [i for g in saved for i in g["params"]]
-    sizes = [len(g["params"]) for g in opt.param_groups]
-    if [len(g["params"]) for g in saved] != sizes and len(ids) == sum(sizes):
-        bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
-        groups = [
-            {**saved[0], "lr_scale": g.get("lr_scale", 1.0), "params": ids[a:b]}
-            for g, (a, b) in zip(opt.param_groups, bounds, strict=True)
-        ]
-        state = {**state, "param_groups": groups}
-    opt.load_state_dict(state)
 
 
 def check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
