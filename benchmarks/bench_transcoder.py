@@ -69,7 +69,10 @@ class Ours:
         )  # fmt: skip
         tc = TrainConfig(batch_size=args.batch_size, tokens=args.tokens, checkpoint_every=0)
         if "lr_scale" in train_over:
-            tc.lr = tc.auto_lr(cfg.d_sae, True) * train_over["lr_scale"]
+            # x the base (width-rule) rate, as the row was first recorded: the transcoder
+            # default has since doubled it (TRANSCODER_BOOST).
+            base = tc.auto_lr(cfg.d_sae, True) / tc.short_run_boost(True)
+            tc.lr = base * train_over["lr_scale"]
         if "window" in train_over:
             tc.dead_tokens = args.tokens // train_over["window"]
         self.trainer = Trainer([cfg], tc, device="cpu")

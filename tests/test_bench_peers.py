@@ -168,3 +168,15 @@ def test_train_row_times_the_probe_and_measures_every_dictionary():
     assert all(0 < row["median_step_s"][n] <= row["seconds"][n] for n in trainers)
     for ev in row["quality"].values():
         assert ev["eval_tokens"] == B and 0 < ev["fvu"] < float("inf") and ev["l0"] <= K
+
+
+def test_transcoder_lr_rows_scale_the_base_rate():
+    """bench_transcoder's "lr x4" row is 4x the width rule's rate, as RESULTS recorded it, not 4x
+    the transcoder default (which is already TRANSCODER_BOOST times that)."""
+    import argparse
+
+    from benchmarks.bench_transcoder import Ours
+
+    args = argparse.Namespace(expansion=4, k=4, batch_size=64, tokens=64 * 10)
+    row = Ours(16, args, {"revive": "recenter"}, {"lr_scale": 4})
+    assert row.trainer.lrs[0] == pytest.approx(4 * 1e-3 / (64 / 2**14) ** 0.5)

@@ -84,7 +84,7 @@ def test_help_states_the_rule():
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = " ".join(p.format_help().split())
-    assert "sqrt(d_sae / 2**14)" in text and "192 steps" in text
+    assert "sqrt(d_sae / 2**14)" in text and "192 steps" in text and "width / 8" in text
 
 
 def test_boost_is_for_topk_saes_only():
