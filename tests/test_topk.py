@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries import SparseDictionary
+from interp_bench.dictionaries import SparseDictionary, auxk
 from interp_bench.dictionaries.activations import JumpReLUFn, StepFn, kl_sparsity
 from interp_bench.dictionaries.topk import (
     SparseDecode,
@@ -46,10 +46,16 @@ def test_gather_pre_and_sparse_decode_gradcheck():
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("transcoder", [False, True])
-def test_sparse_loss_gradients_equal_dense(arch, transcoder):
+@pytest.mark.parametrize(("aux_max", "revive"), [(0, "none"), (100, "none"), (100, "linear")])
+def test_sparse_loss_gradients_equal_dense(arch, transcoder, aux_max, revive, monkeypatch):
+    """The sparse path equals the dense reference, with AuxK through the sparse kernels
+    (aux_max 0) or through dense products over the dead latents (TopK, aux_max 100)."""
+    monkeypatch.setattr(auxk, "DENSE_AUX_MAX", aux_max)
     torch.manual_seed(0)
     d_out = 10 if transcoder else None
-    cfg = DictionaryConfig(16, 96, arch=arch, k=6, d_out=d_out, skip=transcoder, auxk_k=5)
+    cfg = DictionaryConfig(
+        16, 96, arch=arch, k=6, d_out=d_out, skip=transcoder, auxk_k=5, revive=revive
+    )
     dense = SparseDictionary(cfg, dtype=D)
     with torch.no_grad():
         for p in dense.parameters():

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig
+from interp_bench.dictionaries.auxk import AuxTerms, dense_aux
 from interp_bench.dictionaries.matryoshka import (
     dense_prefix_decode,
     sparse_prefix_decode,
@@ -41,14 +42,6 @@ from interp_bench.dictionaries.topk import (
 
 if TYPE_CHECKING:
     from interp_bench.dictionaries.dictionary import SparseDictionary
-
-
-class AuxTerms(NamedTuple):
-    """AuxK inputs: values and indices ``[B, k_aux]`` of the chosen dead latents, loss scale."""
-
-    values: Tensor
-    indices: Tensor
-    scale: float
 
 
 class Encoded(NamedTuple):
@@ -256,8 +249,13 @@ class TopK(Activation):
         pre = d.selection_pre(sae_in)
         idx = topk_rows(pre, k)[1]
         layout = TopKLayout(idx, d.d_sae)
-        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
-        # One backward for TopK and AuxK latents: their gradients share the encoder product.
+        choice = d.auxk_choice(pre, dead_mask)
+        aux, aux_idx = None, None
+        if choice is not None and choice.dense_pays:  # few dead: dense products over them
+            aux = dense_aux(choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values)
+        elif choice is not None:
+            aux_idx = choice.indices
+        # One backward for TopK and sparse AuxK latents: their gradients share the encoder product.
         enc_layout = (
             layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), d.d_sae)
         )
@@ -269,7 +267,8 @@ class TopK(Activation):
             recon = prefixes[:, -1]
         else:
             recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
-        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
+        if aux_idx is not None:
+            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
     def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:

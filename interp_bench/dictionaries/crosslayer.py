@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig, _check, _JsonMixin
-from interp_bench.dictionaries.activations import AuxTerms, _topk_stats, make_activation
+from interp_bench.dictionaries.activations import _topk_stats, make_activation
+from interp_bench.dictionaries.auxk import AuxTerms
 from interp_bench.dictionaries.dictionary import ForwardOutput, SparseDictionary, geometric_median
 from interp_bench.dictionaries.evaluate import EvalStats, QualityMeter, batch_fvu
 from interp_bench.dictionaries.topk import (
@@ -407,7 +408,7 @@ class CrossLayerTranscoder(nn.Module):
         aux_loss = mse.new_zeros(())
         for i, aux in enumerate(auxes):
             if aux is not None:
-                e_hat = sparse_decode(aux.values, aux.indices, self.decoder(i, i))
+                e_hat = aux.decode(self.decoder(i, i))
                 aux_loss = aux_loss + aux.scale * (e_hat - errs[i].detach()).pow(2).sum(-1).mean()
         sparsity = self.acts[0].coefficient(warmup) * penalty
         loss = mse + self.cfg.auxk_alpha * aux_loss + sparsity

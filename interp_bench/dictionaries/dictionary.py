@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries.activations import make_activation
+from interp_bench.dictionaries.auxk import AuxChoice
 from interp_bench.dictionaries.evaluate import batch_fvu
 from interp_bench.dictionaries.matryoshka import matryoshka_loss
 from interp_bench.dictionaries.revive import recenter_dead
-from interp_bench.dictionaries.topk import select_in_bf16, sparse_decode
+from interp_bench.dictionaries.topk import select_in_bf16
 
 
 class ForwardOutput(NamedTuple):
@@ -145,11 +146,17 @@ class SparseDictionary(nn.Module):
     # ----------------------------------------------------------------- training
     def auxk_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor | None, float]:
         """Top-k_aux dead latents per token (Gao et al. 2024, App. B.1) and the loss scale."""
+        choice = self.auxk_choice(pre, dead_mask)
+        return (None, 0.0) if choice is None else (choice.indices, choice.scale)
+
+    def auxk_choice(self, pre: Tensor, dead_mask: Tensor | None) -> AuxChoice | None:
+        """The dead latents, each token's top k_aux of them, and the loss scale; None when no
+        latent is dead."""
         if dead_mask is None:
-            return None, 0.0
+            return None
         dead = dead_mask.nonzero().flatten()
         if dead.numel() == 0:
-            return None, 0.0
+            return None
         k_aux = self.cfg.auxk_k or self.d_out // 2
         scale = min(dead.numel() / k_aux, 1.0)
         k_aux = min(k_aux, dead.numel())
@@ -162,7 +169,7 @@ class SparseDictionary(nn.Module):
             share = self.cfg.k / self.d_sae
             dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
         local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
-        return dead[local], scale
+        return AuxChoice(dead, local, scale)
 
     @torch.no_grad()
     def selection_pre(self, sae_in: Tensor) -> Tensor:
@@ -205,7 +212,7 @@ class SparseDictionary(nn.Module):
         if enc.prefixes is not None:  # Matryoshka: every prefix reconstructs on its own
             recon_loss = matryoshka_loss(enc.prefixes, target, skip)
         if enc.aux is not None:
-            e_hat = sparse_decode(enc.aux.values, enc.aux.indices, self.W_dec)
+            e_hat = enc.aux.decode(self.W_dec)
             aux = enc.aux.scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
         else:
             aux = mse.new_zeros(())
