@@ -206,6 +206,7 @@ class LayerView:
     is_transcoder = True
     W_skip = None
     auxk_indices = SparseDictionary.auxk_indices
+    auxk_choice = SparseDictionary.auxk_choice
     selection_pre = SparseDictionary.selection_pre
 
     def __init__(self, clt: CrossLayerTranscoder, i: int) -> None:
