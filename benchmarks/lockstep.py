@@ -25,6 +25,11 @@ class PeerSAE:
     def __init__(self, peer, hook: str) -> None:
         self.peer, self.hook = peer, hook
 
+    @property
+    def config(self) -> dict:
+        """The peer's settings, recorded with its results like ours."""
+        return self.peer.config
+
     def step(self, batch: dict[str, Tensor]) -> None:
         self.peer.step(batch[self.hook])
 

@@ -79,3 +79,11 @@ def test_lockstep_rotates_times_probes_and_evaluates_in_eval_state():
     assert not peer.in_eval
     # Same weights, same held-out batch: the peer's dictionary measures as ours does.
     assert out.stats["a"].fvu == out.stats["peer"].fvu and out.stats["a"].tokens == 32
+
+
+def test_peer_config_is_recorded_like_ours():
+    """frontier and bench_train record ``trainer.config`` with each result; a wrapped peer's is
+    its own settings, not an empty dict."""
+    peer = Peer([])
+    peer.config = {"optimizer": "signum", "lr": 1e-3}
+    assert PeerSAE(peer, HOOK).config == {"optimizer": "signum", "lr": 1e-3}
