@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interp_bench.config import DictionaryConfig, TrainConfig
-from interp_bench.dictionaries import load_dictionary, save_dictionary
+from interp_bench.dictionaries import auxk, load_dictionary, save_dictionary
 from interp_bench.dictionaries.crosslayer import (
     CrossLayerConfig,
     CrossLayerTranscoder,
@@ -119,7 +119,10 @@ def test_one_layer_clt_equals_a_transcoder():
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu"])
-def test_sparse_decode_gradients_equal_dense(arch):
+@pytest.mark.parametrize("aux_max", [0, 100])
+def test_sparse_decode_gradients_equal_dense(arch, aux_max, monkeypatch):
+    """AuxK through the sparse kernels (aux_max 0) or dense over the dead latents (100)."""
+    monkeypatch.setattr(auxk, "DENSE_AUX_MAX", aux_max)
     torch.manual_seed(1)
     kw = {"k": 3, "auxk_k": 5} if arch == "topk" else {}
     sparse = CrossLayerTranscoder(clt_cfg(3, d_sae=64, arch=arch, decode="sparse", **kw))

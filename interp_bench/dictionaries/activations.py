@@ -394,11 +394,14 @@ class BatchTopK(Activation):
         active = vals > 0
         counts = torch.bincount(layout.col[active], minlength=d.d_sae)
         l0 = active.sum().float() / len(x)
-        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
+        choice = d.auxk_choice(pre, dead_mask)
         aux = None
-        if aux_idx is not None:
-            aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
-            aux = AuxTerms(aux_vals, aux_idx, aux_scale)
+        if choice is not None and choice.dense_pays:  # as TopK._sparse
+            aux = dense_aux(choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values)
+        elif choice is not None:
+            aux_layout = TopKLayout(choice.indices, d.d_sae)
+            aux_vals = self.aux_values(gather_pre(*args, aux_layout, sae_in))
+            aux = AuxTerms(aux_vals, choice.indices, choice.scale)
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig, _check, _JsonMixin
 from interp_bench.dictionaries.activations import _topk_stats, make_activation
-from interp_bench.dictionaries.auxk import AuxTerms
+from interp_bench.dictionaries.auxk import AuxTerms, dense_aux
 from interp_bench.dictionaries.dictionary import ForwardOutput, SparseDictionary, geometric_median
 from interp_bench.dictionaries.evaluate import EvalStats, QualityMeter, batch_fvu
 from interp_bench.dictionaries.topk import (
@@ -359,12 +359,19 @@ class CrossLayerTranscoder(nn.Module):
             penalty = act.penalty(pre, acts, W_dec)
             return acts @ W_dec, penalty, active.sum(-1).float().mean(), active.sum(0), None
         k = self.cfg.ks[i]
+        aux = None
         if act.sparse(self.d_sae):  # as TopK._sparse: only the chosen latents after the encoder
             sae_in = x.detach()
             pre = view.selection_pre(sae_in)
             idx = topk_rows(pre, k)[1]
             layout = TopKLayout(idx, self.d_sae)
-            aux_idx, aux_scale = view.auxk_indices(pre, dead)
+            choice = view.auxk_choice(pre, dead)
+            aux_idx, aux_scale = None, 0.0
+            if choice is not None and choice.dense_pays:  # few dead: dense products over them
+                W_enc_t, W_self = view.W_enc.t(), self.decoder(i, i)
+                aux = dense_aux(choice, sae_in, None, W_enc_t, view.b_enc, W_self, act.aux_values)
+            elif choice is not None:
+                aux_idx, aux_scale = choice.indices, choice.scale
             both = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
             enc = layout if aux_idx is None else TopKLayout(both, self.d_sae)
             raw = gather_pre(x, None, view.W_enc, view.b_enc, pre, enc, sae_in)
@@ -377,7 +384,8 @@ class CrossLayerTranscoder(nn.Module):
             raw = pre.gather(1, idx if aux_idx is None else torch.cat([idx, aux_idx], 1))
             vals = raw[:, :k].relu()
             decoded = dense_decode(vals, idx, W_dec)
-        aux = None if aux_idx is None else AuxTerms(act.aux_values(raw[:, k:]), aux_idx, aux_scale)
+        if aux_idx is not None:
+            aux = AuxTerms(act.aux_values(raw[:, k:]), aux_idx, aux_scale)
         penalty, l0, counts = _topk_stats(vals, idx, self.d_sae)
         return decoded, penalty, l0, counts, aux
 
