@@ -1,7 +1,8 @@
 """AuxK's two paths on one machine, one process: a TopK dictionary's training loss forward +
 backward with AuxK through the sparse kernels against dense products over the dead latents only
 (`interp_bench.dictionaries.auxk`), at several dead fractions. The two are interleaved round by
-round (so load hits both alike) by switching ``auxk.DENSE_AUX_MAX``; the row "dead 0" is the same
+round, alternating which goes first (so load and warm caches hit both alike), by switching
+``auxk.DENSE_AUX_MAX``; the row "dead 0" is the same
 step twice (no AuxK) and shows the noise. Where the ratio crosses 1 is where ``DENSE_AUX_MAX``
 belongs (in units of k_aux = d_out / 2 latents).
 
@@ -66,7 +67,8 @@ def main() -> None:
             dead[torch.randperm(args.d_sae)[:n]] = True
             times: dict[str, list[float]] = {k: [] for k in PATHS}
             for r in range(args.rounds + 1):  # round 0 warms up
-                for name, limit in PATHS.items():
+                order = list(PATHS.items())  # alternate which path goes first: no order bias
+                for name, limit in order if r % 2 else order[::-1]:
                     auxk.DENSE_AUX_MAX = limit
                     t = step(dead if n else None)
                     if r:
