@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig
-from interp_bench.dictionaries.auxk import AuxTerms, dense_aux
+from interp_bench.dictionaries import auxk
+from interp_bench.dictionaries.auxk import AuxTerms
 from interp_bench.dictionaries.matryoshka import (
     dense_prefix_decode,
     sparse_prefix_decode,
@@ -250,11 +251,9 @@ class TopK(Activation):
         idx = topk_rows(pre, k)[1]
         layout = TopKLayout(idx, d.d_sae)
         choice = d.auxk_choice(pre, dead_mask)
-        aux, aux_idx = None, None
-        if choice is not None and choice.dense_pays:  # few dead: dense products over them
-            aux = dense_aux(choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values)
-        elif choice is not None:
-            aux_idx = choice.indices
+        aux, aux_idx = auxk.route(
+            choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values
+        )
         # One backward for TopK and sparse AuxK latents: their gradients share the encoder product.
         enc_layout = (
             layout if aux_idx is None else TopKLayout(torch.cat([idx, aux_idx], 1), d.d_sae)
@@ -395,13 +394,12 @@ class BatchTopK(Activation):
         counts = torch.bincount(layout.col[active], minlength=d.d_sae)
         l0 = active.sum().float() / len(x)
         choice = d.auxk_choice(pre, dead_mask)
-        aux = None
-        if choice is not None and choice.dense_pays:  # as TopK._sparse
-            aux = dense_aux(choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values)
-        elif choice is not None:
-            aux_layout = TopKLayout(choice.indices, d.d_sae)
-            aux_vals = self.aux_values(gather_pre(*args, aux_layout, sae_in))
-            aux = AuxTerms(aux_vals, choice.indices, choice.scale)
+        aux, aux_idx = auxk.route(
+            choice, sae_in, d.b_shift, d.W_enc_t, d.b_enc, d.W_dec, self.aux_values
+        )
+        if aux_idx is not None:
+            aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
+            aux = AuxTerms(aux_vals, aux_idx, choice.scale)
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 

@@ -10,7 +10,7 @@ one 0.71-0.77x of it at 0.8-1.6 k_aux dead, 0.92-0.95x at 3.2, 0.97-1.02x at 4.0
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,10 +21,13 @@ DENSE_AUX_MAX = 3.5
 
 
 class AuxChoice(NamedTuple):
-    """The dead latents ``[n_dead]``, each token's top k_aux of them as positions in ``dead``
-    (``[B, k_aux]``), and the loss scale (dead fraction of k_aux, at most 1)."""
+    """The dead latents ``[n_dead]``, their pre-activations from the selection product
+    (``[B, n_dead]``, no gradient; revived ones already lifted), each token's top k_aux of them
+    as positions in ``dead`` (``[B, k_aux]``), and the loss scale (dead fraction of k_aux, at
+    most 1)."""
 
     dead: Tensor
+    pre: Tensor
     local: Tensor
     scale: float
 
@@ -32,10 +35,6 @@ class AuxChoice(NamedTuple):
     def indices(self) -> Tensor:
         """The chosen latents' indices ``[B, k_aux]``."""
         return self.dead[self.local]
-
-    @property
-    def dense_pays(self) -> bool:
-        return self.dead.numel() <= DENSE_AUX_MAX * self.local.shape[1]
 
 
 class AuxTerms(NamedTuple):
@@ -54,6 +53,27 @@ class AuxTerms(NamedTuple):
         return sparse_decode(self.values, self.indices, W_dec)
 
 
+class DeadPre(torch.autograd.Function):
+    """The dead latents' pre-activations ``(x - b_shift) @ W^T + b`` with ``W``/``b`` their rows of
+    W_enc_t/b_enc, taken from the selection product (recomputed only when that was in a lower
+    precision), so the dense path runs no second encoder product. Backward as GatherPre's, dense:
+    grad_W = G^T sae_in, grad_b = column sums of G, grad_b_shift = -W^T grad_b."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, sae_in: Tensor, W: Tensor, b: Tensor, b_shift):
+        ctx.save_for_backward(sae_in, W)
+        if pre.dtype != W.dtype:
+            return torch.addmm(b, sae_in, W.t())
+        return pre.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        sae_in, W = ctx.saved_tensors
+        grad_b = grad.sum(0)
+        grad_shift = -(W.t() @ grad_b) if ctx.needs_input_grad[4] else None
+        return None, None, grad.t() @ sae_in, grad_b, grad_shift
+
+
 def dense_aux(
     choice: AuxChoice,
     sae_in: Tensor,
@@ -63,18 +83,31 @@ def dense_aux(
     W_dec: Tensor,
     values: Callable[[Tensor], Tensor],
 ) -> AuxTerms:
-    """AuxK through dense products over the dead latents: their pre-activations from the
-    detached encoder input ``sae_in`` (= x - b_shift), ``values`` of the chosen ones (ReLU or
-    linear), decoded by the dead latents' decoder rows. Gradients reach W_enc, b_enc, W_dec and
-    b_shift as the sparse path's do (b_shift's as -W_enc @ grad_b_enc, never a [B, d] product)."""
+    """AuxK through dense products over the dead latents: ``values`` (ReLU or linear) of each
+    token's chosen ones, decoded by the dead latents' decoder rows. Gradients reach W_enc, b_enc,
+    W_dec and b_shift as the sparse path's do."""
     dead = choice.dead
-    W = W_enc_t.index_select(0, dead)
-    b = b_enc.index_select(0, dead)
-    if b_shift is not None:
-        # 0 in value (sae_in already has it); gives b_shift its gradient -W^T g, and W none.
-        shift = W.detach() @ b_shift
-        b = b - (shift - shift.detach())
-    pre = torch.addmm(b, sae_in, W.t())
+    W, b = W_enc_t.index_select(0, dead), b_enc.index_select(0, dead)
+    pre = DeadPre.apply(choice.pre, sae_in, W, b, b_shift)
     chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, choice.local, True)
     lat = torch.where(chosen, values(pre), 0.0)
     return AuxTerms(None, None, choice.scale, lat @ W_dec.index_select(0, dead))
+
+
+def route(
+    choice: AuxChoice | None,
+    sae_in: Tensor,
+    b_shift: Tensor | None,
+    W_enc_t: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    values: Callable[[Tensor], Tensor],
+) -> tuple[AuxTerms | None, Tensor | None]:
+    """Where a sparse path's AuxK goes: ``(terms, None)`` computed densely while at most
+    DENSE_AUX_MAX x k_aux latents are dead, else ``(None, indices)`` for the caller's sparse
+    kernels (which share the main path's encoder backward); ``(None, None)`` with none dead."""
+    if choice is None:
+        return None, None
+    if choice.dead.numel() <= DENSE_AUX_MAX * choice.local.shape[1]:
+        return dense_aux(choice, sae_in, b_shift, W_enc_t, b_enc, W_dec, values), None
+    return None, choice.indices

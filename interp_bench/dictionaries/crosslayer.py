@@ -29,8 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from interp_bench.config import DictionaryConfig, _check, _JsonMixin
+from interp_bench.dictionaries import auxk
 from interp_bench.dictionaries.activations import _topk_stats, make_activation
-from interp_bench.dictionaries.auxk import AuxTerms, dense_aux
+from interp_bench.dictionaries.auxk import AuxTerms
 from interp_bench.dictionaries.dictionary import ForwardOutput, SparseDictionary, geometric_median
 from interp_bench.dictionaries.evaluate import EvalStats, QualityMeter, batch_fvu
 from interp_bench.dictionaries.topk import (
@@ -366,12 +367,11 @@ class CrossLayerTranscoder(nn.Module):
             idx = topk_rows(pre, k)[1]
             layout = TopKLayout(idx, self.d_sae)
             choice = view.auxk_choice(pre, dead)
-            aux_idx, aux_scale = None, 0.0
-            if choice is not None and choice.dense_pays:  # few dead: dense products over them
-                W_enc_t, W_self = view.W_enc.t(), self.decoder(i, i)
-                aux = dense_aux(choice, sae_in, None, W_enc_t, view.b_enc, W_self, act.aux_values)
-            elif choice is not None:
-                aux_idx, aux_scale = choice.indices, choice.scale
+            W_enc_t, W_self = view.W_enc.t(), self.decoder(i, i)
+            aux, aux_idx = auxk.route(
+                choice, sae_in, None, W_enc_t, view.b_enc, W_self, act.aux_values
+            )
+            aux_scale = 0.0 if choice is None else choice.scale
             both = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
             enc = layout if aux_idx is None else TopKLayout(both, self.d_sae)
             raw = gather_pre(x, None, view.W_enc, view.b_enc, pre, enc, sae_in)

@@ -169,7 +169,7 @@ class SparseDictionary(nn.Module):
             share = self.cfg.k / self.d_sae
             dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
         local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
-        return AuxChoice(dead, local, scale)
+        return AuxChoice(dead, dead_pre, local, scale)
 
     @torch.no_grad()
     def selection_pre(self, sae_in: Tensor) -> Tensor:
