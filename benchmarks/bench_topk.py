@@ -15,6 +15,13 @@ width (no b_dec subtracted from the input, no decoder normalisation in sparsify'
 AuxK off as in its defaults unless ``--dead-fraction``), which is what bench_transcoder steps.
 
 Rows named part_* time one kernel of the sparse step next to the plain torch op it replaces.
+
+``--allocator keep`` gives every variant the glibc setting our Trainer makes on construction
+(``interp_bench.training.allocator``: freed memory stays in the process). It is process-wide, so
+every lock-step benchmark (bench_train, bench_transcoder, quality_grid) runs the peers under it
+too, and sparsify gains most: its encoder backward allocates a ``[batch, k, d_in]`` tensor (302 MB
+at batch 4096) that glibc otherwise maps and faults in afresh every step. The default, ``glibc``,
+is how sparsify runs on its own; run both to see the two ratios (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from benchmarks.common import OUT, machine_info, print_table, write_json
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries import SparseDictionary
 from interp_bench.dictionaries.topk import TopKLayout, topk_rows
+from interp_bench.training.allocator import keep_freed_memory
 
 
 def make_variants(args, x: torch.Tensor, dead: torch.Tensor | None):
@@ -98,8 +106,14 @@ def main() -> None:
     p.add_argument("--dead-fraction", type=float, default=0.0, help="AuxK on this many latents")
     p.add_argument("--batchtopk", action="store_true", help="also time BatchTopK sparse/dense")
     p.add_argument("--transcoder", action="store_true", help="transcoders (x -> another y)")
+    p.add_argument(
+        "--allocator", choices=("glibc", "keep"), default="glibc",
+        help="glibc: as a peer runs on its own; keep: our Trainer's setting, for every variant",
+    )  # fmt: skip
     p.add_argument("--out", default=str(OUT / "bench_topk.json"))
     args = p.parse_args()
+    if args.allocator == "keep" and not keep_freed_memory():
+        p.error("--allocator keep needs Linux with glibc")
     torch.set_num_threads(args.threads)
     machine = machine_info()
     torch.manual_seed(0)
@@ -125,7 +139,8 @@ def main() -> None:
     kind = "transcoder" if args.transcoder else "SAE"
     print(
         f"TopK {kind} step fwd+bwd, d_in={args.d_in} d_sae={args.d_sae} k={args.k} B={args.batch} "
-        f"threads={args.threads} dead={args.dead_fraction} (median of {args.rounds})"
+        f"threads={args.threads} dead={args.dead_fraction} allocator={args.allocator} "
+        f"(median of {args.rounds})"
     )
     for name, t in med.items():
         row = {
