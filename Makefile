@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_cache
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_topk
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.peer_alone
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_train
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_analysis
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_splice
