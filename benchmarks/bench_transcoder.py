@@ -70,7 +70,7 @@ class Ours:
         tc = TrainConfig(batch_size=args.batch_size, tokens=args.tokens, checkpoint_every=0)
         if "lr_scale" in train_over:
             # x the base (width-rule) rate, as the row was first recorded: the transcoder
-            # default has since doubled it (TRANSCODER_BOOST).
+            # default has since raised it (short_run_boost).
             base = tc.auto_lr(cfg.d_sae, True) / tc.short_run_boost(True)
             tc.lr = base * train_over["lr_scale"]
         if "window" in train_over:

@@ -25,7 +25,8 @@ LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
 LR_FULL_WIDTH = 8  # d_sae / d_in of the workloads LR_FULL_STEPS and LR_MAX_BOOST were measured on
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
-# TopK transcoders and CLTs at any length: measured at 48-390 steps (per-layer), 60 (CLT).
+# TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width), measured at
+# 48-390 steps (per-layer) and 60 (CLT).
 TRANSCODER_BOOST = 2.0
 
 
@@ -284,9 +285,10 @@ class TrainConfig(_JsonMixin):
     at most 2x: short runs at the base rate stop short of sparsify; wider than 8x d_in, both the
     192 steps and the 2x scale with width / 8 (each latent is updated that much less often), so a
     short wide run learns as fast as an 8x one; a TopK transcoder or CLT gets
-    2x at any length: 4.7-14% lower FVU than 1x at 48-390 steps on L3/L9/L15, 8-18% for CLTs
-    of layers 0-3 and 12-15, for more dead latents; quality grid and bench_clt, issues 10 and
-    13, benchmarks/RESULTS.md)"""
+    2x that of an 8x SAE run of its length: 2x from 192 steps on (4.7-14% lower FVU than 1x at
+    192-390 steps on L3/L9/L15), up to 4x below 48 (5-19% lower FVU than 2x at 48-100 steps on
+    L9/L15), for more dead latents; quality grid and bench_clt, issues 10 and 13,
+    benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
     tokens: int = 10_000_000
@@ -404,18 +406,19 @@ class TrainConfig(_JsonMixin):
         """How much faster than the base rate a run learns. An SAE run of few steps:
         sqrt(LR_FULL_STEPS / steps), between 1 and LR_MAX_BOOST (a short run at the base rate
         stops far from its plateau, behind sparsify's large sign steps). A TopK transcoder or
-        cross-layer transcoder: TRANSCODER_BOOST at any length (once `revive="recenter"` kept
-        dead latents trainable, 2x beat 1x on FVU on all four per-layer workloads, 48-390 steps,
-        and sparsify on three, and on both CLT workloads, also on CE recovered; it leaves more
-        latents dead, fewer than sparsify's). JumpReLU and ReLU keep the base rate: no grid
-        measured them (benchmarks/RESULTS.md)."""
-        if transcoder:
-            return TRANSCODER_BOOST if arch == "topk" else 1.0
-        if arch not in BOOSTED_ARCHS:
+        cross-layer transcoder: TRANSCODER_BOOST times an 8x SAE's factor for its length (once
+        `revive="recenter"` kept dead latents trainable, 2x beat 1x on FVU on all four
+        per-layer workloads, 48-390 steps, and on both CLT workloads, also on CE recovered; at
+        48 and 100 steps 3-4x beat 2x on L9 and L15 by 5-19%; each step up leaves more latents
+        dead). JumpReLU and ReLU keep the base rate: no grid measured them
+        (benchmarks/RESULTS.md)."""
+        if arch not in BOOSTED_ARCHS or (transcoder and arch != "topk"):
             return 1.0
         # The run's real step count when known (Schedule.total_steps: every rank's tokens per
         # step), else the one batch_size implies.
         steps = steps or max(1, math.ceil(self.tokens / self.batch_size))
+        if transcoder:  # the width part was measured on SAEs only
+            return TRANSCODER_BOOST * min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))
         # A dictionary w times wider than LR_FULL_WIDTH updates each latent w times less often,
         # so it needs w times the steps, and the cap rises to match: a short wide run learns at
         # the rate of an 8x dictionary of the same length until Gao's scaling takes over.

@@ -172,7 +172,7 @@ def test_train_row_times_the_probe_and_measures_every_dictionary():
 
 def test_transcoder_lr_rows_scale_the_base_rate():
     """bench_transcoder's "lr x4" row is 4x the width rule's rate, as RESULTS recorded it, not 4x
-    the transcoder default (which is already TRANSCODER_BOOST times that)."""
+    the transcoder default (which is already short_run_boost times that)."""
     import argparse
 
     from benchmarks.bench_transcoder import Ours

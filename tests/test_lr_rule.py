@@ -50,10 +50,23 @@ def test_rule_counts_steps_not_tokens():
     assert tc.auto_lr(4608) == pytest.approx(base(4608))
 
 
-def test_topk_transcoders_get_a_flat_boost():
-    # 2x at every length the grid measured (48-390 steps; RESULTS.md, issue 13), and beyond.
-    for steps in (1, LR_FULL_STEPS // 4, LR_FULL_STEPS, 390, 100_000):
+def test_topk_transcoders_get_twice_an_sae_run_of_their_length():
+    # 2x from 192 steps on (192-390 measured; RESULTS.md, issue 13), twice the SAE's short-run
+    # factor below (48-100 measured): 4x at a quarter of 192 steps and below.
+    for steps in (LR_FULL_STEPS, 390, 100_000):
         assert lr(steps, transcoder=True) == pytest.approx(TRANSCODER_BOOST * base(4608))
+    for steps in (1, 48, LR_FULL_STEPS // 4):
+        assert lr(steps, transcoder=True) == pytest.approx(4 * base(4608))
+    assert lr(100, transcoder=True) == pytest.approx(2 * (192 / 100) ** 0.5 * base(4608))
+    rates = [lr(s, transcoder=True) for s in range(1, 400)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_transcoder_boost_ignores_width():
+    # The width part was measured on SAEs only: a 32x transcoder gets the 8x factor.
+    tc = TrainConfig(batch_size=BATCH, tokens=100 * BATCH)
+    wide, narrow = (tc.short_run_boost(True, "topk", width=w) for w in (32, 8))
+    assert wide == narrow == pytest.approx(TRANSCODER_BOOST * (192 / 100) ** 0.5)
 
 
 def test_unmeasured_transcoders_keep_the_base_rate():
@@ -77,7 +90,7 @@ def test_trainer_uses_the_rule():
     t = Trainer(cfgs, tc, device="cpu")
     assert t.lrs == [pytest.approx(tc.auto_lr(64)), pytest.approx(tc.auto_lr(64, True))]
     assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(64))
-    assert t.lrs[1] == pytest.approx(TRANSCODER_BOOST * base(64))
+    assert t.lrs[1] == pytest.approx(TRANSCODER_BOOST * LR_MAX_BOOST * base(64))
 
 
 def test_help_states_the_rule():
@@ -110,10 +123,10 @@ def test_trainer_boosts_a_crosslayer_transcoder_like_a_transcoder():
     clt = CrossLayerConfig(d_in=16, d_sae=64, k=4, hooks_in=ins, hooks_out=outs)
     tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
     t = Trainer([clt], tc, device="cpu")
-    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * base(64))]
+    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * LR_MAX_BOOST * base(64))]
     x = {h: torch.randn(128, 16) for h in ins + outs}
     t.step(x)  # the first step recomputes the rule with the real step count
-    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * base(64))]
+    assert t.lrs == [pytest.approx(TRANSCODER_BOOST * LR_MAX_BOOST * base(64))]
 
 
 def wide_lr(steps: int, width: int, d_in: int = 576) -> float:
