@@ -121,8 +121,11 @@ class DictionaryConfig(_JsonMixin):
     """topk / batchtopk: Matryoshka prefix sizes, e.g. 256,1024,4608 (last = d_sae): latents
     0..m-1 are trained to reconstruct on their own for each m, loss summed over the prefixes
     (Bussmann et al. 2025), so early latents keep general features; None: a plain dictionary"""
-    threshold_ema: float = 0.99
-    """batchtopk: EMA decay of the inference threshold"""
+    threshold_ema: float | None = None
+    """batchtopk: EMA decay of the inference threshold; None: a window of 10% of the run's
+    steps, 1 to 100 (0.9 at 100 steps, 0.99 from 1,000): at 0.99 a 100-step run's threshold
+    still held its early, higher values and inference fired L0 ~20 for k 32 (0.9: L0 30.6 and
+    8-18% lower FVU on L3/L9/L15; RESULTS.md, "BatchTopK's threshold window")"""
     decode: str = "auto"
     """topk / batchtopk training decode path: auto, sparse or dense"""
     select: str = "auto"
@@ -201,6 +204,10 @@ class DictionaryConfig(_JsonMixin):
             self.jumprelu_threshold_lr is None
             or (_finite(self.jumprelu_threshold_lr) and self.jumprelu_threshold_lr > 0),
             f"jumprelu_threshold_lr must be positive and finite, got {self.jumprelu_threshold_lr}",
+        )
+        _check(
+            self.threshold_ema is None or 0 <= self.threshold_ema < 1,
+            f"threshold_ema must be in [0, 1) or None (by run length), got {self.threshold_ema}",
         )
         _check(
             self.revive in REVIVE,

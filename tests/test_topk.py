@@ -244,3 +244,31 @@ def test_bf16_selection_gives_fp32_values_and_gradients(arch, seed):
     torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=1e-6, atol=1e-6)
     for p, q in zip(ref.parameters(), low.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_batchtopk_threshold_window_follows_the_run_length():
+    """10% of the run, 1 to 100 steps: a 100-step run forgets its early thresholds (at 0.99 its
+    inference fired L0 ~20 for k 32), a long one keeps Bussmann et al.'s 0.99."""
+    from interp_bench.config import TrainConfig
+    from interp_bench.dictionaries.activations import threshold_decay
+    from interp_bench.training.trainer import Trainer
+
+    assert threshold_decay(100) == pytest.approx(0.9)
+    assert threshold_decay(1000) == threshold_decay(10**6) == pytest.approx(0.99)
+    assert threshold_decay(5) == 0.0
+    decays = [threshold_decay(s) for s in range(1, 2000)]
+    assert all(a <= b for a, b in zip(decays, decays[1:], strict=False))
+
+    x = {"x": torch.randn(32, 16)}
+    tc = TrainConfig(batch_size=32, tokens=32 * 100, checkpoint_every=0)
+    for set_ema, want in ((None, 0.9), (0.95, 0.95)):
+        cfg = DictionaryConfig(16, 64, arch="batchtopk", k=4, hook_in="x", threshold_ema=set_ema)
+        t = Trainer([cfg], tc, device="cpu")
+        t.step(x)
+        assert t.dicts[0].act.ema == pytest.approx(want)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1])
+def test_threshold_ema_must_be_a_decay(bad):
+    with pytest.raises(ValueError, match="threshold_ema must be in"):
+        DictionaryConfig(8, 32, arch="batchtopk", threshold_ema=bad)

@@ -140,6 +140,10 @@ class Activation(nn.Module):
         in a run of ``steps`` optimiser steps."""
         return {}
 
+    def plan(self, steps: int) -> None:
+        """Fit settings that depend on the run's length to a run of ``steps`` optimiser steps
+        (the trainer calls it once the length is known)."""
+
     def sparse(self, d_sae: int) -> bool:
         """Whether training (and TopK inference) decode through the active latents only."""
         return self.sparse_capable and choose_sparse(self.cfg.k, d_sae, self.cfg.decode)
@@ -299,6 +303,13 @@ def _topk_stats(vals: Tensor, idx: Tensor, d_sae: int) -> tuple[Tensor, Tensor, 
         return vals.new_zeros(()), active.sum(-1).float().mean(), counts
 
 
+def threshold_decay(steps: int) -> float:
+    """BatchTopK's threshold EMA decay for a run of ``steps``: a window of 10% of the run, from 1
+    to 100 steps, so the inference threshold forgets the early batches of a short run and
+    averages over 100 in a long one (the Bussmann et al. 0.99)."""
+    return 1 - 1 / min(100.0, max(1.0, steps / 10))
+
+
 class BatchTopK(Activation):
     """Keep the k * B largest (ReLU'd) pre-activations over the whole batch (Bussmann et al.
     2024), so tokens get a variable number of latents averaging k.
@@ -316,6 +327,12 @@ class BatchTopK(Activation):
         self.register_buffer("topk_threshold", torch.zeros(()))
         # Total weight of the batches averaged so far (1 - ema^t): the bias correction.
         self.register_buffer("threshold_weight", torch.zeros(()))
+        # Until `plan` sees the run's length: the long-run window.
+        self.ema = cfg.threshold_ema if cfg.threshold_ema is not None else threshold_decay(1000)
+
+    def plan(self, steps: int) -> None:
+        if self.cfg.threshold_ema is None:
+            self.ema = threshold_decay(steps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # A state saved before the bias correction holds a finished threshold: weight 1.
@@ -353,7 +370,7 @@ class BatchTopK(Activation):
         positive = values[values > 0]
         if positive.numel():
             m = positive.min().to(self.topk_threshold.dtype)
-            ema = self.cfg.threshold_ema
+            ema = self.ema
             before = ema * self.threshold_weight
             weight = before + (1 - ema)
             self.topk_threshold.mul_(before).add_((1 - ema) * m).div_(weight)

@@ -27,6 +27,7 @@ import torch
 from activation_cache.models import default_device
 from interp_bench.config import DictionaryConfig, Schedule, TrainConfig
 from interp_bench.dictionaries import SparseDictionary, save_dictionary
+from interp_bench.dictionaries.activations import Activation
 from interp_bench.dictionaries.evaluate import DENSE_FRACTION
 from interp_bench.training import averaging, ddp, guards
 from interp_bench.training import checkpoint as ckpt
@@ -171,6 +172,9 @@ class Trainer:
             for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
                 for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
                     g["lr_scale"] = new["lr_scale"]
+                for act in d.modules():
+                    if isinstance(act, Activation):
+                        act.plan(steps)
         sched = self.schedule
         if tc.weight_average > 0 and self.averages is None:
             self.averages = [averaging.start_average(d) for d in self.dicts]
