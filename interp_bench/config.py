@@ -207,7 +207,7 @@ class DictionaryConfig(_JsonMixin):
         )
         _check(
             self.threshold_ema is None or 0 <= self.threshold_ema < 1,
-            f"threshold_ema must be in [0, 1) or None (by run length), got {self.threshold_ema}",
+            f"threshold_ema must be in [0, 1) (unset: by run length), got {self.threshold_ema}",
         )
         _check(
             self.revive in REVIVE,
