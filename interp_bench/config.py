@@ -125,7 +125,7 @@ class DictionaryConfig(_JsonMixin):
     """batchtopk: EMA decay of the inference threshold; None: a window of 10% of the run's
     steps, 1 to 100 (0.9 at 100 steps, 0.99 from 1,000): at 0.99 a 100-step run's threshold
     still held its early, higher values and inference fired L0 ~20 for k 32 (0.9: L0 30.6 and
-    8-18% lower FVU on L3/L9/L15; RESULTS.md, "BatchTopK's threshold window")"""
+    5-18% lower FVU on L3/L9/L15; RESULTS.md, "BatchTopK's threshold window")"""
     decode: str = "auto"
     """topk / batchtopk training decode path: auto, sparse or dense"""
     select: str = "auto"
@@ -293,8 +293,8 @@ class TrainConfig(_JsonMixin):
     192 steps and the 2x scale with width / 8 (each latent is updated that much less often), so a
     short wide run learns as fast as an 8x one; a TopK transcoder or CLT gets
     2x that of an 8x SAE run of its length: 2x from 192 steps on (4.7-14% lower FVU than 1x at
-    192-390 steps on L3/L9/L15), up to 4x below 48 (5-19% lower FVU than 2x at 48-100 steps on
-    L9/L15), for more dead latents; quality grid and bench_clt, issues 10 and 13,
+    192-390 steps on L3/L9/L15), up to 4x below 48 (10-19% lower FVU than 2x at 48 steps, 4-5%
+    at 100, on L9/L15), for more dead latents; quality grid and bench_clt, issues 10 and 13,
     benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
@@ -416,7 +416,7 @@ class TrainConfig(_JsonMixin):
         cross-layer transcoder: TRANSCODER_BOOST times an 8x SAE's factor for its length (once
         `revive="recenter"` kept dead latents trainable, 2x beat 1x on FVU on all four
         per-layer workloads, 48-390 steps, and on both CLT workloads, also on CE recovered; at
-        48 and 100 steps 3-4x beat 2x on L9 and L15 by 5-19%; each step up leaves more latents
+        48 and 100 steps 3-4x beat 2x on L9 and L15 by 4-19%; each step up leaves more latents
         dead). JumpReLU and ReLU keep the base rate: no grid measured them
         (benchmarks/RESULTS.md)."""
         if arch not in BOOSTED_ARCHS or (transcoder and arch != "topk"):
