@@ -94,11 +94,15 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(OUT / "peer_alone.json"))
     args = p.parse_args()
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"sae", "transcoder"}:
+        p.error(f"--kinds takes sae,transcoder; got {args.kinds!r}")
+    if min(args.rounds, args.steps) < 1 or args.warmup < 0:
+        p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if args.child:
         return child(args)
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     passed = [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in
               ("d_in", "expansion", "k", "batch", "steps", "warmup", "threads")]  # fmt: skip
     ms: dict[tuple[str, str], list[float]] = {(k, r): [] for k in kinds for r in RUNNERS}

@@ -43,3 +43,12 @@ def test_parent_runs_each_runner_per_round_and_compares_with_ours(tmp_path, monk
         ("sparsify + our allocator", 1.5),
         ("ours", 1.0),
     }
+
+
+@pytest.mark.parametrize("bad", [["--kinds", "sea"], ["--rounds", "0"], ["--steps", "0"]])
+def test_bad_arguments_stop_before_any_child(bad, monkeypatch, capsys):
+    monkeypatch.setattr(peer_alone.subprocess, "run", lambda *a, **k: pytest.fail("ran a child"))
+    monkeypatch.setattr(sys, "argv", ["peer_alone", *bad])
+    with pytest.raises(SystemExit):
+        peer_alone.main()
+    assert "error:" in capsys.readouterr().err
