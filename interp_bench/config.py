@@ -95,6 +95,11 @@ class DictionaryConfig(_JsonMixin):
     each latent's pre-activation scaled to mean 0 / variance 1 on the first batch, so every latent
     starts with an equal chance to be chosen), or auto = tied for an SAE, standardized for a
     transcoder (demo transcoder: 35% never-firing latents against 50% with random; RESULTS.md)"""
+    decoder_init: str = "auto"
+    """random (unit-norm rows) or fit: on the first batch, each latent's row points along the
+    centred targets of the tokens TopK chooses it on, weighted by its value there (topk /
+    batchtopk), so no latent starts by adding noise to its tokens' outputs; auto = random (fit
+    is measured in benchmarks/RESULTS.md, "A transcoder's decoder fitted at the start")"""
     sparsity: str = "l1"
     """relu: l1 (decoder-norm weighted) or kl (KL(rho || rho_hat) per latent)"""
     l1_coefficient: float = 5.0
@@ -188,6 +193,15 @@ class DictionaryConfig(_JsonMixin):
             f"encoder_init must be auto, tied, random or standardized, got {self.encoder_init!r}",
         )
         _check(
+            self.decoder_init in ("auto", "random", "fit"),
+            f"decoder_init must be auto, random or fit, got {self.decoder_init!r}",
+        )
+        _check(
+            self.decoder_init != "fit" or self.arch in ("topk", "batchtopk"),
+            f"decoder_init='fit' needs topk or batchtopk latents, not {self.arch!r}; "
+            "use decoder_init='random'",
+        )
+        _check(
             self.encoder_init != "tied" or self.out_dim == self.d_in,
             f"encoder_init='tied' needs d_out == d_in (got {self.out_dim} != {self.d_in}); "
             "use 'standardized' or 'random'",
@@ -220,6 +234,10 @@ class DictionaryConfig(_JsonMixin):
         if self.encoder_init != "auto":
             return self.encoder_init
         return "standardized" if self.is_transcoder else "tied"
+
+    @property
+    def resolved_decoder_init(self) -> str:
+        return "random" if self.decoder_init == "auto" else self.decoder_init
 
     @property
     def resolved_revive(self) -> str:

@@ -257,3 +257,64 @@ def test_standardized_encoder_init_equalises_latents():
     assert sae.resolved_encoder_init == "tied"
     with pytest.raises(ValueError, match="encoder_init='tied' needs d_out == d_in"):
         DictionaryConfig(16, 64, d_out=8, hook_out="o", encoder_init="tied")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_fitted_decoder_rows_point_along_their_tokens_targets(arch):
+    """decoder_init='fit': each row is the unit vector of sum_t f_tj (y_t - b_dec) over the init
+    batch, f the per-token top k of the (standardised) pre-activations; latents chosen on no
+    token keep the random row they were built with."""
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(
+        16, 256, arch=arch, k=2, d_out=8, hook_out="L0.mlp_out", decoder_init="fit"
+    )
+    m = SparseDictionary(cfg)
+    random_rows = m.W_dec.detach().clone()
+    x = torch.randn(40, 16) * torch.logspace(-1, 1, 16)
+    y = torch.randn(40, 8) + 2.0
+    m.init_from_data(x, y)
+    pre = m.pre_acts(x)
+    expected = random_rows.clone()
+    chosen = set()
+    for t in range(len(x)):
+        chosen.update(pre[t].topk(2).indices.tolist())
+    for j in range(256):
+        if j in chosen:
+            acc = torch.zeros(8)
+            for t in range(len(x)):
+                if j in pre[t].topk(2).indices.tolist():
+                    acc += pre[t, j].relu() * (y[t] - m.b_dec)
+            expected[j] = acc / acc.norm()
+    assert 0 < len(chosen) < 256  # both kinds of latent are checked
+    torch.testing.assert_close(m.W_dec.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fitted_decoder_rows_agree_with_their_tokens_targets_random_ones_do_not():
+    """The point of fitting: every latent's first contribution to its tokens' outputs points
+    along their centred targets (sum_t f_tj <W_dec_j, y_t - b_dec> > 0), where a random row's
+    does for about half of the latents and pushes the rest down from the first step."""
+    torch.manual_seed(0)
+    x = torch.randn(2048, 32)
+    y = torch.tanh(x @ torch.randn(32, 16))  # an MLP-like map into another space
+    agree = {}
+    for init in ("random", "fit"):
+        torch.manual_seed(1)
+        cfg = DictionaryConfig(32, 256, k=8, d_out=16, hook_out="o", decoder_init=init)
+        m = SparseDictionary(cfg)
+        m.init_from_data(x, y)
+        pre = m.pre_acts(x)
+        top = pre.topk(8, dim=1)
+        f = torch.zeros_like(pre).scatter_(1, top.indices, top.values.relu())
+        fired = (f > 0).any(0)
+        score = (f * ((y - m.b_dec) @ m.W_dec.T)).sum(0)  # [d_sae]
+        agree[init] = (score[fired] > 0).float().mean().item()
+    assert agree["fit"] == 1.0
+    assert 0.3 < agree["random"] < 0.7
+
+
+def test_fitted_decoder_needs_k_sparse_latents():
+    assert DictionaryConfig(16, 64, d_out=8, hook_out="o").resolved_decoder_init == "random"
+    with pytest.raises(ValueError, match="decoder_init='fit' needs topk or batchtopk"):
+        DictionaryConfig(16, 64, arch="relu", d_out=8, hook_out="o", decoder_init="fit")
+    with pytest.raises(ValueError, match="decoder_init must be auto, random or fit"):
+        DictionaryConfig(16, 64, decoder_init="tied")

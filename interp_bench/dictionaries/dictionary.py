@@ -271,9 +271,9 @@ class SparseDictionary(nn.Module):
     @torch.no_grad()
     def init_from_data(self, x: Tensor, target: Tensor | None = None, method: str = "mean") -> None:
         """Set ``b_dec`` to the mean (or geometric median) of the reconstruction target, so the
-        encoder starts from centred inputs, and standardise the encoder where
-        ``cfg.encoder_init`` asks for it. ``x`` / ``target`` are a sample batch (normalised the
-        same way as training batches)."""
+        encoder starts from centred inputs; standardise the encoder where ``cfg.encoder_init``
+        asks for it and fit the decoder where ``cfg.decoder_init`` does. ``x`` / ``target`` are a
+        sample batch (normalised the same way as training batches)."""
         self._check(x, self.d_in, "input")
         y = x if target is None else target
         self._check(y, self.d_out, "target")
@@ -291,6 +291,23 @@ class SparseDictionary(nn.Module):
             std = pre.std(0).clamp_min(1e-6)
             self.W_enc.div_(std)
             self.b_enc.copy_(-pre.mean(0) / std)
+        if self.cfg.resolved_decoder_init == "fit":
+            self._fit_decoder(x.reshape(-1, self.d_in), y)
+
+    @torch.no_grad()
+    def _fit_decoder(self, x: Tensor, y: Tensor) -> None:
+        """Point each decoder row along the centred targets of the tokens TopK picks its latent
+        on, weighted by its value there (one least-squares step from zero). A random row adds
+        noise to every token its latent fires on, so the main loss first pushes the latent
+        down, and a transcoder's encoder cannot start tied to its decoder as an SAE's does.
+        Latents chosen on no token of the batch keep their random row."""
+        top = self.pre_acts(x).topk(self.cfg.k, dim=1)
+        f = torch.zeros(x.shape[0], self.d_sae, dtype=y.dtype, device=y.device)
+        f.scatter_(1, top.indices, top.values.relu().to(y.dtype))
+        fit = f.T @ (y - self.b_dec)
+        norm = fit.norm(dim=1, keepdim=True)
+        chosen = norm.squeeze(1) > 0
+        self.W_dec[chosen] = (fit[chosen] / norm[chosen]).to(self.W_dec.dtype)
 
     @torch.no_grad()
     def fold_scale(self, in_scale: float, out_scale: float | None = None) -> SparseDictionary:
