@@ -25,9 +25,22 @@ LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
 LR_FULL_WIDTH = 8  # d_sae / d_in of the workloads LR_FULL_STEPS and LR_MAX_BOOST were measured on
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
-# TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width), measured at
-# 48-390 steps (per-layer) and 60 (CLT).
-TRANSCODER_BOOST = 2.0
+# TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width) up to
+# TRANSCODER_TAPER[0] steps, tapering (in log steps) to TRANSCODER_LONG_BOOST at [1] and on;
+# measured with fitted decoder rows at 48-390 and 1,000 steps (per-layer) and 60 (CLT).
+TRANSCODER_BOOST = 3.0
+TRANSCODER_LONG_BOOST = 2.0
+TRANSCODER_TAPER = (390, 1000)
+
+
+def transcoder_boost(steps: int) -> float:
+    """A TopK transcoder's rate over an 8x SAE's of the same length: TRANSCODER_BOOST up to
+    TRANSCODER_TAPER[0] steps (3x beat 2x on FVU at 48-390 steps), TRANSCODER_LONG_BOOST from
+    TRANSCODER_TAPER[1] on (2x beat 3x at 1,000 steps, with fewer dead latents), log-linear
+    between."""
+    lo, hi = TRANSCODER_TAPER
+    t = min(1.0, max(0.0, math.log(max(steps, 1) / lo) / math.log(hi / lo)))
+    return TRANSCODER_BOOST + t * (TRANSCODER_LONG_BOOST - TRANSCODER_BOOST)
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -98,8 +111,10 @@ class DictionaryConfig(_JsonMixin):
     decoder_init: str = "auto"
     """random (unit-norm rows) or fit: on the first batch, each latent's row points along the
     centred targets of the tokens TopK chooses it on, weighted by its value there (topk /
-    batchtopk), so no latent starts by adding noise to its tokens' outputs; auto = random (fit
-    is measured in benchmarks/RESULTS.md, "A transcoder's decoder fitted at the start")"""
+    batchtopk), so no latent starts by adding noise to its tokens' outputs; auto = fit for a
+    TopK transcoder (never-firing latents 2-5x fewer on L3-L21 at 48-1,000 steps, with the
+    rate it allows lower FVU everywhere; RESULTS.md, "Transcoder decoders fitted at the
+    start"), random otherwise (an SAE's encoder starts tied to its decoder)"""
     sparsity: str = "l1"
     """relu: l1 (decoder-norm weighted) or kl (KL(rho || rho_hat) per latent)"""
     l1_coefficient: float = 5.0
@@ -237,7 +252,9 @@ class DictionaryConfig(_JsonMixin):
 
     @property
     def resolved_decoder_init(self) -> str:
-        return "random" if self.decoder_init == "auto" else self.decoder_init
+        if self.decoder_init != "auto":
+            return self.decoder_init
+        return "fit" if self.is_transcoder and self.arch == "topk" else "random"
 
     @property
     def resolved_revive(self) -> str:
@@ -310,10 +327,10 @@ class TrainConfig(_JsonMixin):
     at most 2x: short runs at the base rate stop short of sparsify; wider than 8x d_in, both the
     192 steps and the 2x scale with width / 8 (each latent is updated that much less often), so a
     short wide run learns as fast as an 8x one; a TopK transcoder or CLT gets
-    2x that of an 8x SAE run of its length: 2x from 192 steps on (4.7-14% lower FVU than 1x at
-    192-390 steps on L3/L9/L15), up to 4x below 48 (10-19% lower FVU than 2x at 48 steps, 4-5%
-    at 100, on L9/L15), for more dead latents; quality grid and bench_clt, issues 10 and 13,
-    benchmarks/RESULTS.md)"""
+    3x that of an 8x SAE run of its length up to 390 steps (6x below 48, 3x at 192-390),
+    tapering to 2x at 1,000 steps and on (with decoder rows fitted at the start, 3x beat 2x on
+    FVU at 48-390 steps on L3-L21, 2x beat 3x at 1,000; quality grid and bench_clt, issues 10
+    and 13, benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
     tokens: int = 10_000_000
@@ -431,11 +448,13 @@ class TrainConfig(_JsonMixin):
         """How much faster than the base rate a run learns. An SAE run of few steps:
         sqrt(LR_FULL_STEPS / steps), between 1 and LR_MAX_BOOST (a short run at the base rate
         stops far from its plateau, behind sparsify's large sign steps). A TopK transcoder or
-        cross-layer transcoder: TRANSCODER_BOOST times an 8x SAE's factor for its length (once
+        cross-layer transcoder: ``transcoder_boost`` times an 8x SAE's factor for its length (once
         `revive="recenter"` kept dead latents trainable, 2x beat 1x on FVU on all four
         per-layer workloads, 48-390 steps, and on both CLT workloads, also on CE recovered; at
-        48 and 100 steps 3-4x beat 2x on L9 and L15 by 4-19%; each step up leaves more latents
-        dead). JumpReLU and ReLU keep the base rate: no grid measured them
+        48 and 100 steps 3-4x beat 2x on L9 and L15 by 4-19%; each step up left more latents
+        dead, until fitted decoder rows (``decoder_init``) cut them 2-5x and made room for 3x
+        up to 390 steps).
+        BatchTopK transcoders, JumpReLU and ReLU keep the base rate: no grid measured them
         (benchmarks/RESULTS.md)."""
         if arch not in BOOSTED_ARCHS or (transcoder and arch != "topk"):
             return 1.0
@@ -443,7 +462,9 @@ class TrainConfig(_JsonMixin):
         # step), else the one batch_size implies.
         steps = steps or max(1, math.ceil(self.tokens / self.batch_size))
         if transcoder:  # the width part was measured on SAEs only
-            return TRANSCODER_BOOST * min(LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5))
+            return transcoder_boost(steps) * min(
+                LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5)
+            )
         # A dictionary w times wider than LR_FULL_WIDTH updates each latent w times less often,
         # so it needs w times the steps, and the cap rises to match: a short wide run learns at
         # the rate of an 8x dictionary of the same length until Gao's scaling takes over.

@@ -16,6 +16,7 @@ from interp_bench.dictionaries.crosslayer import (
     default_width,
     n_parameters,
 )
+from interp_bench.dictionaries.dictionary import fitted_rows
 from interp_bench.training.trainer import Trainer
 
 D = 16
@@ -95,16 +96,17 @@ def test_planted_cross_layer_features_are_recovered():
     assert fvu2 > 3 * fvu[2] and fvu2 > 0.2, (fvu2, fvu[2])
 
 
-def test_one_layer_clt_equals_a_transcoder():
+@pytest.mark.parametrize("decoder_init", ["random", "fit"])
+def test_one_layer_clt_equals_a_transcoder(decoder_init):
     """Same seed, same batches, AuxK on (small dead window): the 1-layer CLT's weights end
-    equal to the transcoder's, float for float."""
+    equal to the transcoder's, float for float, with either decoder start."""
     data = Planted(n=1, m=12)
     batches = [data.batch(128) for _ in range(10)]
     tc = TrainConfig(batch_size=128, tokens=128 * 30, checkpoint_every=0, log_every=1,
                      dead_tokens=256)  # fmt: skip
-    one = clt_cfg(1, d_sae=48, k=4, auxk_k=8)
+    one = clt_cfg(1, d_sae=48, k=4, auxk_k=8, decoder_init=decoder_init)
     tr = DictionaryConfig(d_in=D, d_sae=48, d_out=D, k=4, auxk_k=8, hook_in="L0.mlp_in",
-                          hook_out="L0.mlp_out")  # fmt: skip
+                          hook_out="L0.mlp_out", decoder_init=decoder_init)  # fmt: skip
     t_clt = Trainer([one], tc, device="cpu")
     clt = t_clt.fit(batches)[0]
     t_tr = Trainer([tr], tc, device="cpu")
@@ -116,6 +118,24 @@ def test_one_layer_clt_equals_a_transcoder():
         torch.testing.assert_close(sd[a], ref[b], rtol=0, atol=1e-6, msg=a)
     torch.testing.assert_close(sd["b_dec"][0], ref["b_dec"], rtol=0, atol=1e-6)
     assert not torch.equal(trans.W_dec, CrossLayerTranscoder(one).W_dec[0])  # it trained
+
+
+def test_fitted_clt_decoders_start_in_their_own_layer():
+    """decoder_init='fit': layer i's rows into layer i are the fitted rows of its own tokens'
+    centred targets; its rows into later layers start at zero, as with random rows."""
+    data = Planted(n=3)
+    b = data.batch(256)
+    ins, outs = hooks(3)
+    clt = CrossLayerTranscoder(clt_cfg(3, k=4, decoder_init="fit"))
+    clt.init_from_data([b[h] for h in ins], [b[h] for h in outs])
+    for i in range(3):
+        rows, chosen = fitted_rows(clt.pre_acts(i, b[ins[i]]), b[outs[i]] - clt.b_dec[i], 4)
+        assert chosen.any()
+        torch.testing.assert_close(clt.decoder(i, i)[chosen], rows[chosen])
+        for j in range(i + 1, 3):
+            assert not clt.decoder(i, j).any()
+    with pytest.raises(ValueError, match="decoder_init='fit' needs topk or batchtopk"):
+        clt_cfg(2, arch="jumprelu", decoder_init="fit")
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu"])

@@ -313,7 +313,10 @@ def test_fitted_decoder_rows_agree_with_their_tokens_targets_random_ones_do_not(
 
 
 def test_fitted_decoder_needs_k_sparse_latents():
-    assert DictionaryConfig(16, 64, d_out=8, hook_out="o").resolved_decoder_init == "random"
+    assert DictionaryConfig(16, 64, d_out=8, hook_out="o").resolved_decoder_init == "fit"
+    assert DictionaryConfig(16, 64).resolved_decoder_init == "random"  # an SAE starts tied
+    btk = DictionaryConfig(16, 64, arch="batchtopk", d_out=8, hook_out="o")
+    assert btk.resolved_decoder_init == "random"  # not measured there
     with pytest.raises(ValueError, match="decoder_init='fit' needs topk or batchtopk"):
         DictionaryConfig(16, 64, arch="relu", d_out=8, hook_out="o", decoder_init="fit")
     with pytest.raises(ValueError, match="decoder_init must be auto, random or fit"):

@@ -32,7 +32,12 @@ from interp_bench.config import DictionaryConfig, _check, _JsonMixin
 from interp_bench.dictionaries import auxk
 from interp_bench.dictionaries.activations import _topk_stats, make_activation
 from interp_bench.dictionaries.auxk import AuxTerms
-from interp_bench.dictionaries.dictionary import ForwardOutput, SparseDictionary, geometric_median
+from interp_bench.dictionaries.dictionary import (
+    ForwardOutput,
+    SparseDictionary,
+    fitted_rows,
+    geometric_median,
+)
 from interp_bench.dictionaries.evaluate import EvalStats, QualityMeter, batch_fvu
 from interp_bench.dictionaries.topk import (
     TopKLayout,
@@ -94,6 +99,9 @@ class CrossLayerConfig(_JsonMixin):
     revive: str = "auto"
     encoder_init: str = "standardized"
     """standardized or random (see DictionaryConfig.encoder_init)"""
+    decoder_init: str = "auto"
+    """random or fit (topk): each layer's latents' rows into their own layer start fitted (see
+    DictionaryConfig.decoder_init); auto as there"""
     decode: str = "auto"
     select: str = "auto"
     l0_coefficient: float = 1.0
@@ -175,7 +183,8 @@ class CrossLayerConfig(_JsonMixin):
         return DictionaryConfig(
             d_in=self.d_in, d_sae=self.d_sae, arch=self.arch, d_out=self.out_dim,
             hook_in=self.hooks_in[i], hook_out=self.hooks_out[i], model_name=self.model_name,
-            k=self.ks[i], encoder_init=self.encoder_init, auxk_alpha=self.auxk_alpha,
+            k=self.ks[i], encoder_init=self.encoder_init, decoder_init=self.decoder_init,
+            auxk_alpha=self.auxk_alpha,
             auxk_k=self.auxk_k, revive=self.revive, decode=self.decode, select=self.select,
             l0_coefficient=self.l0_coefficient, jumprelu_bandwidth=self.jumprelu_bandwidth,
             jumprelu_init_threshold=self.jumprelu_init_threshold,
@@ -195,6 +204,7 @@ class CrossLayerConfig(_JsonMixin):
             model_name=c.model_name, k=c.k, layer_k=layer_k, auxk_alpha=c.auxk_alpha,
             auxk_k=c.auxk_k, revive=c.revive, decode=c.decode, select=c.select,
             encoder_init="random" if c.encoder_init == "random" else "standardized",
+            decoder_init=c.decoder_init,
             l0_coefficient=c.l0_coefficient, jumprelu_bandwidth=c.jumprelu_bandwidth,
             jumprelu_init_threshold=c.jumprelu_init_threshold,
         )  # fmt: skip
@@ -461,7 +471,8 @@ class CrossLayerTranscoder(nn.Module):
     @torch.no_grad()
     def init_from_data(self, xs, ys, method: str = "mean") -> None:
         """b_dec of each output layer from its targets' mean (or geometric median); each
-        encoder standardised on its inputs (as ``SparseDictionary.init_from_data``)."""
+        encoder standardised on its inputs and each layer's own decoder block fitted (as
+        ``SparseDictionary.init_from_data``)."""
         xs = self._lists(xs, self.d_in, "input")
         ys = self._lists(ys, self.d_out, "target")
         for j, y in enumerate(ys):
@@ -479,6 +490,13 @@ class CrossLayerTranscoder(nn.Module):
                 std = pre.std(0).clamp_min(1e-6)
                 W_enc.div_(std)
                 self.b_enc[i].copy_(-pre.mean(0) / std)
+        for i, (x, y, c) in enumerate(zip(xs, ys, self.layer_cfgs, strict=True)):
+            if c.resolved_decoder_init == "fit":  # rows into later layers start at zero
+                x = x.reshape(-1, self.d_in)
+                y = y.reshape(-1, self.d_out).to(self.b_dec.dtype)
+                rows, chosen = fitted_rows(self.pre_acts(i, x), y - self.b_dec[i], c.k)
+                own = self.decoder(i, i)
+                own[chosen] = rows[chosen].to(own.dtype)
 
     @torch.no_grad()
     def fold_scale(self, in_scales, out_scales) -> CrossLayerTranscoder:

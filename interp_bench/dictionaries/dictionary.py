@@ -296,18 +296,9 @@ class SparseDictionary(nn.Module):
 
     @torch.no_grad()
     def _fit_decoder(self, x: Tensor, y: Tensor) -> None:
-        """Point each decoder row along the centred targets of the tokens TopK picks its latent
-        on, weighted by its value there (one least-squares step from zero). A random row adds
-        noise to every token its latent fires on, so the main loss first pushes the latent
-        down, and a transcoder's encoder cannot start tied to its decoder as an SAE's does.
-        Latents chosen on no token of the batch keep their random row."""
-        top = self.pre_acts(x).topk(self.cfg.k, dim=1)
-        f = torch.zeros(x.shape[0], self.d_sae, dtype=y.dtype, device=y.device)
-        f.scatter_(1, top.indices, top.values.relu().to(y.dtype))
-        fit = f.T @ (y - self.b_dec)
-        norm = fit.norm(dim=1, keepdim=True)
-        chosen = norm.squeeze(1) > 0
-        self.W_dec[chosen] = (fit[chosen] / norm[chosen]).to(self.W_dec.dtype)
+        """``fitted_rows`` into ``W_dec`` (``decoder_init="fit"``)."""
+        rows, chosen = fitted_rows(self.pre_acts(x), y - self.b_dec, self.cfg.k)
+        self.W_dec[chosen] = rows[chosen].to(self.W_dec.dtype)
 
     @torch.no_grad()
     def fold_scale(self, in_scale: float, out_scale: float | None = None) -> SparseDictionary:
@@ -349,3 +340,20 @@ def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Ten
             return new
         guess = new
     return guess
+
+
+@torch.no_grad()
+def fitted_rows(pre: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Decoder rows ``[d_sae, d_out]`` that point along the centred ``targets [B, d_out]`` of the
+    tokens each latent is among the top ``k`` of ``pre [B, d_sae]`` on, weighted by its value
+    there (one least-squares step from zero), and which latents were chosen at all.
+
+    A random row adds noise to every token its latent fires on, so the main loss first pushes
+    the latent down and many never come back; an SAE avoids it by starting its encoder tied to
+    its decoder, which a transcoder, reading one space and writing another, cannot do."""
+    top = pre.topk(k, dim=1)
+    f = torch.zeros(pre.shape, dtype=targets.dtype, device=targets.device)
+    f.scatter_(1, top.indices, top.values.relu().to(targets.dtype))
+    fit = f.T @ targets
+    norm = fit.norm(dim=1, keepdim=True)
+    return fit / norm.clamp_min(1e-30), norm.squeeze(1) > 0
