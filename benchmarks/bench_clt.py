@@ -119,12 +119,17 @@ def run(args) -> dict:
     per_layer = [DictionaryConfig(d_in=d, d_sae=w, d_out=d, k=args.k, hook_in=i, hook_out=o)
                  for i, o in zip(ins, outs, strict=True)]  # fmt: skip
     clt = CrossLayerConfig(d_in=d, d_sae=w, k=args.k, hooks_in=ins, hooks_out=outs)
-    clt_tc = tc
+    clt_tc, layer_tc = tc, tc
     if args.clt_lr_mult != 1:  # the CLT away from its default rate
-        lr = tc.auto_lr(w, True, clt.arch, args.steps) * args.clt_lr_mult
+        fitted = clt.resolved_decoder_init == "fit"
+        lr = tc.auto_lr(w, True, clt.arch, args.steps, fitted=fitted) * args.clt_lr_mult
         clt_tc = dataclasses.replace(tc, lr=lr)
+    if args.layer_lr_mult != 1:  # the per-layer transcoders away from theirs
+        fitted = per_layer[0].resolved_decoder_init == "fit"
+        lr = tc.auto_lr(w, True, per_layer[0].arch, args.steps, fitted=fitted) * args.layer_lr_mult
+        layer_tc = dataclasses.replace(tc, lr=lr)
     arms = {
-        "per-layer": Trainer(per_layer, tc, device="cpu"),
+        "per-layer": Trainer(per_layer, layer_tc, device="cpu"),
         "clt": Trainer([clt], clt_tc, device="cpu"),
     }
     spent = dict.fromkeys(arms, 0.0)
@@ -197,6 +202,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-seqs", type=int, default=64)
     p.add_argument("--splice-seqs", type=int, default=32, help="joint-splice sequences (0: off)")
     p.add_argument("--clt-lr-mult", type=float, default=1.0, help="x the CLT's default lr")
+    p.add_argument(
+        "--layer-lr-mult", type=float, default=1.0, help="x the per-layer transcoders' default lr"
+    )
     p.add_argument("--full-step", type=int, default=3, help="steps of the 30-layer CLT (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")

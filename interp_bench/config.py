@@ -25,22 +25,26 @@ LR_FULL_STEPS = 192
 LR_MAX_BOOST = 2.0
 LR_FULL_WIDTH = 8  # d_sae / d_in of the workloads LR_FULL_STEPS and LR_MAX_BOOST were measured on
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
-# TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width) up to
-# TRANSCODER_TAPER[0] steps, tapering (in log steps) to TRANSCODER_LONG_BOOST at [1] and on;
-# measured with fitted decoder rows at 48-390 and 1,000 steps (per-layer) and 60 (CLT).
-TRANSCODER_BOOST = 3.0
-TRANSCODER_LONG_BOOST = 2.0
-TRANSCODER_TAPER = (390, 1000)
+# TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width); measured at
+# 48-1,000 steps per layer and at 60 for CLTs.
+TRANSCODER_BOOST = 2.0
+# With fitted decoder rows (decoder_init="fit"): this instead, up to FITTED_TAPER[0] steps,
+# tapering (in log steps) to TRANSCODER_BOOST at FITTED_TAPER[1].
+FITTED_BOOST = 3.0
+FITTED_TAPER = (390, 1000)
 
 
-def transcoder_boost(steps: int) -> float:
-    """A TopK transcoder's rate over an 8x SAE's of the same length: TRANSCODER_BOOST up to
-    TRANSCODER_TAPER[0] steps (3x beat 2x on FVU at 48-390 steps), TRANSCODER_LONG_BOOST from
-    TRANSCODER_TAPER[1] on (2x beat 3x at 1,000 steps, with fewer dead latents), log-linear
-    between."""
-    lo, hi = TRANSCODER_TAPER
+def transcoder_boost(steps: int, fitted: bool = True) -> float:
+    """A TopK transcoder's rate over an 8x SAE's of the same length. With random decoder rows,
+    TRANSCODER_BOOST (each step up left more latents dead). Fitted rows leave fewer dead, which
+    made room for FITTED_BOOST up to FITTED_TAPER[0] steps (3x beat 2x on FVU at 48-390 steps),
+    back to TRANSCODER_BOOST from FITTED_TAPER[1] on (2x beat 3x at 1,000 steps, with fewer dead
+    latents), log-linear between."""
+    if not fitted:
+        return TRANSCODER_BOOST
+    lo, hi = FITTED_TAPER
     t = min(1.0, max(0.0, math.log(max(steps, 1) / lo) / math.log(hi / lo)))
-    return TRANSCODER_BOOST + t * (TRANSCODER_LONG_BOOST - TRANSCODER_BOOST)
+    return FITTED_BOOST + t * (TRANSCODER_BOOST - FITTED_BOOST)
 
 
 def _from_dict(cls, data: dict[str, Any]):
@@ -112,9 +116,10 @@ class DictionaryConfig(_JsonMixin):
     """random (unit-norm rows) or fit: on the first batch, each latent's row points along the
     centred targets of the tokens TopK chooses it on, weighted by its value there (topk /
     batchtopk), so no latent starts by adding noise to its tokens' outputs; auto = fit for a
-    TopK transcoder (never-firing latents 2-5x fewer on L3-L21 at 48-1,000 steps, with the
-    rate it allows lower FVU everywhere; RESULTS.md, "Transcoder decoders fitted at the
-    start"), random otherwise (an SAE's encoder starts tied to its decoder)"""
+    TopK transcoder (never-firing latents 1.4-8x fewer on L3-L21 at 48-1,000 steps, and with
+    the higher rate it allows, lower FVU on all 12 grid cells; RESULTS.md, "Transcoder
+    decoders fitted at the start"), random otherwise (an SAE's encoder starts tied to its
+    decoder)"""
     sparsity: str = "l1"
     """relu: l1 (decoder-norm weighted) or kl (KL(rho || rho_hat) per latent)"""
     l1_coefficient: float = 5.0
@@ -327,10 +332,10 @@ class TrainConfig(_JsonMixin):
     at most 2x: short runs at the base rate stop short of sparsify; wider than 8x d_in, both the
     192 steps and the 2x scale with width / 8 (each latent is updated that much less often), so a
     short wide run learns as fast as an 8x one; a TopK transcoder or CLT gets
-    3x that of an 8x SAE run of its length up to 390 steps (6x below 48, 3x at 192-390),
-    tapering to 2x at 1,000 steps and on (with decoder rows fitted at the start, 3x beat 2x on
-    FVU at 48-390 steps on L3-L21, 2x beat 3x at 1,000; quality grid and bench_clt, issues 10
-    and 13, benchmarks/RESULTS.md)"""
+    2x that of an 8x SAE run of its length (2x from 192 steps on, up to 4x below 48); with decoder
+    rows fitted at the start (decoder_init, the TopK transcoder default) 3x up to 390 steps (6x
+    below 48), tapering to 2x at 1,000 and on (3x beat 2x on FVU at 48-390 steps on L3-L21, 2x
+    beat 3x at 1,000; quality grid and bench_clt, issues 10 and 13, benchmarks/RESULTS.md)"""
     batch_size: int = 4096
     """tokens per step per rank (the reader's batch; the trainer counts what it is given)"""
     tokens: int = 10_000_000
@@ -429,13 +434,15 @@ class TrainConfig(_JsonMixin):
         arch: str = "topk",
         steps: int | None = None,
         d_in: int | None = None,
+        fitted: bool = True,
     ) -> float:
         """``lr``, or the default rule: 1e-3 / sqrt(d_sae / 2**14) (Gao et al.'s width scaling),
-        times ``short_run_boost`` (which needs ``d_in`` to see how wide the dictionary is)."""
+        times ``short_run_boost`` (which needs ``d_in`` to see how wide the dictionary is and,
+        for a transcoder, whether its decoder rows start ``fitted``)."""
         if self.lr is not None:
             return self.lr
         width = d_sae / d_in if d_in else LR_FULL_WIDTH
-        boost = self.short_run_boost(transcoder, arch, steps, width)
+        boost = self.short_run_boost(transcoder, arch, steps, width, fitted)
         return 1e-3 / (d_sae / 2**14) ** 0.5 * boost
 
     def short_run_boost(
@@ -444,25 +451,25 @@ class TrainConfig(_JsonMixin):
         arch: str = "topk",
         steps: int | None = None,
         width: float = LR_FULL_WIDTH,
+        fitted: bool = True,
     ) -> float:
         """How much faster than the base rate a run learns. An SAE run of few steps:
         sqrt(LR_FULL_STEPS / steps), between 1 and LR_MAX_BOOST (a short run at the base rate
         stops far from its plateau, behind sparsify's large sign steps). A TopK transcoder or
-        cross-layer transcoder: ``transcoder_boost`` times an 8x SAE's factor for its length (once
-        `revive="recenter"` kept dead latents trainable, 2x beat 1x on FVU on all four
+        cross-layer transcoder: ``transcoder_boost`` times an 8x SAE's factor for its length
+        (once `revive="recenter"` kept dead latents trainable, 2x beat 1x on FVU on all four
         per-layer workloads, 48-390 steps, and on both CLT workloads, also on CE recovered; at
         48 and 100 steps 3-4x beat 2x on L9 and L15 by 4-19%; each step up left more latents
-        dead, until fitted decoder rows (``decoder_init``) cut them 2-5x and made room for 3x
-        up to 390 steps).
-        BatchTopK transcoders, JumpReLU and ReLU keep the base rate: no grid measured them
-        (benchmarks/RESULTS.md)."""
+        dead, until fitted decoder rows, ``decoder_init``, cut them 1.4-8x and made room for 3x
+        up to 390 steps). BatchTopK transcoders, JumpReLU and ReLU keep the base rate: no grid
+        measured them (benchmarks/RESULTS.md)."""
         if arch not in BOOSTED_ARCHS or (transcoder and arch != "topk"):
             return 1.0
         # The run's real step count when known (Schedule.total_steps: every rank's tokens per
         # step), else the one batch_size implies.
         steps = steps or max(1, math.ceil(self.tokens / self.batch_size))
         if transcoder:  # the width part was measured on SAEs only
-            return transcoder_boost(steps) * min(
+            return transcoder_boost(steps, fitted) * min(
                 LR_MAX_BOOST, max(1.0, (LR_FULL_STEPS / steps) ** 0.5)
             )
         # A dictionary w times wider than LR_FULL_WIDTH updates each latent w times less often,

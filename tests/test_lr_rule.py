@@ -8,15 +8,16 @@ import torch
 
 from interp_bench.commands.train import add_arguments
 from interp_bench.config import (
+    FITTED_BOOST,
+    FITTED_TAPER,
     LR_FULL_STEPS,
     LR_FULL_WIDTH,
     LR_MAX_BOOST,
     TRANSCODER_BOOST,
-    TRANSCODER_LONG_BOOST,
-    TRANSCODER_TAPER,
     DictionaryConfig,
     TrainConfig,
 )
+from interp_bench.dictionaries.crosslayer import CrossLayerConfig
 from interp_bench.training.trainer import Trainer
 
 BATCH = 4096
@@ -53,10 +54,10 @@ def test_rule_counts_steps_not_tokens():
 
 
 def test_topk_transcoders_get_three_times_an_sae_run_of_their_length_then_two():
-    # With fitted decoders (RESULTS.md, issue 13): 3x the SAE's factor up to 390 steps (6x at a
-    # quarter of 192 steps and below, 48-100 measured; 3x at 192-390), 2x from 1,000 steps on
-    # (measured at 1,000), log-linear between.
-    assert (TRANSCODER_BOOST, TRANSCODER_LONG_BOOST, TRANSCODER_TAPER) == (3, 2, (390, 1000))
+    # Fitted decoder rows (the TopK transcoder default; RESULTS.md, issue 13): 3x the SAE's
+    # factor up to 390 steps (6x at a quarter of 192 steps and below, 48-100 measured; 3x at
+    # 192-390), 2x from 1,000 steps on (measured at 1,000), log-linear between.
+    assert (FITTED_BOOST, TRANSCODER_BOOST, FITTED_TAPER) == (3, 2, (390, 1000))
     for steps in (LR_FULL_STEPS, 390):
         assert lr(steps, transcoder=True) == pytest.approx(3 * base(4608))
     for steps in (1000, 100_000):
@@ -69,11 +70,41 @@ def test_topk_transcoders_get_three_times_an_sae_run_of_their_length_then_two():
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
 
 
+def test_random_rows_keep_twice_an_sae_run_of_their_length():
+    # Random decoder rows (decoder_init="random", and CLTs by default): 2x from 192 steps on,
+    # 4x at a quarter of 192 and below, as measured before fitted rows.
+    def lr_random(steps: int) -> float:
+        tc = TrainConfig(batch_size=BATCH, tokens=steps * BATCH)
+        return tc.auto_lr(4608, True, fitted=False)
+
+    for steps in (LR_FULL_STEPS, 390, 624, 100_000):
+        assert lr_random(steps) == pytest.approx(2 * base(4608))
+    for steps in (1, 48):
+        assert lr_random(steps) == pytest.approx(4 * base(4608))
+    assert lr_random(100) == pytest.approx(2 * (192 / 100) ** 0.5 * base(4608))
+
+
+def test_trainer_gives_each_transcoder_the_rate_of_its_decoder_start():
+    tc = TrainConfig(batch_size=BATCH, tokens=48 * BATCH, checkpoint_every=0)
+    io = {"d_out": 32, "hook_in": "a", "hook_out": "b"}
+    fit = DictionaryConfig(d_in=32, d_sae=64, **io)
+    random_rows = DictionaryConfig(d_in=32, d_sae=64, decoder_init="random", **io)
+    ins, outs = ("L0.mlp_in", "L1.mlp_in"), ("L0.mlp_out", "L1.mlp_out")
+    clt = CrossLayerConfig(d_in=32, d_sae=64, hooks_in=ins, hooks_out=outs)
+    assert clt.resolved_decoder_init == "random"
+    t = Trainer([fit, random_rows, clt], tc, device="cpu")
+    assert t.lrs == [
+        pytest.approx(6 * base(64)),
+        pytest.approx(4 * base(64)),
+        pytest.approx(4 * base(64)),
+    ]
+
+
 def test_transcoder_boost_ignores_width():
     # The width part was measured on SAEs only: a 32x transcoder gets the 8x factor.
     tc = TrainConfig(batch_size=BATCH, tokens=100 * BATCH)
     wide, narrow = (tc.short_run_boost(True, "topk", width=w) for w in (32, 8))
-    assert wide == narrow == pytest.approx(TRANSCODER_BOOST * (192 / 100) ** 0.5)
+    assert wide == narrow == pytest.approx(FITTED_BOOST * (192 / 100) ** 0.5)
 
 
 def test_unmeasured_transcoders_keep_the_base_rate():
@@ -97,7 +128,7 @@ def test_trainer_uses_the_rule():
     t = Trainer(cfgs, tc, device="cpu")
     assert t.lrs == [pytest.approx(tc.auto_lr(64)), pytest.approx(tc.auto_lr(64, True))]
     assert t.lrs[0] == pytest.approx(LR_MAX_BOOST * base(64))
-    assert t.lrs[1] == pytest.approx(TRANSCODER_BOOST * LR_MAX_BOOST * base(64))
+    assert t.lrs[1] == pytest.approx(FITTED_BOOST * LR_MAX_BOOST * base(64))
 
 
 def test_help_states_the_rule():
@@ -123,9 +154,7 @@ def test_boost_counts_the_steps_the_run_takes():
     assert tc.auto_lr(4608, steps=48) == pytest.approx(tc.auto_lr(4608))
 
 
-def test_trainer_boosts_a_crosslayer_transcoder_like_a_transcoder():
-    from interp_bench.dictionaries.crosslayer import CrossLayerConfig
-
+def test_trainer_boosts_a_crosslayer_transcoder_like_a_transcoder_with_random_rows():
     ins, outs = ("L0.mlp_in", "L1.mlp_in"), ("L0.mlp_out", "L1.mlp_out")
     clt = CrossLayerConfig(d_in=16, d_sae=64, k=4, hooks_in=ins, hooks_out=outs)
     tc = TrainConfig(batch_size=128, tokens=128 * 12, checkpoint_every=0)
