@@ -26,7 +26,7 @@ LR_MAX_BOOST = 2.0
 LR_FULL_WIDTH = 8  # d_sae / d_in of the workloads LR_FULL_STEPS and LR_MAX_BOOST were measured on
 BOOSTED_ARCHS = ("topk", "batchtopk")  # the short-run boost's evidence: TopK SAEs
 # TopK transcoders and CLTs: this times the SAE's run-length factor (at 8x width); measured at
-# 48-1,000 steps per layer and at 60 for CLTs.
+# 48-390 steps per layer with random decoder rows (1,000 with fitted ones) and at 60 for CLTs.
 TRANSCODER_BOOST = 2.0
 # With fitted decoder rows (decoder_init="fit"): this instead, up to FITTED_TAPER[0] steps,
 # tapering (in log steps) to TRANSCODER_BOOST at FITTED_TAPER[1].

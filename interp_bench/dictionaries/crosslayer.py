@@ -477,8 +477,8 @@ class CrossLayerTranscoder(nn.Module):
     @torch.no_grad()
     def init_from_data(self, xs, ys, method: str = "mean") -> None:
         """b_dec of each output layer from its targets' mean (or geometric median); each
-        encoder standardised on its inputs and each layer's own decoder block fitted (as
-        ``SparseDictionary.init_from_data``)."""
+        encoder standardised on its inputs and, with ``decoder_init="fit"``, each layer's own
+        decoder block fitted (as ``SparseDictionary.init_from_data``)."""
         xs = self._lists(xs, self.d_in, "input")
         ys = self._lists(ys, self.d_out, "target")
         for j, y in enumerate(ys):
