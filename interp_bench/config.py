@@ -117,7 +117,7 @@ class DictionaryConfig(_JsonMixin):
     centred targets of the tokens TopK chooses it on, weighted by its value there (topk /
     batchtopk), so no latent starts by adding noise to its tokens' outputs; auto = fit for a
     TopK transcoder (never-firing latents 1.4-8x fewer on L3-L21 at 48-1,000 steps, and with
-    the higher rate it allows, lower FVU on all 12 grid cells; RESULTS.md, "Transcoder
+    the higher rate it allows, lower FVU on all 14 grid cells; RESULTS.md, "Transcoder
     decoders fitted at the start"), random otherwise (an SAE's encoder starts tied to its
     decoder)"""
     sparsity: str = "l1"
