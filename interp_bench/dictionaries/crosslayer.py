@@ -102,8 +102,8 @@ class CrossLayerConfig(_JsonMixin):
     decoder_init: str = "auto"
     """random or fit (topk): fit starts each layer's rows into its own layer fitted (see
     DictionaryConfig.decoder_init); auto = random: on bench_clt (layers 0-3 and 12-15, 60
-    steps) fitted rows cut never-firing latents 2.6-4x but cost 1.8-4.4% mean FVU (RESULTS.md,
-    "Transcoder decoders fitted at the start")"""
+    steps) fitted rows cut never-firing latents 1.7-3.9x but cost 1.4-4.4% mean FVU at either
+    rate (RESULTS.md, "Transcoder decoders fitted at the start")"""
     decode: str = "auto"
     select: str = "auto"
     l0_coefficient: float = 1.0
