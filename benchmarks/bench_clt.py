@@ -121,12 +121,10 @@ def run(args) -> dict:
     clt = CrossLayerConfig(d_in=d, d_sae=w, k=args.k, hooks_in=ins, hooks_out=outs)
     clt_tc, layer_tc = tc, tc
     if args.clt_lr_mult != 1:  # the CLT away from its default rate
-        fitted = clt.resolved_decoder_init == "fit"
-        lr = tc.auto_lr(w, True, clt.arch, args.steps, fitted=fitted) * args.clt_lr_mult
+        lr = tc.dictionary_lr(clt, args.steps) * args.clt_lr_mult
         clt_tc = dataclasses.replace(tc, lr=lr)
     if args.layer_lr_mult != 1:  # the per-layer transcoders away from theirs
-        fitted = per_layer[0].resolved_decoder_init == "fit"
-        lr = tc.auto_lr(w, True, per_layer[0].arch, args.steps, fitted=fitted) * args.layer_lr_mult
+        lr = tc.dictionary_lr(per_layer[0], args.steps) * args.layer_lr_mult
         layer_tc = dataclasses.replace(tc, lr=lr)
     arms = {
         "per-layer": Trainer(per_layer, layer_tc, device="cpu"),
@@ -214,6 +212,8 @@ def main(argv=None) -> int:
         args.splice_seqs = min(args.splice_seqs, 8)
     if args.splice_seqs < 0:
         p.error(f"--splice-seqs must be >= 0 (0 skips the joint splice), got {args.splice_seqs}")
+    if not (args.clt_lr_mult > 0 and args.layer_lr_mult > 0):
+        p.error("--clt-lr-mult and --layer-lr-mult must be positive (1: the default rate)")
     r = run(args)
     print_result(r)
     write_json(OUT / "bench_clt.json", r)

@@ -197,9 +197,7 @@ class Ours:
         cfg = DictionaryConfig(d_in=d_in, d_sae=d_sae, k=k, **io, **d_over)
         tc = TrainConfig(batch_size=batch_size, tokens=tokens, checkpoint_every=0, seed=seed)
         tc = dataclasses.replace(tc, **t_over)
-        lr = tc.auto_lr(
-            d_sae, cfg.is_transcoder, cfg.arch, d_in=d_in, fitted=cfg.resolved_decoder_init == "fit"
-        )
+        lr = tc.dictionary_lr(cfg)
         if mult != 1.0:
             tc.lr = lr = lr * mult
         self.hooks = hooks

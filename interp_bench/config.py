@@ -219,7 +219,7 @@ class DictionaryConfig(_JsonMixin):
         _check(
             self.decoder_init != "fit" or self.arch in ("topk", "batchtopk"),
             f"decoder_init='fit' needs topk or batchtopk latents, not {self.arch!r}; "
-            "use decoder_init='random'",
+            "use decoder_init='random' (--decoder-init random)",
         )
         _check(
             self.encoder_init != "tied" or self.out_dim == self.d_in,
@@ -444,6 +444,13 @@ class TrainConfig(_JsonMixin):
         width = d_sae / d_in if d_in else LR_FULL_WIDTH
         boost = self.short_run_boost(transcoder, arch, steps, width, fitted)
         return 1e-3 / (d_sae / 2**14) ** 0.5 * boost
+
+    def dictionary_lr(self, cfg: Any, steps: int | None = None) -> float:
+        """``auto_lr`` for one dictionary's config (a DictionaryConfig or CrossLayerConfig): its
+        width, kind, latents and decoder start, in a run of ``steps`` (None: as batch_size
+        implies)."""
+        fitted = cfg.resolved_decoder_init == "fit"
+        return self.auto_lr(cfg.d_sae, cfg.is_transcoder, cfg.arch, steps, cfg.d_in, fitted)
 
     def short_run_boost(
         self,

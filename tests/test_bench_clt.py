@@ -56,3 +56,15 @@ def test_arms_are_spliced_as_the_cli_loads_them(tiny_model, tmp_path):
         unfolded = [copy.deepcopy(d).eval() for d in trainer.dicts]
         wrong = joint_spliced_loss(tiny_model, unfolded, tokens, batch_size=3)
         assert abs(wrong.ce_spliced - want.ce_spliced) > 1e-3
+
+
+@pytest.mark.parametrize("flag", ["--clt-lr-mult", "--layer-lr-mult"])
+def test_lr_multipliers_are_checked_before_anything_loads(flag, monkeypatch, capsys):
+    def no_run(args):
+        raise AssertionError("run() must not start")
+
+    monkeypatch.setattr(bench_clt, "run", no_run)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_clt.main([flag, "0"])
+    assert exit_info.value.code == 2
+    assert "must be positive" in capsys.readouterr().err

@@ -292,13 +292,9 @@ class SparseDictionary(nn.Module):
             self.W_enc.div_(std)
             self.b_enc.copy_(-pre.mean(0) / std)
         if self.cfg.resolved_decoder_init == "fit":
-            self._fit_decoder(x.reshape(-1, self.d_in), y)
-
-    @torch.no_grad()
-    def _fit_decoder(self, x: Tensor, y: Tensor) -> None:
-        """``fitted_rows`` into ``W_dec`` (``decoder_init="fit"``)."""
-        rows, chosen = fitted_rows(self.pre_acts(x), y - self.b_dec, self.cfg.k)
-        self.W_dec[chosen] = rows[chosen].to(self.W_dec.dtype)
+            pre = self.pre_acts(x.reshape(-1, self.d_in))
+            rows, chosen = fitted_rows(pre, y - self.b_dec, self.cfg.k)
+            self.W_dec[chosen] = rows[chosen].to(self.W_dec.dtype)
 
     @torch.no_grad()
     def fold_scale(self, in_scale: float, out_scale: float | None = None) -> SparseDictionary:

@@ -111,16 +111,7 @@ class Trainer:
             self.dicts.append(c.build().to(self.device))
         for d in self.dicts:
             ddp.broadcast_(list(d.parameters()) + list(d.buffers()))
-        self.lrs = [
-            train_cfg.auto_lr(
-                c.d_sae,
-                c.is_transcoder,
-                c.arch,
-                d_in=c.d_in,
-                fitted=c.resolved_decoder_init == "fit",
-            )
-            for c in self.cfgs
-        ]
+        self.lrs = [train_cfg.dictionary_lr(c) for c in self.cfgs]
         steps = train_cfg.schedule().total_steps  # refreshed at the first step (its batch size)
         self.optims = [
             torch.optim.Adam(
@@ -173,17 +164,7 @@ class Trainer:
             self.schedule = tc.schedule(n_tokens)
             # The lr rule counts the steps the run really takes (all ranks' tokens per step).
             steps = self.schedule.total_steps
-            self.lrs = [
-                tc.auto_lr(
-                    c.d_sae,
-                    c.is_transcoder,
-                    c.arch,
-                    steps,
-                    c.d_in,
-                    c.resolved_decoder_init == "fit",
-                )
-                for c in self.cfgs
-            ]
+            self.lrs = [tc.dictionary_lr(c, steps) for c in self.cfgs]
             for d, opt, lr in zip(self.dicts, self.optims, self.lrs, strict=True):
                 for g, new in zip(opt.param_groups, param_groups(d, lr, steps), strict=True):
                     g["lr_scale"] = new["lr_scale"]
