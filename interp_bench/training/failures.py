@@ -6,11 +6,17 @@ collective fails (a peer closed its socket, or nothing arrived within the group'
 `--dist-timeout`) looks up who failed or whose heartbeat stopped and says so in one line. A rank
 stuck outside any collective is ended by its own heartbeat thread once another rank has failed
 or the store is gone (the launcher of rank 0 ended), so no process is left behind.
+
+Ranks also leave a stage together, through the store rather than a collective: the last
+collective of a stage (the barrier after saving) can return on one rank before the other has
+read the last message, and a rank that then exits closes its sockets under its peer, whose
+barrier fails ("rank 1 stopped responding") although both finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import threading
@@ -23,6 +29,7 @@ import torch.distributed as dist
 from activation_cache.distributed import timeout_s
 
 _KEY = "interp-bench/"
+_stages = itertools.count()  # every rank enters the same stages in the same order
 
 
 class RankFailed(ValueError):
@@ -70,6 +77,7 @@ def watched(stage: str) -> Iterator[None]:
         yield
         return
     store, me, world = _store(), dist.get_rank(), dist.get_world_size()
+    seq = next(_stages)
     period = max(0.05, min(5.0, timeout_s() / 5))
     stop, handling = threading.Event(), threading.Event()
 
@@ -93,6 +101,7 @@ def watched(stage: str) -> Iterator[None]:
     thread.start()
     try:
         yield
+        leave_together(store, me, world, stage, seq, period)
     except RuntimeError as err:  # gloo / NCCL: a peer closed its socket or timed out
         handling.set()
         if not _is_comm_error(err):
@@ -112,6 +121,28 @@ def watched(stage: str) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def leave_together(store, me: int, world: int, stage: str, seq: int, period: float) -> None:
+    """Return once every rank has finished `stage` (this process's `seq`-th watched stage);
+    raise `RankFailed` naming a rank that failed in it instead. Waits at most the group's
+    timeout (`--dist-timeout`) for a silent rank."""
+    if store is None:
+        return
+    key = f"{_KEY}left/{seq}/"
+    deadline = time.monotonic() + timeout_s()
+    try:
+        store.set(key + str(me), "1")
+        while not store.check([key + str(r) for r in range(world)]):
+            failed = next((r for r in range(world) if r != me and _failed(store, r)), None)
+            if failed is not None or time.monotonic() > deadline:
+                who = culprit(store, me, world, period)
+                raise RankFailed(f"rank {me}: {stage} finished here, but {who}")
+            time.sleep(min(period, 0.02))
+    except RankFailed:
+        raise
+    except Exception:  # the store's host is gone: rank 0's launcher ended, so the job is over
+        return
 
 
 def _is_comm_error(err: BaseException) -> bool:
