@@ -132,6 +132,11 @@ class DictionaryConfig(_JsonMixin):
     """topk / batchtopk: weight of the AuxK loss that revives dead latents"""
     auxk_k: int | None = None
     """topk / batchtopk: dead latents AuxK uses per token (None: d_out // 2, Gao et al. 2024)"""
+    auxk_rows: float = 0.25
+    """topk / batchtopk: share of each batch's tokens (its first rows; cached batches are
+    shuffled) whose error AuxK reconstructs. Its cost grows with the dead latents times the rows;
+    a quarter cut that cost 4x at the same FVU and dead fraction (RESULTS.md, "AuxK on a quarter
+    of the batch")"""
     revive: str = "auto"
     """topk / batchtopk: how latents declared dead get back into play. none: AuxK alone (it
     reads ReLU'd pre-activations, so a latent negative on every token gets no gradient and stays
@@ -248,6 +253,7 @@ class DictionaryConfig(_JsonMixin):
             f"revive must be one of {', '.join(REVIVE)}, got {self.revive!r}",
         )
         _check(self.auxk_k is None or self.auxk_k > 0, f"auxk_k must be positive: {self.auxk_k}")
+        _check(0 < self.auxk_rows <= 1, f"auxk_rows must be in (0, 1], got {self.auxk_rows}")
 
     @property
     def resolved_encoder_init(self) -> str:

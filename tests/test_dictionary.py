@@ -321,3 +321,9 @@ def test_fitted_decoder_needs_k_sparse_latents():
         DictionaryConfig(16, 64, arch="relu", d_out=8, hook_out="o", decoder_init="fit")
     with pytest.raises(ValueError, match="decoder_init must be auto, random or fit"):
         DictionaryConfig(16, 64, decoder_init="tied")
+
+
+@pytest.mark.parametrize("rows", [0.0, -0.5, 1.5])
+def test_auxk_rows_outside_zero_one_is_refused(rows):
+    with pytest.raises(ValueError, match=r"auxk_rows must be in \(0, 1\]"):
+        DictionaryConfig(16, 96, auxk_rows=rows)

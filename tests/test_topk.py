@@ -84,6 +84,25 @@ def test_sparse_loss_gradients_equal_dense(arch, transcoder, aux_max, revive, mo
         assert dense.act.topk_threshold.item() == sparse.act.topk_threshold.item() > 0
 
 
+@pytest.mark.parametrize("transcoder", [False, True])
+@pytest.mark.parametrize("aux_max", [0, 100])
+def test_auxk_reads_the_first_rows_of_the_batch(transcoder, aux_max, monkeypatch):
+    """auxk_rows 0.25: AuxK's loss on a batch of 40 is its loss on the first 10 rows alone
+    (TopK chooses per token, so those rows choose the same latents), through either path."""
+    monkeypatch.setattr(auxk, "DENSE_AUX_MAX", aux_max)
+    torch.manual_seed(0)
+    cfg = DictionaryConfig(16, 96, k=6, d_out=10 if transcoder else None, auxk_k=5,
+                           revive="none", decode="sparse", auxk_rows=0.25)  # fmt: skip
+    m = SparseDictionary(cfg, dtype=D)
+    x = torch.randn(40, 16, dtype=D)
+    y = torch.randn(40, 10, dtype=D) if transcoder else x
+    dead = torch.rand(96) < 0.5
+    quarter = m.loss(x, y, dead_mask=dead).aux
+    m.cfg.auxk_rows = 1.0
+    assert torch.allclose(quarter, m.loss(x[:10], y[:10], dead_mask=dead).aux, rtol=1e-12)
+    assert not torch.allclose(quarter, m.loss(x, y, dead_mask=dead).aux)
+
+
 def test_choose_sparse():
     assert choose_sparse(32, 4608) and not choose_sparse(64, 128)
     assert choose_sparse(64, 128, "sparse") and not choose_sparse(1, 4608, "dense")

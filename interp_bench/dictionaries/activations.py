@@ -167,10 +167,10 @@ class Activation(nn.Module):
             recon = acts @ d.W_dec + d.b_dec
         active = acts > 0
         aux = None
-        if self.auxk:
-            aux_idx, scale = d.auxk_indices(pre, dead_mask)
-            if aux_idx is not None:
-                aux = AuxTerms(self.aux_values(pre.gather(1, aux_idx)), aux_idx, scale)
+        choice = d.auxk_choice(pre, dead_mask) if self.auxk else None
+        if choice is not None:
+            idx = choice.indices
+            aux = AuxTerms(self.aux_values(pre.gather(1, idx)), idx, choice.scale, choice.rows)
         penalty = self.penalty(pre, acts, d.W_dec)
         return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux, prefixes)
 
@@ -271,7 +271,7 @@ class TopK(Activation):
         else:
             recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
         if aux_idx is not None:
-            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale)
+            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
     def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
@@ -279,7 +279,8 @@ class TopK(Activation):
         k = self.cfg.k
         pre = torch.addmm(d.b_enc, d.sae_in(x), d.W_enc)
         idx = pre.detach().topk(k, dim=-1, sorted=False).indices
-        aux_idx, aux_scale = d.auxk_indices(pre, dead_mask)
+        choice = d.auxk_choice(pre, dead_mask)
+        aux_idx = None if choice is None else choice.indices
         all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
         raw = pre.gather(1, all_idx)
         vals = raw[:, :k].relu()
@@ -290,7 +291,9 @@ class TopK(Activation):
             recon = prefixes[:, -1]
         else:
             recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
-        aux = None if aux_idx is None else AuxTerms(self.aux_values(raw[:, k:]), aux_idx, aux_scale)
+        aux = None
+        if choice is not None:
+            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
 
@@ -416,7 +419,7 @@ class BatchTopK(Activation):
         )
         if aux_idx is not None:
             aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
-            aux = AuxTerms(aux_vals, aux_idx, choice.scale)
+            aux = AuxTerms(aux_vals, aux_idx, choice.scale, choice.rows)
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 

@@ -96,6 +96,7 @@ class CrossLayerConfig(_JsonMixin):
     """topk: per-layer k (one per layer), overriding k"""
     auxk_alpha: float = 1 / 32
     auxk_k: int | None = None
+    auxk_rows: float = 0.25
     revive: str = "auto"
     encoder_init: str = "standardized"
     """standardized or random (see DictionaryConfig.encoder_init)"""
@@ -190,8 +191,8 @@ class CrossLayerConfig(_JsonMixin):
             d_in=self.d_in, d_sae=self.d_sae, arch=self.arch, d_out=self.out_dim,
             hook_in=self.hooks_in[i], hook_out=self.hooks_out[i], model_name=self.model_name,
             k=self.ks[i], encoder_init=self.encoder_init, decoder_init=self.resolved_decoder_init,
-            auxk_alpha=self.auxk_alpha,
-            auxk_k=self.auxk_k, revive=self.revive, decode=self.decode, select=self.select,
+            auxk_alpha=self.auxk_alpha, auxk_k=self.auxk_k, auxk_rows=self.auxk_rows,
+            revive=self.revive, decode=self.decode, select=self.select,
             l0_coefficient=self.l0_coefficient, jumprelu_bandwidth=self.jumprelu_bandwidth,
             jumprelu_init_threshold=self.jumprelu_init_threshold,
         )  # fmt: skip
@@ -208,7 +209,8 @@ class CrossLayerConfig(_JsonMixin):
             d_in=c.d_in, d_sae=d_sae, hooks_in=tuple(x.hook_in for x in cfgs),
             hooks_out=tuple(x.hook_out for x in cfgs), arch=c.arch, d_out=c.d_out,
             model_name=c.model_name, k=c.k, layer_k=layer_k, auxk_alpha=c.auxk_alpha,
-            auxk_k=c.auxk_k, revive=c.revive, decode=c.decode, select=c.select,
+            auxk_k=c.auxk_k, auxk_rows=c.auxk_rows, revive=c.revive, decode=c.decode,
+            select=c.select,
             encoder_init="random" if c.encoder_init == "random" else "standardized",
             decoder_init=c.decoder_init,
             l0_coefficient=c.l0_coefficient, jumprelu_bandwidth=c.jumprelu_bandwidth,
@@ -222,7 +224,6 @@ class LayerView:
 
     is_transcoder = True
     W_skip = None
-    auxk_indices = SparseDictionary.auxk_indices
     auxk_choice = SparseDictionary.auxk_choice
     selection_pre = SparseDictionary.selection_pre
 
@@ -387,7 +388,6 @@ class CrossLayerTranscoder(nn.Module):
             aux, aux_idx = auxk.route(
                 choice, sae_in, None, W_enc_t, view.b_enc, W_self, act.aux_values
             )
-            aux_scale = 0.0 if choice is None else choice.scale
             both = idx if aux_idx is None else torch.cat([idx, aux_idx], 1)
             enc = layout if aux_idx is None else TopKLayout(both, self.d_sae)
             raw = gather_pre(x, None, view.W_enc, view.b_enc, pre, enc, sae_in)
@@ -396,12 +396,13 @@ class CrossLayerTranscoder(nn.Module):
         else:  # dense reference path (as TopK._dense)
             pre = torch.addmm(view.b_enc, x, view.W_enc)
             idx = pre.detach().topk(k, dim=-1, sorted=False).indices
-            aux_idx, aux_scale = view.auxk_indices(pre, dead)
+            choice = view.auxk_choice(pre, dead)
+            aux_idx = None if choice is None else choice.indices
             raw = pre.gather(1, idx if aux_idx is None else torch.cat([idx, aux_idx], 1))
             vals = raw[:, :k].relu()
             decoded = dense_decode(vals, idx, W_dec)
         if aux_idx is not None:
-            aux = AuxTerms(act.aux_values(raw[:, k:]), aux_idx, aux_scale)
+            aux = AuxTerms(act.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
         penalty, l0, counts = _topk_stats(vals, idx, self.d_sae)
         return decoded, penalty, l0, counts, aux
 
@@ -433,8 +434,7 @@ class CrossLayerTranscoder(nn.Module):
         aux_loss = mse.new_zeros(())
         for i, aux in enumerate(auxes):
             if aux is not None:
-                e_hat = aux.decode(self.decoder(i, i))
-                aux_loss = aux_loss + aux.scale * (e_hat - errs[i].detach()).pow(2).sum(-1).mean()
+                aux_loss = aux_loss + aux.loss(self.decoder(i, i), errs[i])
         sparsity = self.acts[0].coefficient(warmup) * penalty
         loss = mse + self.cfg.auxk_alpha * aux_loss + sparsity
         fvu = torch.stack([batch_fvu(m.detach(), y) for m, y in zip(mses, ys, strict=True)])

@@ -10,6 +10,7 @@ Weights use SAELens's shapes and names, so ``save`` writes a folder SAELens load
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -144,14 +145,9 @@ class SparseDictionary(nn.Module):
         return out
 
     # ----------------------------------------------------------------- training
-    def auxk_indices(self, pre: Tensor, dead_mask: Tensor | None) -> tuple[Tensor | None, float]:
-        """Top-k_aux dead latents per token (Gao et al. 2024, App. B.1) and the loss scale."""
-        choice = self.auxk_choice(pre, dead_mask)
-        return (None, 0.0) if choice is None else (choice.indices, choice.scale)
-
     def auxk_choice(self, pre: Tensor, dead_mask: Tensor | None) -> AuxChoice | None:
-        """The dead latents, each token's top k_aux of them, and the loss scale; None when no
-        latent is dead."""
+        """The dead latents, each token's top k_aux of them (Gao et al. 2024, App. B.1), the
+        loss scale and the rows AuxK reads; None when no latent is dead."""
         if dead_mask is None:
             return None
         dead = dead_mask.nonzero().flatten()
@@ -169,7 +165,8 @@ class SparseDictionary(nn.Module):
             share = self.cfg.k / self.d_sae
             dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
         local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
-        return AuxChoice(dead, dead_pre, local, scale)
+        rows = max(1, math.ceil(self.cfg.auxk_rows * len(pre)))
+        return AuxChoice(dead, dead_pre, local, scale, rows)
 
     @torch.no_grad()
     def selection_pre(self, sae_in: Tensor) -> Tensor:
@@ -211,11 +208,7 @@ class SparseDictionary(nn.Module):
         recon_loss = mse
         if enc.prefixes is not None:  # Matryoshka: every prefix reconstructs on its own
             recon_loss = matryoshka_loss(enc.prefixes, target, skip)
-        if enc.aux is not None:
-            e_hat = enc.aux.decode(self.W_dec)
-            aux = enc.aux.scale * (e_hat - err.detach()).pow(2).sum(-1).mean()
-        else:
-            aux = mse.new_zeros(())
+        aux = enc.aux.loss(self.W_dec, err) if enc.aux is not None else mse.new_zeros(())
         sparsity = self.act.coefficient(warmup) * enc.penalty
         loss = recon_loss + self.cfg.auxk_alpha * aux + sparsity
         return ForwardOutput(
