@@ -168,7 +168,9 @@ def parse_variant(text: str) -> tuple[str, dict, dict, float]:
             continue
         if key not in d_fields and key not in t_fields:
             raise ValueError(f"--variant {name}: {key!r} is no DictionaryConfig/TrainConfig field")
-        value: object = None if raw.lower() == "none" else raw
+        field = d_fields.get(key) or t_fields[key]
+        # "none" is None only where the field takes None (revive="none" is a string value)
+        value: object = None if raw.lower() == "none" and "None" in str(field.type) else raw
         if value is not None:
             for cast in (int, float):
                 try:

@@ -41,6 +41,9 @@ def test_variant_routes_fields_and_refuses_unknown_ones():
     assert variant[2] == {"weight_average": 0.25}
     ours = qg.Ours("L0.resid_post", 8, 32, 4, 64, 640, 0, variant)
     assert ours.trainer.train_cfg.weight_average == 0.25
+    # "none" is None where a field takes None, else the string (revive="none" is a mode)
+    _, d_over, t_over, _ = qg.parse_variant("n:revive=none,dead_tokens=none")
+    assert d_over == {"revive": "none"} and t_over == {"dead_tokens": None}
     with pytest.raises(ValueError, match="no DictionaryConfig/TrainConfig field"):
         qg.parse_variant("x:nonsense=1")
     with pytest.raises(SystemExit):
