@@ -527,6 +527,16 @@ def test_schedule_scales_with_the_run():
     )
     pinned = TrainConfig(tokens=10**6, warmup_steps=7, dead_tokens=5).schedule(step_tokens=1000)
     assert (pinned.total_steps, pinned.warmup_steps, pinned.dead_tokens) == (1000, 7, 5)
+    # An SAE's window: at most SAE_DEAD_WINDOW, never under one step; a pinned one is pinned.
+    assert (short.sae_dead_tokens, long.sae_dead_tokens, pinned.sae_dead_tokens) == (
+        20_480,
+        20_480,
+        5,
+    )
+    tiny = TrainConfig(tokens=100_000, batch_size=4096).schedule()
+    assert tiny.sae_dead_tokens == tiny.dead_tokens == 10_000
+    huge_batch = TrainConfig(tokens=10**9, batch_size=65_536).schedule()
+    assert huge_batch.sae_dead_tokens == 65_536
 
 
 @pytest.mark.parametrize(
@@ -612,3 +622,31 @@ def test_jumprelu_resume_equals_a_straight_run(tmp_path):
     resumed = Trainer(cfgs, tc, out_dir=tmp_path / "b")
     assert_same(weights(straight), weights(resumed.fit(data)))
     assert threshold_group(resumed)["lr_scale"] == pytest.approx(4 / (3e-3 * 20))
+
+
+def test_an_sae_hands_rare_latents_to_auxk_sooner_than_a_transcoder(monkeypatch):
+    """Without dead_tokens, an SAE's dead window is at most SAE_DEAD_WINDOW (rare latents reach
+    AuxK); a transcoder trained beside it keeps the run's (10% of its tokens)."""
+    from interp_bench import config
+
+    monkeypatch.setattr(config, "SAE_DEAD_WINDOW", 256)  # 2 steps; the run's window: 4 steps
+    sae = topk_cfg()
+    tc = topk_cfg(hook_out=HOOK_OUT, d_out=D, decoder_init="random")
+    t = Trainer([sae, tc], tcfg(tokens=128 * 40, dead_tokens=None))
+    seen: list[list[torch.Tensor]] = [[], []]
+    for i, d in enumerate(t.dicts):
+        with torch.no_grad():
+            d.W_enc[:, :8] = 0.0  # latents 0..7 never reach the top k
+            d.b_enc[:8] = -100.0
+        orig = d.loss
+
+        def spy(x, target=None, *, dead_mask=None, warmup=1.0, i=i, orig=orig):
+            seen[i].append(dead_mask.clone())
+            return orig(x, target, dead_mask=dead_mask, warmup=warmup)
+
+        d.loss = spy
+    for b in planted(6):
+        t.step(b)
+    assert (t.schedule.sae_dead_tokens, t.schedule.dead_tokens) == (256, 512)
+    assert seen[0][2][:8].all() and not seen[1][2].any()  # after 2 steps: the SAE's only
+    assert seen[1][4][:8].all()  # after 4 steps: the transcoder's too

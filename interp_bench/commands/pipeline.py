@@ -172,7 +172,6 @@ def demo_train_config(cfg: DemoConfig, n_train: int) -> TrainConfig:
         sparsity_warmup_steps=0,  # TopK has no sparsity penalty to warm up
         checkpoint_every=max(1, steps // 4),
         log_every=max(1, steps // 100),
-        dead_tokens=min(10_000_000, max(cfg.batch_size, train_tokens // 4)),
         device=cfg.device,
     )
 

@@ -192,7 +192,7 @@ class Trainer:
                 out = d.loss(
                     x,
                     y,
-                    dead_mask=self.since_fired[i] >= sched.dead_tokens,
+                    dead_mask=self.since_fired[i] >= sched.dead_window(cfg),
                     warmup=warmup,
                 )
             out.loss.backward()
@@ -239,11 +239,11 @@ class Trainer:
                 [
                     torch.stack(
                         [
-                            (s >= sched.dead_tokens).float().mean(),
+                            (s >= sched.dead_window(cfg)).float().mean(),
                             (c > DENSE_FRACTION * max(self.window_tokens, 1)).float().mean(),
                         ]
                     )
-                    for s, c in zip(self.since_fired, self.fire_counts, strict=True)
+                    for s, c, cfg in zip(self.since_fired, self.fire_counts, self.cfgs, strict=True)
                 ]
             ).tolist()
         self.step_idx += 1
