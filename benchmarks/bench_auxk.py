@@ -4,8 +4,8 @@ backward with AuxK through the sparse kernels against dense products over the de
 round, alternating which goes first (so load and warm caches hit both alike), by switching
 ``auxk.DENSE_AUX_MAX``; the row "dead 0" is the same
 step twice (no AuxK) and shows the noise. Where the ratio crosses 1 is where ``DENSE_AUX_MAX``
-belongs (in units of k_aux = d_out / 2 latents). A third column, dense products over the
-first ``--rows`` share of the batch (``DictionaryConfig.auxk_rows``, the default), shows what
+belongs (in units of k_aux = d_out / 2 latents). A third column, dense products over every
+``--stride``-th row of the batch (``DictionaryConfig.auxk_stride``, the default 4), shows what
 reading fewer rows saves; the first two read every row.
 
     python -m benchmarks.bench_auxk                 # SAE, d 576, d_sae 4608, k 32, B 4096
@@ -26,8 +26,8 @@ from benchmarks.common import OUT, machine_info, print_table, write_json
 from interp_bench.config import DictionaryConfig
 from interp_bench.dictionaries import SparseDictionary, auxk
 
-# DENSE_AUX_MAX forcing each path, and the share of rows AuxK reads (None: --rows)
-PATHS = {"sparse": (0.0, 1.0), "dense": (float("inf"), 1.0), "dense_rows": (float("inf"), None)}
+# DENSE_AUX_MAX forcing each path, and AuxK's stride over the rows (None: --stride)
+PATHS = {"sparse": (0.0, 1), "dense": (float("inf"), 1), "dense_stride": (float("inf"), None)}
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dead", default="0,0.05,0.1,0.2,0.25,0.3,0.4", help="dead fractions")
     p.add_argument("--transcoder", action="store_true")
-    p.add_argument("--rows", type=float, default=0.25, help="share of rows for dense_rows")
+    p.add_argument("--stride", type=int, default=4, help="AuxK's stride for dense_stride")
     p.add_argument("--out", default=str(OUT / "bench_auxk.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,16 +72,16 @@ def main() -> None:
             times: dict[str, list[float]] = {k: [] for k in PATHS}
             for r in range(args.rounds + 1):  # round 0 warms up
                 order = list(PATHS.items())  # alternate which path goes first: no order bias
-                for name, (limit, share) in order if r % 2 else order[::-1]:
-                    auxk.DENSE_AUX_MAX, m.cfg.auxk_rows = limit, share or args.rows
+                for name, (limit, stride) in order if r % 2 else order[::-1]:
+                    auxk.DENSE_AUX_MAX, m.cfg.auxk_stride = limit, stride or args.stride
                     t = step(dead if n else None)
                     if r:
                         times[name].append(t)
             s, d, q = (statistics.median(times[k]) * 1e3 for k in PATHS)
             rows.append({"dead_fraction": frac, "n_dead": n, "dead_per_k_aux": n / k_aux,
                          "sparse_ms": round(s, 1), "dense_ms": round(d, 1),
-                         "dense_over_sparse": round(d / s, 3), "dense_rows_ms": round(q, 1),
-                         "dense_rows_over_dense": round(q / d, 3)})  # fmt: skip
+                         "dense_over_sparse": round(d / s, 3), "dense_stride_ms": round(q, 1),
+                         "dense_stride_over_dense": round(q / d, 3)})  # fmt: skip
     finally:
         auxk.DENSE_AUX_MAX = saved
     print(f"AuxK paths, {'transcoder' if args.transcoder else 'SAE'} d_in {args.d_in} d_sae "
@@ -89,10 +89,11 @@ def main() -> None:
           f"DENSE_AUX_MAX = {saved}")  # fmt: skip
     print_table(
         [("dead", ".2f"), ("n dead", "d"), ("/ k_aux", ".2f"), ("sparse ms", ".1f"),
-         ("dense ms", ".1f"), ("dense/sparse", ".2f"), (f"rows {args.rows:g} ms", ".1f"),
-         ("rows/dense", ".2f")],
+         ("dense ms", ".1f"), ("dense/sparse", ".2f"), (f"stride {args.stride} ms", ".1f"),
+         ("stride/dense", ".2f")],
         [[r["dead_fraction"], r["n_dead"], r["dead_per_k_aux"], r["sparse_ms"], r["dense_ms"],
-          r["dense_over_sparse"], r["dense_rows_ms"], r["dense_rows_over_dense"]] for r in rows],
+          r["dense_over_sparse"], r["dense_stride_ms"], r["dense_stride_over_dense"]]
+         for r in rows],
     )  # fmt: skip
     write_json(args.out, {"benchmark": "bench_auxk", "args": vars(args), "machine": machine,
                           "rows": rows})  # fmt: skip

@@ -139,11 +139,12 @@ class DictionaryConfig(_JsonMixin):
     """topk / batchtopk: weight of the AuxK loss that revives dead latents"""
     auxk_k: int | None = None
     """topk / batchtopk: dead latents AuxK uses per token (None: d_out // 2, Gao et al. 2024)"""
-    auxk_rows: float = 0.25
-    """topk / batchtopk: share of each batch's tokens (its first rows; cached batches are
-    shuffled) whose error AuxK reconstructs. Its cost grows with the dead latents times the rows;
-    a quarter cut that cost 4x at the same FVU and dead fraction (RESULTS.md, "AuxK on a quarter
-    of the batch")"""
+    auxk_stride: int = 4
+    """topk / batchtopk: AuxK reconstructs the error of every n-th token of a batch (1: every
+    token). Its cost grows with the dead latents times the tokens read; a quarter cut that cost
+    up to 4x at the same FVU and dead fraction (RESULTS.md, "AuxK on a quarter of the batch").
+    A stride, not the first rows, so that ranks whose batch sizes it divides read together what
+    one process reads of their concatenated batch"""
     revive: str = "auto"
     """topk / batchtopk: how latents declared dead get back into play. none: AuxK alone (it
     reads ReLU'd pre-activations, so a latent negative on every token gets no gradient and stays
@@ -260,7 +261,7 @@ class DictionaryConfig(_JsonMixin):
             f"revive must be one of {', '.join(REVIVE)}, got {self.revive!r}",
         )
         _check(self.auxk_k is None or self.auxk_k > 0, f"auxk_k must be positive: {self.auxk_k}")
-        _check(0 < self.auxk_rows <= 1, f"auxk_rows must be in (0, 1], got {self.auxk_rows}")
+        _check(self.auxk_stride >= 1, f"auxk_stride must be at least 1, got {self.auxk_stride}")
 
     @property
     def resolved_encoder_init(self) -> str:

@@ -16,5 +16,5 @@ def test_bench_auxk_times_both_paths(tmp_path, monkeypatch):
     bench_auxk.main()
     rows = json.loads(out.read_text())["rows"]
     assert [r["n_dead"] for r in rows] == [0, 16]
-    assert all(r["sparse_ms"] > 0 and r["dense_ms"] > 0 and r["dense_rows_ms"] > 0 for r in rows)
+    assert all(r["sparse_ms"] > 0 and r["dense_ms"] > 0 and r["dense_stride_ms"] > 0 for r in rows)
     assert before == auxk.DENSE_AUX_MAX

@@ -323,7 +323,7 @@ def test_fitted_decoder_needs_k_sparse_latents():
         DictionaryConfig(16, 64, decoder_init="tied")
 
 
-@pytest.mark.parametrize("rows", [0.0, -0.5, 1.5])
-def test_auxk_rows_outside_zero_one_is_refused(rows):
-    with pytest.raises(ValueError, match=r"auxk_rows must be in \(0, 1\]"):
-        DictionaryConfig(16, 96, auxk_rows=rows)
+@pytest.mark.parametrize("stride", [0, -4])
+def test_auxk_stride_below_one_is_refused(stride):
+    with pytest.raises(ValueError, match="auxk_stride must be at least 1"):
+        DictionaryConfig(16, 96, auxk_stride=stride)

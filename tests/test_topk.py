@@ -86,20 +86,20 @@ def test_sparse_loss_gradients_equal_dense(arch, transcoder, aux_max, revive, mo
 
 @pytest.mark.parametrize("transcoder", [False, True])
 @pytest.mark.parametrize("aux_max", [0, 100])
-def test_auxk_reads_the_first_rows_of_the_batch(transcoder, aux_max, monkeypatch):
-    """auxk_rows 0.25: AuxK's loss on a batch of 40 is its loss on the first 10 rows alone
+def test_auxk_reads_every_fourth_row_of_the_batch(transcoder, aux_max, monkeypatch):
+    """auxk_stride 4: AuxK's loss on a batch of 40 is its loss on rows 0, 4, ..., 36 alone
     (TopK chooses per token, so those rows choose the same latents), through either path."""
     monkeypatch.setattr(auxk, "DENSE_AUX_MAX", aux_max)
     torch.manual_seed(0)
     cfg = DictionaryConfig(16, 96, k=6, d_out=10 if transcoder else None, auxk_k=5,
-                           revive="none", decode="sparse", auxk_rows=0.25)  # fmt: skip
+                           revive="none", decode="sparse", auxk_stride=4)  # fmt: skip
     m = SparseDictionary(cfg, dtype=D)
     x = torch.randn(40, 16, dtype=D)
     y = torch.randn(40, 10, dtype=D) if transcoder else x
     dead = torch.rand(96) < 0.5
     quarter = m.loss(x, y, dead_mask=dead).aux
-    m.cfg.auxk_rows = 1.0
-    assert torch.allclose(quarter, m.loss(x[:10], y[:10], dead_mask=dead).aux, rtol=1e-12)
+    m.cfg.auxk_stride = 1
+    assert torch.allclose(quarter, m.loss(x[::4], y[::4], dead_mask=dead).aux, rtol=1e-12)
     assert not torch.allclose(quarter, m.loss(x, y, dead_mask=dead).aux)
 
 

@@ -158,9 +158,9 @@ def _trained(dict_dir: Path, names: list[str], cfgs: list, train_cfg: TrainConfi
 
 def demo_train_config(cfg: DemoConfig, n_train: int) -> TrainConfig:
     """Training settings of the main job for ``n_train`` cached sequences: ``cfg.epochs`` passes.
-    The warm-up and dead-latent window are pinned (not TrainConfig's general rule): the main
-    job's recorded results (benchmarks/RESULTS.md) were made with them, and a TopK-only run has
-    no sparsity coefficient to warm up."""
+    The warm-up is pinned (not TrainConfig's general rule): the main job's recorded results
+    (benchmarks/RESULTS.md) were made with it, and a TopK-only run has no sparsity coefficient
+    to warm up. The dead-latent window is the trainer's rule."""
     train_tokens = cfg.epochs * n_train * (cfg.context_len - 1)  # BOS positions are skipped
     steps = max(1, train_tokens // cfg.batch_size)
     return TrainConfig(

@@ -170,7 +170,7 @@ class Activation(nn.Module):
         choice = d.auxk_choice(pre, dead_mask) if self.auxk else None
         if choice is not None:
             idx = choice.indices
-            aux = AuxTerms(self.aux_values(pre.gather(1, idx)), idx, choice.scale, choice.rows)
+            aux = AuxTerms(self.aux_values(pre.gather(1, idx)), idx, choice.scale, choice.stride)
         penalty = self.penalty(pre, acts, d.W_dec)
         return Encoded(recon, penalty, active.sum(-1).float().mean(), active.sum(0), aux, prefixes)
 
@@ -271,7 +271,7 @@ class TopK(Activation):
         else:
             recon = sparse_decode(vals, idx, d.W_dec, layout) + d.b_dec
         if aux_idx is not None:
-            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
+            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.stride)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
     def _dense(self, d: SparseDictionary, x: Tensor, dead_mask: Tensor | None) -> Encoded:
@@ -293,7 +293,7 @@ class TopK(Activation):
             recon = dense_decode(vals, idx, d.W_dec) + d.b_dec
         aux = None
         if choice is not None:
-            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
+            aux = AuxTerms(self.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.stride)
         return Encoded(recon, *_topk_stats(vals, idx, d.d_sae), aux, prefixes)
 
 
@@ -419,7 +419,7 @@ class BatchTopK(Activation):
         )
         if aux_idx is not None:
             aux_vals = self.aux_values(gather_pre(*args, TopKLayout(aux_idx, d.d_sae), sae_in))
-            aux = AuxTerms(aux_vals, aux_idx, choice.scale, choice.rows)
+            aux = AuxTerms(aux_vals, aux_idx, choice.scale, choice.stride)
         return Encoded(recon, recon.new_zeros(()), l0, counts, aux, prefixes)
 
 

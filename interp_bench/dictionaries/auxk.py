@@ -7,9 +7,9 @@ only (cost in proportion to how many are dead). The dense one is cheaper while a
 d 576, d_sae 4608, B 4096) has the sparse path's step at 350-470 ms whatever the count, the dense
 one 0.71-0.77x of it at 0.8-1.6 k_aux dead, 0.92-0.95x at 3.2, 0.97-1.02x at 4.0, 1.10x at 4.8.
 
-AuxK reads only the first ``cfg.auxk_rows`` share of a batch's tokens (the loss is a mean over
-them): the dense path's products shrink with the rows, the sparse path still gathers every row
-and uses the first ones."""
+AuxK reads every ``cfg.auxk_stride``-th token of a batch (the loss is a mean over them): the
+dense path's products shrink with the stride, the sparse path still gathers every row and uses
+those."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ class AuxChoice(NamedTuple):
     """The dead latents ``[n_dead]``, their pre-activations from the selection product
     (``[B, n_dead]``, no gradient; revived ones already lifted), each token's top k_aux of them
     as positions in ``dead`` (``[B, k_aux]``), the loss scale (dead fraction of k_aux, at most
-    1), and how many of the batch's first rows AuxK reads."""
+    1), and the stride of the rows AuxK reads."""
 
     dead: Tensor
     pre: Tensor
     local: Tensor
     scale: float
-    rows: int
+    stride: int
 
     @property
     def indices(self) -> Tensor:
@@ -44,26 +44,27 @@ class AuxChoice(NamedTuple):
 
 class AuxTerms(NamedTuple):
     """AuxK inputs: values and indices ``[B, k_aux]`` of the chosen dead latents, the loss scale
-    and the rows AuxK reads (the first ``rows``); or, from the dense path, their reconstruction
+    and the stride of the rows AuxK reads; or, from the dense path, their reconstruction
     ``recon`` of those rows already decoded."""
 
     values: Tensor | None
     indices: Tensor | None
     scale: float
-    rows: int
+    stride: int
     recon: Tensor | None = None
 
     def decode(self, W_dec: Tensor) -> Tensor:
-        """The chosen dead latents' reconstruction ``[rows, d_out]`` (no bias)."""
+        """The chosen dead latents' reconstruction of the rows read ``[B / stride, d_out]``."""
         if self.recon is not None:
             return self.recon
-        return sparse_decode(self.values[: self.rows], self.indices[: self.rows], W_dec)
+        s = self.stride
+        return sparse_decode(self.values[::s].contiguous(), self.indices[::s].contiguous(), W_dec)
 
     def loss(self, W_dec: Tensor, err: Tensor) -> Tensor:
         """AuxK's loss: the squared distance of the reconstruction from the main path's error
         ``err [B, d_out]`` (no gradient) on the rows read, times the scale."""
         e_hat = self.decode(W_dec)
-        return self.scale * (e_hat - err[: self.rows].detach()).pow(2).sum(-1).mean()
+        return self.scale * (e_hat - err[:: self.stride].detach()).pow(2).sum(-1).mean()
 
 
 class DeadPre(torch.autograd.Function):
@@ -99,12 +100,12 @@ def dense_aux(
     """AuxK through dense products over the dead latents: ``values`` (ReLU or linear) of each
     token's chosen ones, decoded by the dead latents' decoder rows. Gradients reach W_enc, b_enc,
     W_dec and b_shift as the sparse path's do."""
-    dead, rows = choice.dead, choice.rows
+    dead, s = choice.dead, choice.stride
     W, b = W_enc_t.index_select(0, dead), b_enc.index_select(0, dead)
-    pre = DeadPre.apply(choice.pre[:rows], sae_in[:rows], W, b, b_shift)
-    chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, choice.local[:rows], True)
+    pre = DeadPre.apply(choice.pre[::s], sae_in[::s], W, b, b_shift)
+    chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, choice.local[::s], True)
     lat = torch.where(chosen, values(pre), 0.0)
-    return AuxTerms(None, None, choice.scale, rows, lat @ W_dec.index_select(0, dead))
+    return AuxTerms(None, None, choice.scale, s, lat @ W_dec.index_select(0, dead))
 
 
 def route(
@@ -117,12 +118,11 @@ def route(
     values: Callable[[Tensor], Tensor],
 ) -> tuple[AuxTerms | None, Tensor | None]:
     """Where a sparse path's AuxK goes: ``(terms, None)`` computed densely while the dead
-    latents times the share of rows read are at most DENSE_AUX_MAX x k_aux, else ``(None,
+    latents over the stride are at most DENSE_AUX_MAX x k_aux, else ``(None,
     indices)`` for the caller's sparse kernels (which share the main path's encoder backward);
     ``(None, None)`` with none dead."""
     if choice is None:
         return None, None
-    share = choice.rows / choice.local.shape[0]
-    if choice.dead.numel() * share <= DENSE_AUX_MAX * choice.local.shape[1]:
+    if choice.dead.numel() / choice.stride <= DENSE_AUX_MAX * choice.local.shape[1]:
         return dense_aux(choice, sae_in, b_shift, W_enc_t, b_enc, W_dec, values), None
     return None, choice.indices

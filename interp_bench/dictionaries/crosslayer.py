@@ -96,7 +96,7 @@ class CrossLayerConfig(_JsonMixin):
     """topk: per-layer k (one per layer), overriding k"""
     auxk_alpha: float = 1 / 32
     auxk_k: int | None = None
-    auxk_rows: float = 0.25
+    auxk_stride: int = 4
     revive: str = "auto"
     encoder_init: str = "standardized"
     """standardized or random (see DictionaryConfig.encoder_init)"""
@@ -191,7 +191,7 @@ class CrossLayerConfig(_JsonMixin):
             d_in=self.d_in, d_sae=self.d_sae, arch=self.arch, d_out=self.out_dim,
             hook_in=self.hooks_in[i], hook_out=self.hooks_out[i], model_name=self.model_name,
             k=self.ks[i], encoder_init=self.encoder_init, decoder_init=self.resolved_decoder_init,
-            auxk_alpha=self.auxk_alpha, auxk_k=self.auxk_k, auxk_rows=self.auxk_rows,
+            auxk_alpha=self.auxk_alpha, auxk_k=self.auxk_k, auxk_stride=self.auxk_stride,
             revive=self.revive, decode=self.decode, select=self.select,
             l0_coefficient=self.l0_coefficient, jumprelu_bandwidth=self.jumprelu_bandwidth,
             jumprelu_init_threshold=self.jumprelu_init_threshold,
@@ -209,7 +209,7 @@ class CrossLayerConfig(_JsonMixin):
             d_in=c.d_in, d_sae=d_sae, hooks_in=tuple(x.hook_in for x in cfgs),
             hooks_out=tuple(x.hook_out for x in cfgs), arch=c.arch, d_out=c.d_out,
             model_name=c.model_name, k=c.k, layer_k=layer_k, auxk_alpha=c.auxk_alpha,
-            auxk_k=c.auxk_k, auxk_rows=c.auxk_rows, revive=c.revive, decode=c.decode,
+            auxk_k=c.auxk_k, auxk_stride=c.auxk_stride, revive=c.revive, decode=c.decode,
             select=c.select,
             encoder_init="random" if c.encoder_init == "random" else "standardized",
             decoder_init=c.decoder_init,
@@ -402,7 +402,7 @@ class CrossLayerTranscoder(nn.Module):
             vals = raw[:, :k].relu()
             decoded = dense_decode(vals, idx, W_dec)
         if aux_idx is not None:
-            aux = AuxTerms(act.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.rows)
+            aux = AuxTerms(act.aux_values(raw[:, k:]), aux_idx, choice.scale, choice.stride)
         penalty, l0, counts = _topk_stats(vals, idx, self.d_sae)
         return decoded, penalty, l0, counts, aux
 

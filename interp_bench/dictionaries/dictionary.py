@@ -10,7 +10,6 @@ Weights use SAELens's shapes and names, so ``save`` writes a folder SAELens load
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -147,7 +146,7 @@ class SparseDictionary(nn.Module):
     # ----------------------------------------------------------------- training
     def auxk_choice(self, pre: Tensor, dead_mask: Tensor | None) -> AuxChoice | None:
         """The dead latents, each token's top k_aux of them (Gao et al. 2024, App. B.1), the
-        loss scale and the rows AuxK reads; None when no latent is dead."""
+        loss scale and AuxK's stride over the batch; None when no latent is dead."""
         if dead_mask is None:
             return None
         dead = dead_mask.nonzero().flatten()
@@ -165,8 +164,7 @@ class SparseDictionary(nn.Module):
             share = self.cfg.k / self.d_sae
             dead_pre = recenter_dead(self.b_enc, pre, dead, dead_pre, share, level)
         local = dead_pre.topk(k_aux, dim=1, sorted=False).indices
-        rows = max(1, math.ceil(self.cfg.auxk_rows * len(pre)))
-        return AuxChoice(dead, dead_pre, local, scale, rows)
+        return AuxChoice(dead, dead_pre, local, scale, self.cfg.auxk_stride)
 
     @torch.no_grad()
     def selection_pre(self, sae_in: Tensor) -> Tensor:
