@@ -115,7 +115,9 @@ def test_rerun_with_other_training_settings_refuses(small_run):
     out, _ = small_run
     cfg = small_config(out)
     cfg.epochs += 1
-    with pytest.raises(ValueError, match="trained with different"):
+    with pytest.raises(
+        ValueError, match="trained with different tokens.*delete .*dictionaries to train"
+    ):
         run_demo(cfg)
 
 
