@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=4, help="AuxK's stride for dense_stride")
     p.add_argument("--out", default=str(OUT / "bench_auxk.json"))
     args = p.parse_args()
+    if args.stride < 1:
+        p.error(f"--stride must be at least 1, got {args.stride}")
     torch.set_num_threads(args.threads)
     machine = machine_info()
     torch.manual_seed(0)

@@ -9,7 +9,8 @@ This is what showed the never-firing latents of the deep transcoders to be rare,
 
     python -m benchmarks.rare_latents --hook "L15.mlp_in>L15.mlp_out" --steps 390
 
-Needs the grid's cache (`benchmarks.quality_grid` writes it); prints a table, writes JSON.
+Needs the grid's cache (`benchmarks.quality_grid` writes it under the same --acts-dir); prints
+a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -37,18 +38,24 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--eval-tokens", type=int, default=32768)
-    p.add_argument("--cache", default="/work/wt/grid_acts/smollm2-135m-ctx128",
-                   help="the grid's model folder, holding a folder per hook set")  # fmt: skip
+    p.add_argument("--acts-dir", default=str(OUT / "grid_acts"), help="quality_grid's --acts-dir")
+    p.add_argument("--model-folder", default="smollm2-135m-ctx128",
+                   help="quality_grid's model-and-context folder under --acts-dir")  # fmt: skip
     p.add_argument("--train", default="train-1474560", help="train split folder name")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(OUT / "rare_latents.json"))
     args = p.parse_args(argv)
+    for name in ("steps", "width", "k", "batch_size", "eval_tokens", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     hooks = split_hook(args.hook)
-    folders = [f for f in Path(args.cache).iterdir() if set(hooks) <= set(f.name.split("+"))]
+    root = Path(args.acts_dir) / args.model_folder
+    found = root.iterdir() if root.is_dir() else []
+    folders = [f for f in found if set(hooks) <= set(f.name.split("+"))]
     if not folders:
-        p.error(f"no cache of {', '.join(hooks)} under {args.cache}; run quality_grid first")
+        p.error(f"no cache of {', '.join(hooks)} under {root}; run benchmarks.quality_grid first")
     base = folders[0]
     held = load_eval(base / "eval", hooks, args.eval_tokens)
     d_in = held[hooks[0]].shape[1]

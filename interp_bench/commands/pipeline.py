@@ -151,15 +151,10 @@ def _trained(dict_dir: Path, names: list[str], cfgs: list, train_cfg: TrainConfi
     another run (we refuse rather than silently mixing the two)."""
     if not all((dict_dir / n / "sae_weights.safetensors").exists() for n in names):
         return False
+    # The demo has no --no-resume: name its own fixes.
+    fix = f"an earlier run or an older version's defaults: delete {dict_dir} to train again here"
     for n, c in zip(names, cfgs, strict=True):
-        try:
-            check_same_run(dict_dir / n, c, train_cfg)
-        except ValueError as err:  # the demo has no --no-resume: name its own fixes
-            why = str(err).split(";")[0]
-            raise ValueError(
-                f"{why} (an earlier run, or an older version's defaults); delete {dict_dir} "
-                "to train them again, or pass --out to a new folder"
-            ) from err
+        check_same_run(dict_dir / n, c, train_cfg, fix=f"{fix}, or pass --out to a new folder")
     return True
 
 

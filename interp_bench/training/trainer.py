@@ -597,9 +597,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> None:
+RERUN_FIX = (
+    "rerun with the original arguments, use another --out, or pass --no-resume to start over"
+)
+
+
+def check_same_run(
+    run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig, fix: str = RERUN_FIX
+) -> None:
     """Refuse to resume or reuse a run folder written with other settings (it would silently mix
-    two runs); settings in ``RESUME_FREE`` may differ."""
+    two runs); settings in ``RESUME_FREE`` may differ. ``fix`` ends the message: what the
+    caller's command offers."""
     for fname, new in (("dict_cfg.json", cfg.to_dict()), ("train_cfg.json", train_cfg.to_dict())):
         path = run / fname
         if not path.exists():
@@ -607,7 +615,4 @@ def check_same_run(run: Path, cfg: DictionaryConfig, train_cfg: TrainConfig) -> 
         old = json.loads(path.read_text())
         diff = [k for k in new if k not in RESUME_FREE and k in old and old[k] != new[k]]
         if diff:
-            raise ValueError(
-                f"{run} was trained with different {', '.join(diff)}; rerun with the original "
-                "arguments, use another --out, or pass --no-resume to start over"
-            )
+            raise ValueError(f"{run} was trained with different {', '.join(diff)}; {fix}")
